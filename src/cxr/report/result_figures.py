@@ -1,0 +1,213 @@
+"""Result figures of a run: training curves, confusion matrix, ROC curves, reliability, report text.
+
+Inputs are plain lists/arrays (history rows, metrics.json values), never torch objects. Each figure
+is a `matplotlib.figure.Figure` saved through the Agg canvas, so nothing touches pyplot's global
+state and figures can be drawn from worker threads or a server.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from sklearn.metrics import auc as area_under_curve
+from sklearn.metrics import roc_curve
+
+from cxr.errors import CxrError
+from cxr.evaluate import calibration_bins, expected_calibration_error
+
+log = logging.getLogger(__name__)
+
+DPI = 120
+CURVE_METRICS = ("loss", "accuracy", "precision", "recall")  # the seed's four *_training_results.png
+NORMALIZE_MODES = ("pred", "true", "all", None)
+TRAIN_COLOR, VAL_COLOR = "#1f77b4", "#ff7f0e"
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: str | Path, *, tight: bool = False) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    extra: dict[str, Any] = {"bbox_inches": "tight", "pad_inches": 0.25} if tight else {}
+    fig.savefig(path, format="png", dpi=DPI, facecolor="white", **extra)
+    log.debug("wrote %s", path)
+    return path
+
+
+def _number(value: Any) -> float:
+    """A history cell (float, int or CSV string) as float; blanks and junk become NaN (a gap)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def training_curves(history: Sequence[Mapping[str, Any]], out_dir: str | Path) -> list[Path]:
+    """Write loss.png, accuracy.png, precision.png, recall.png: train vs val per epoch.
+
+    `history` holds history.csv rows (keys `epoch`, `train_<metric>`, `val_<metric>`; values may be
+    strings as read by csv). A metric with no train or val column is skipped with a log message.
+    """
+    rows = list(history)
+    if not rows:
+        raise CxrError("training_curves needs at least one history row, got an empty history")
+    epochs = [_number(r.get("epoch", i + 1)) for i, r in enumerate(rows)]
+    out_dir = Path(out_dir)
+    written: list[Path] = []
+    for metric in CURVE_METRICS:
+        series = {
+            split: [_number(r.get(f"{split}_{metric}")) for r in rows]
+            for split in ("train", "val")
+            if any(f"{split}_{metric}" in r for r in rows)
+        }
+        if not series:
+            log.info("history has no train_%s/val_%s columns; %s.png not drawn", metric, metric, metric)
+            continue
+        fig = _new_figure(6.4, 4.4)
+        ax = fig.add_subplot()
+        for split, values in series.items():
+            label = "Training" if split == "train" else "Validation"
+            color = TRAIN_COLOR if split == "train" else VAL_COLOR
+            ax.plot(epochs, values, marker="o", markersize=3, color=color, label=f"{label} {metric}")
+        ax.set_title(f"Training and validation {metric}")
+        ax.set_xlabel("Epoch")
+        ax.set_ylabel(metric.capitalize())
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend()
+        written.append(_save(fig, out_dir / f"{metric}.png"))
+    return written
+
+
+def _normalise(counts: np.ndarray, normalize: str | None) -> np.ndarray:
+    if normalize is None:
+        return counts.astype(np.float64)
+    axis = {"pred": 0, "true": 1, "all": None}[normalize]
+    totals = counts.sum(axis=axis, keepdims=axis is not None).astype(np.float64)
+    return np.divide(counts, totals, out=np.zeros(counts.shape), where=np.asarray(totals) > 0)
+
+
+def confusion_matrix_figure(
+    confusion: Sequence[Sequence[float]],
+    classes: Sequence[str],
+    path: str | Path,
+    normalize: str | None = "pred",
+) -> Path:
+    """Draw a confusion matrix from counts ([true][pred]), like sklearn's ConfusionMatrixDisplay.
+
+    normalize: "pred" divides each column by its predictions (the seed's figure), "true" each row,
+    "all" the total; None shows raw counts. Normalised cells are written with 2 decimals.
+    """
+    if normalize not in NORMALIZE_MODES:
+        raise CxrError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
+    counts = np.asarray(confusion, dtype=np.float64)
+    k = len(classes)
+    if counts.shape != (k, k):
+        raise CxrError(f"confusion must be {k}x{k} for classes {list(classes)}, got shape {counts.shape}")
+    values = _normalise(counts, normalize)
+    size = max(4.8, 1.3 * k + 2.2)
+    fig = _new_figure(size + 1.0, size)
+    ax = fig.add_subplot()
+    vmax = 1.0 if normalize else max(float(values.max()), 1.0)
+    image = ax.imshow(values, cmap="Blues", vmin=0.0, vmax=vmax)
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    for i in range(k):
+        for j in range(k):
+            text = f"{values[i, j]:.2f}" if normalize else f"{int(counts[i, j])}"
+            color = "white" if values[i, j] > vmax / 2 else "black"
+            ax.text(j, i, text, ha="center", va="center", color=color, fontsize=11)
+    ax.set_xticks(range(k), labels=list(classes), rotation=30, ha="right")
+    ax.set_yticks(range(k), labels=list(classes))
+    ax.set_xlabel("Predicted label")
+    ax.set_ylabel("True label")
+    subtitle = {
+        "pred": "normalised by predicted label (columns sum to 1)",
+        "true": "normalised by true label (rows sum to 1)",
+        "all": "normalised by all samples",
+        None: "counts",
+    }[normalize]
+    ax.set_title(f"Confusion matrix\n{subtitle}, n={int(counts.sum())}")
+    return _save(fig, path)
+
+
+def roc_curves(y_true: Sequence[int], probs: Any, classes: Sequence[str], path: str | Path) -> Path:
+    """One-vs-rest ROC curve per class with its AUC; classes absent from y_true are listed, not drawn."""
+    y = np.asarray(y_true).astype(np.int64)
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2 or p.shape != (len(y), len(classes)):
+        raise CxrError(f"probs must have shape ({len(y)}, {len(classes)}), got {p.shape}")
+    fig = _new_figure(6.4, 5.6)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="Chance (AUC 0.500)")
+    for c, name in enumerate(classes):
+        positives = y == c
+        if positives.all() or not positives.any():
+            ax.plot([], [], linestyle="none", label=f"{name}: no ROC (class absent or the only class)")
+            continue
+        fpr, tpr, _ = roc_curve(positives, p[:, c])
+        auc = float(area_under_curve(fpr, tpr))
+        ax.plot(fpr, tpr, linewidth=2, label=f"{name} (AUC {auc:.3f})")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel("False positive rate (1 - specificity)")
+    ax.set_ylabel("True positive rate (sensitivity)")
+    ax.set_title(f"ROC curves, one class vs rest (n={len(y)})")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=9)
+    return _save(fig, path)
+
+
+def reliability_diagram(y_true: Sequence[int], probs: Any, path: str | Path, bins: int = 15) -> Path:
+    """Top-label reliability diagram: accuracy vs mean confidence per bin, sample histogram below."""
+    table = calibration_bins(y_true, probs, bins)
+    ece = expected_calibration_error(y_true, probs, bins)
+    edges = np.asarray(table["edges"])
+    width = edges[1] - edges[0]
+    centers = edges[:-1] + width / 2
+    count = np.asarray(table["count"])
+    filled = count > 0
+    acc = np.array([a for a in table["accuracy"] if a is not None])
+    conf = np.array([c for c in table["confidence"] if c is not None])
+
+    fig = _new_figure(6.0, 6.4)
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    top.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="Perfect calibration")
+    top.bar(centers[filled], acc, width=width * 0.9, color=TRAIN_COLOR, alpha=0.85, edgecolor="black",
+            linewidth=0.5, label="Accuracy in bin")
+    top.vlines(centers[filled], np.minimum(acc, conf), np.maximum(acc, conf), color="#d62728", linewidth=1)
+    top.plot(centers[filled], conf, linestyle="none", marker="_", markersize=14, markeredgewidth=2.5,
+             color="#d62728", label="Mean confidence in bin")
+    top.set_ylim(0, 1.02)
+    top.set_ylabel("Accuracy")
+    fig.suptitle(f"Reliability diagram (top label)\nECE = {ece:.3f}, {bins} equal-width bins, n={int(count.sum())}")
+    fig.legend(loc="outside lower center", ncol=3, fontsize=9, frameon=False)
+    top.grid(alpha=0.3)
+    bottom.bar(centers, count / count.sum(), width=width * 0.9, color="grey", edgecolor="black", linewidth=0.5)
+    bottom.set_xlim(0, 1)
+    bottom.set_xlabel("Confidence (top predicted probability)")
+    bottom.set_ylabel("Share of samples")
+    bottom.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def classification_report_figure(report_text: str, path: str | Path) -> Path:
+    """Render sklearn's classification_report text as an image (the seed's classification_report.png)."""
+    lines = report_text.rstrip("\n").splitlines() or ["(empty report)"]
+    width_chars = max(len(line) for line in lines)
+    # Sized generously from the text, then cropped to the drawn content by bbox_inches="tight".
+    fig = _new_figure(max(4.0, 0.1 * width_chars + 0.5), 0.22 * len(lines) + 0.8)
+    fig.text(0.02, 0.98, "Classification report (test split)", fontsize=12, fontweight="bold", va="top")
+    fig.text(0.02, 0.9, "\n".join(lines), family="monospace", fontsize=10, va="top", ha="left")
+    return _save(fig, path, tight=True)
