@@ -21,7 +21,7 @@ class DataConfig:
     root: str | None = None  # data folder or CSV manifest; None means "given on the command line"
     ratios: tuple[float, float, float] = (0.7, 0.1, 0.2)  # train/val/test fractions (seed: 70/10/20)
     split_seed: int = 123  # seed of the split (seed: splitfolders seed 123)
-    near_duplicate_threshold: int = 4  # max Hamming distance of 64-bit dHashes joined into one group
+    near_duplicate_threshold: int = 28  # max Hamming distance of 256-bit pHashes joined into one group
     image_size: int = 224  # side of the square network input (seed: 224)
     num_workers: int = -1  # DataLoader decoding workers; -1 = one per core, capped at 8
 
