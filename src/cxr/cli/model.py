@@ -1,9 +1,198 @@
-"""`cxr model ...` subcommands."""
+"""`cxr model ...` subcommands: layer table and parameter counts, and the available weights."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+
+import torch
+from torch import nn
+
+from cxr.cli._common import add_command, positive_int
+from cxr.config import ModelConfig
+from cxr.errors import CxrError
+
+DEFAULTS = ModelConfig()
+
+
+def _emit(text: str = "") -> None:
+    """One line of command output to stdout (results, not logs)."""
+    sys.stdout.write(text + "\n")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's subcommands to the `cxr` parser."""
+    from cxr.models.backbones import BACKBONES
+    from cxr.models.weights import ALLOWED_SPECS
+
+    group = add_command(sub, "model", None, "inspect model architectures and pretrained weights")
+    model_sub = group.add_subparsers(dest="model_command", metavar="SUBCOMMAND")
+    summary = add_command(
+        model_sub, "summary", run_summary, "layer table with output shapes and parameter counts"
+    )
+    summary.add_argument("--backbone", default=DEFAULTS.backbone, help=f"one of: {', '.join(BACKBONES)}")
+    summary.add_argument("--weights", default=DEFAULTS.weights, help=f"one of: {ALLOWED_SPECS}")
+    summary.add_argument("--freeze", default=DEFAULTS.freeze, help="base | stages:N | none")
+    summary.add_argument("--classes", type=positive_int, default=4, help="number of output classes")
+    summary.add_argument(
+        "--head", default=",".join(map(str, DEFAULTS.head)), help="hidden widths of the head, comma-separated"
+    )
+    summary.add_argument("--dropout", type=float, default=DEFAULTS.dropout, help="head dropout")
+    summary.add_argument(
+        "--input-size",
+        type=positive_int,
+        default=None,
+        help="side of the dummy input (default: the weights' size)",
+    )
+    summary.add_argument(
+        "--depth",
+        type=positive_int,
+        default=None,
+        help="show modules down to this depth (default: every leaf)",
+    )
+    summary.add_argument("--json", action="store_true", help="print only the parameter counts as JSON")
+    weights = add_command(
+        model_sub, "weights", run_weights, "list weight specs per backbone and the cache state"
+    )
+    weights.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def _parse_head(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise CxrError(f"--head must be comma-separated integers, got {text!r}") from None
+    return widths
+
+
+def run_summary(args: argparse.Namespace) -> int:
+    """Build the model (loading its weights) and print the layer table and parameter counts."""
+    from cxr.models.build import build_model, count_parameters
+
+    cfg = ModelConfig(
+        backbone=args.backbone,
+        weights=args.weights,
+        freeze=args.freeze,
+        head=_parse_head(args.head),
+        dropout=args.dropout,
+    )
+    model = build_model(cfg, num_classes=args.classes)
+    counts = count_parameters(model)
+    if args.json:
+        _emit(json.dumps(counts))
+        return 0
+    size = args.input_size or model.preprocessing.size
+    rows = layer_table(model, size, args.depth)
+    _emit(format_table(rows))
+    _emit()
+    _emit(f"backbone {cfg.backbone}, weights {cfg.weights}, freeze {cfg.freeze}, input 1x3x{size}x{size}")
+    _emit(f"preprocessing: {model.preprocessing.mode}")
+    for key, label in (("total", "Total"), ("trainable", "Trainable"), ("non_trainable", "Non-trainable")):
+        _emit(f"{label} params: {counts[key]:,}")
+    return 0
+
+
+def _selected(model: nn.Module, depth: int | None) -> list[tuple[str, nn.Module]]:
+    """Leaves, or modules at exactly `depth` plus shallower leaves."""
+    chosen = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+        level = name.count(".") + 1
+        is_leaf = next(module.children(), None) is None
+        if (depth is None and is_leaf) or (
+            depth is not None and (level == depth or (level < depth and is_leaf))
+        ):
+            chosen.append((name, module))
+    return chosen
+
+
+def layer_table(model: nn.Module, size: int, depth: int | None = None) -> list[dict[str, str]]:
+    """One row per module: name, type, output shape (from a dummy forward pass), params, trainable."""
+    chosen = _selected(model, depth)
+    shapes: dict[str, str] = {}
+    hooks = [
+        module.register_forward_hook(
+            lambda _m, _i, out, name=name: shapes.__setitem__(name, "x".join(map(str, out.shape)))
+        )
+        for name, module in chosen
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    rows = []
+    for name, module in chosen:
+        params = list(module.parameters())
+        count = sum(p.numel() for p in params)
+        flags = {p.requires_grad for p in params}
+        trainable = (
+            "" if not params else ("yes" if flags == {True} else "no" if flags == {False} else "partial")
+        )
+        rows.append(
+            {
+                "name": name,
+                "type": type(module).__name__,
+                "output": shapes.get(name, "-"),
+                "params": f"{count:,}",
+                "trainable": trainable,
+            }
+        )
+    return rows
+
+
+def format_table(rows: list[dict[str, str]]) -> str:
+    """Fixed-width text table with a header line."""
+    headers = {
+        "name": "layer",
+        "type": "type",
+        "output": "output shape",
+        "params": "params",
+        "trainable": "trainable",
+    }
+    widths = {key: max([len(title)] + [len(row[key]) for row in rows]) for key, title in headers.items()}
+    right = {"params"}
+
+    def line(values: dict[str, str]) -> str:
+        cells = [values[k].rjust(widths[k]) if k in right else values[k].ljust(widths[k]) for k in headers]
+        return "  ".join(cells).rstrip()
+
+    rule = "-" * len(line(headers))
+    return "\n".join([line(headers), rule, *(line(row) for row in rows)])
+
+
+def run_weights(args: argparse.Namespace) -> int:
+    """Which weight specs fit which backbone, and whether the torchvision files are in the hub cache."""
+    from cxr.models.backbones import BACKBONES
+    from cxr.models.weights import TORCHVISION_RESNET50, allowed_for, hub_checkpoint_path
+
+    info = {
+        "backbones": {
+            name: {"weights": allowed_for(name), "description": spec.description}
+            for name, spec in BACKBONES.items()
+        },
+        "torchvision": {
+            spec: {
+                "url": hub.url,
+                "path": str(hub_checkpoint_path(hub)),
+                "cached": hub_checkpoint_path(hub).is_file(),
+            }
+            for spec, hub in TORCHVISION_RESNET50.items()
+        },
+    }
+    if args.json:
+        _emit(json.dumps(info, indent=2))
+        return 0
+    for name, entry in info["backbones"].items():
+        _emit(f"{name:20s} {entry['description']}\n{'':20s} weights: {entry['weights']}")
+    _emit()
+    for spec, entry in info["torchvision"].items():
+        state = "cached" if entry["cached"] else "not cached: download the URL to that path"
+        _emit(f"{spec:12s} {entry['url']}\n{'':12s} {entry['path']} ({state})")
+    return 0

