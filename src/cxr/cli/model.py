@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from cxr.cli._common import add_command, positive_int
 from cxr.config import ModelConfig
 from cxr.errors import CxrError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 DEFAULTS = ModelConfig()
 
@@ -23,16 +24,13 @@ def _emit(text: str = "") -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's subcommands to the `cxr` parser."""
-    from cxr.models.backbones import BACKBONES
-    from cxr.models.weights import ALLOWED_SPECS
-
     group = add_command(sub, "model", None, "inspect model architectures and pretrained weights")
     model_sub = group.add_subparsers(dest="model_command", metavar="SUBCOMMAND")
     summary = add_command(
         model_sub, "summary", run_summary, "layer table with output shapes and parameter counts"
     )
-    summary.add_argument("--backbone", default=DEFAULTS.backbone, help=f"one of: {', '.join(BACKBONES)}")
-    summary.add_argument("--weights", default=DEFAULTS.weights, help=f"one of: {ALLOWED_SPECS}")
+    summary.add_argument("--backbone", default=DEFAULTS.backbone, help="resnet50 | resnet50-keras | efficientnet_lite0")
+    summary.add_argument("--weights", default=DEFAULTS.weights, help="random | imagenet | imagenet-v1 | keras-imagenet:PATH | file:PATH | lite0-imagenet (see `cxr model weights`)")
     summary.add_argument("--freeze", default=DEFAULTS.freeze, help="base | stages:N | none")
     summary.add_argument("--classes", type=positive_int, default=4, help="number of output classes")
     summary.add_argument(
@@ -110,6 +108,8 @@ def _selected(model: nn.Module, depth: int | None) -> list[tuple[str, nn.Module]
 
 def layer_table(model: nn.Module, size: int, depth: int | None = None) -> list[dict[str, str]]:
     """One row per module: name, type, output shape (from a dummy forward pass), params, trainable."""
+    import torch
+
     chosen = _selected(model, depth)
     shapes: dict[str, str] = {}
     hooks = [
