@@ -1,0 +1,126 @@
+"""Grad-CAM: which regions of the last feature map drove a class score, drawn over the X-ray.
+
+A short implementation of our own, for any module with `forward_features(x) -> (N, C, h, w)` and
+`forward_head(features) -> logits` (the `Classifier` contract). The feature map is computed once,
+detached and made a leaf that requires a gradient, so no hooks are needed and the backbone is not
+back-propagated through: cam = ReLU(sum_c mean_hw(d score / d A_c) * A_c), upsampled to the input.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from cxr.errors import CxrError
+from cxr.predict import ImageInput, Prediction, Predictor
+
+OVERLAY_ALPHA = 0.45  # weight of the heatmap colour in the blend
+OVERLAY_MAX_SIDE = 1024  # overlays of larger images are drawn at this size (long side)
+COLORMAP = "jet"
+_FEATURE_DIMS = 4
+
+
+def grad_cam(
+    model: nn.Module, x: torch.Tensor, class_index: int | None = None
+) -> tuple[np.ndarray, int, np.ndarray]:
+    """Grad-CAM of one input.
+
+    x: normalised input (3, H, W) or (1, 3, H, W) on the model's device. class_index: the class to
+    explain (default: the predicted one). Returns (cam float32 (H, W) scaled to [0, 1], the class
+    index explained, the class probabilities float64 (C,)). Runs in fp32 with gradients on, also
+    when called under `torch.no_grad()`.
+    """
+    if x.dim() == _FEATURE_DIMS - 1:
+        x = x.unsqueeze(0)
+    if x.dim() != _FEATURE_DIMS or x.shape[0] != 1:
+        raise CxrError(f"grad_cam explains one image of shape (3, H, W) or (1, 3, H, W), got {tuple(x.shape)}")
+    with torch.enable_grad():
+        feats = model.forward_features(x)
+        if feats.dim() != _FEATURE_DIMS:
+            raise CxrError(f"Grad-CAM needs a (N, C, h, w) feature map, got shape {tuple(feats.shape)}")
+        feats = feats.detach().float().requires_grad_(True)
+        logits = model.forward_head(feats).float()
+        num_classes = logits.shape[1]
+        if class_index is None:
+            class_index = int(logits[0].argmax())
+        if not 0 <= class_index < num_classes:
+            raise CxrError(f"class index {class_index} out of range 0..{num_classes - 1}")
+        (grads,) = torch.autograd.grad(logits[0, class_index], feats)
+    weights = grads.mean(dim=(2, 3), keepdim=True)
+    cam = F.relu((weights * feats.detach()).sum(dim=1, keepdim=True))
+    cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+    peak = float(cam.max())
+    cam = cam / peak if peak > 0 else torch.zeros_like(cam)
+    probs = torch.softmax(logits.detach()[0], dim=0).double().cpu().numpy()
+    return cam.cpu().numpy().astype(np.float32), class_index, probs
+
+
+def overlay(image_gray: np.ndarray, cam: np.ndarray, alpha: float = OVERLAY_ALPHA, cmap: str = COLORMAP) -> np.ndarray:
+    """Blend a [0, 1] heatmap (any size; resized bilinearly) over a uint8 (H, W) image -> RGB uint8 (H, W, 3)."""
+    from matplotlib import colormaps
+
+    if image_gray.ndim != 2:
+        raise CxrError(f"overlay needs a grayscale (H, W) image, got shape {image_gray.shape}")
+    if not 0.0 <= alpha <= 1.0:
+        raise CxrError(f"overlay alpha must be in [0, 1], got {alpha}")
+    h, w = image_gray.shape
+    heat = np.asarray(cam, dtype=np.float32)
+    if heat.shape != (h, w):
+        heat = np.asarray(Image.fromarray(heat).resize((w, h), Image.Resampling.BILINEAR))
+    colour = colormaps[cmap](np.clip(heat, 0.0, 1.0))[..., :3] * 255.0
+    base = np.repeat(image_gray[..., None].astype(np.float32), 3, axis=2)
+    return np.clip(np.rint((1.0 - alpha) * base + alpha * colour), 0, 255).astype(np.uint8)
+
+
+@dataclass
+class Explanation:
+    """Grad-CAM of one image: the class explained, the prediction, and the heatmap at input size."""
+
+    class_name: str
+    class_index: int
+    cam: np.ndarray  # float32 (S, S) in [0, 1], on the network input grid
+    prediction: Prediction
+    image: np.ndarray  # the decoded uint8 (H, W) image
+
+    def overlay(self, max_side: int = OVERLAY_MAX_SIDE) -> np.ndarray:
+        """RGB uint8 overlay on the image (long side capped at `max_side`, aspect kept).
+
+        The network input is the image resized to a square, so the square heatmap stretched back
+        to the image's own width and height lines up with it.
+        """
+        return overlay(_fit(self.image, max_side), self.cam)
+
+    def to_png(self, max_side: int = OVERLAY_MAX_SIDE) -> bytes:
+        """The overlay encoded as PNG."""
+        buf = io.BytesIO()
+        Image.fromarray(self.overlay(max_side)).save(buf, format="PNG")
+        return buf.getvalue()
+
+
+def explain(predictor: Predictor, image: ImageInput, class_name: str | None = None, name: str | None = None) -> Explanation:
+    """Grad-CAM of `image` for `class_name` (default: the predicted class) with a predictor's model."""
+    gray = predictor.load(image, name=name)
+    index = predictor.class_index(class_name) if class_name is not None else None
+    x = predictor.preprocess(gray).to(predictor.device)
+    cam, index, probs = grad_cam(predictor.model, x, index)
+    classes = predictor.classes
+    table = {c: float(p) for c, p in zip(classes, probs, strict=True)}
+    source = str(image) if isinstance(image, str | Path) else name
+    prediction = Prediction(label=classes[int(np.argmax(probs))], probabilities=table, source=source)
+    return Explanation(class_name=classes[index], class_index=index, cam=cam, prediction=prediction, image=gray)
+
+
+def _fit(image: np.ndarray, max_side: int) -> np.ndarray:
+    h, w = image.shape
+    scale = max_side / max(h, w)
+    if scale >= 1.0:
+        return image
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))

@@ -1,0 +1,245 @@
+"""Run a trained checkpoint on new images: `Predictor.from_checkpoint(path).predict(images)`.
+
+The preprocessing (input size, normalisation mode) is read from the checkpoint's record, never
+chosen here, so predictions see exactly the input that training and evaluation saw:
+decode -> grayscale uint8 -> `resize_gray(img, pre.size)` -> `to_input(img, pre)`.
+
+Test-time augmentation (`tta=True`) averages the class probabilities over a fixed set of views:
+the image itself, its horizontal mirror and four small shifts (edge pixels repeated, like the
+training augmentation's 'nearest' fill). The views are deterministic, so TTA predictions repeat.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cxr.checkpoint import config_of, load_checkpoint, model_from_checkpoint
+from cxr.errors import CxrError
+from cxr.io import read_image, read_image_bytes
+from cxr.train.device import autocast, resolve_device, resolve_precision
+from cxr.transforms import Preprocessing, resize_gray, to_input
+
+log = logging.getLogger(__name__)
+
+ImageInput = str | Path | bytes | np.ndarray
+TTA_SHIFT_FRACTION = 0.04  # shift of the four shifted TTA views, as a fraction of the input side
+_RGB_LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601 luma, the same weights PIL's convert("L") uses
+_HASH_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's result: the top class (`label`) and the probability of every class."""
+
+    label: str
+    probabilities: dict[str, float]
+    source: str | None = None  # the file path or upload name, when known
+
+    @property
+    def confidence(self) -> float:
+        """Probability of the top class."""
+        return self.probabilities[self.label]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "label": self.label, "probabilities": dict(self.probabilities)}
+
+
+@dataclass
+class CheckpointInfo:
+    """What a predictor knows about where its weights came from (for model cards and logs)."""
+
+    path: str | None = None
+    sha256: str | None = None
+    epoch: int | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Predictor:
+    """A classifier in eval mode plus its class names and preprocessing record."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        classes: Sequence[str],
+        preprocessing: Preprocessing,
+        *,
+        device: str | torch.device = "cpu",
+        precision: str = "fp32",
+        name: str = "model",
+        info: CheckpointInfo | None = None,
+    ) -> None:
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.model = model.to(self.device).eval()
+        self._classes = list(classes)
+        self.preprocessing = preprocessing
+        self.name = name
+        self.info = info or CheckpointInfo()
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, device: str = "auto", precision: str = "auto"
+    ) -> Predictor:
+        """Load a `cxr` checkpoint (safely, weights only) and rebuild its model for inference.
+
+        precision 'auto': bf16 autocast where the device computes bf16 natively, else fp32.
+        """
+        path = Path(path)
+        ckpt = load_checkpoint(path)
+        model = model_from_checkpoint(ckpt)
+        pre = Preprocessing.from_dict(ckpt["preprocessing"])
+        cfg = config_of(ckpt)
+        sha = file_sha256(path)
+        info = CheckpointInfo(
+            path=str(path),
+            sha256=sha,
+            epoch=ckpt.get("epoch"),
+            config=ckpt.get("config") or {},
+            metrics=ckpt.get("metrics") or {},
+            history=ckpt.get("history") or [],
+            extra=ckpt.get("extra") or {},
+        )
+        name = f"{cfg.name}/{cfg.model.backbone}@{sha[:12]}"
+        predictor = cls(model, ckpt["classes"], pre, device=device, precision=precision, name=name, info=info)
+        log.info("loaded %s (%d classes, %s on %s)", name, len(predictor.classes), predictor.precision, predictor.device)
+        return predictor
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names in the model's output order."""
+        return list(self._classes)
+
+    def class_index(self, name: str) -> int:
+        """Position of class `name`; a CxrError lists the allowed names."""
+        if name not in self._classes:
+            raise CxrError(f"unknown class {name!r}; this model's classes: {', '.join(self._classes)}")
+        return self._classes.index(name)
+
+    # ----------------------------------------------------------------------------------- inputs
+
+    def load(self, image: ImageInput, name: str | None = None) -> np.ndarray:
+        """Any accepted input (path, encoded bytes, array) as a uint8 grayscale (H, W) array."""
+        if isinstance(image, str | Path):
+            return read_image(image)
+        if isinstance(image, bytes | bytearray | memoryview):
+            return read_image_bytes(bytes(image), name or "<bytes>")
+        if isinstance(image, np.ndarray):
+            return as_gray_uint8(image)
+        raise CxrError(
+            f"cannot predict on a {type(image).__name__}; give a file path, encoded image bytes or a uint8 array"
+        )
+
+    def preprocess(self, gray: np.ndarray) -> torch.Tensor:
+        """uint8 (H, W) -> normalised network input (3, S, S) following the checkpoint's record."""
+        return to_input(resize_gray(gray, self.preprocessing.size), self.preprocessing)
+
+    # ------------------------------------------------------------------------------- inference
+
+    def predict(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        batch_size: int = 32,
+        tta: bool = False,
+        progress: Callable[[int], Any] | None = None,
+    ) -> list[Prediction]:
+        """Predict every image; one `Prediction` per input, in order.
+
+        `images` is a list of file paths, encoded image bytes or uint8 arrays ((H, W) gray or
+        (H, W, 3|4) colour); a single one of those is accepted too. An unreadable file raises
+        `ImageReadError` naming it (the CLI catches it per file and goes on). `progress(n)` is
+        called after each batch with the number of images it held.
+        """
+        if batch_size < 1:
+            raise CxrError(f"batch_size must be >= 1, got {batch_size}")
+        items = [images] if _is_single(images) else list(images)
+        results: list[Prediction] = []
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            batch = torch.stack([self.preprocess(self.load(item)) for item in chunk])
+            probs = self.predict_tensor(batch, tta=tta)
+            results.extend(self.to_prediction(p, _source_of(item)) for p, item in zip(probs, chunk, strict=True))
+            if progress is not None:
+                progress(len(chunk))
+        return results
+
+    @torch.no_grad()
+    def predict_tensor(self, batch: torch.Tensor, tta: bool = False) -> np.ndarray:
+        """Class probabilities (N, C) float64 for a batch of normalised inputs (N, 3, S, S)."""
+        views = tta_views(batch) if tta else [batch]
+        total = None
+        for view in views:
+            probs = self._forward_probs(view)
+            total = probs if total is None else total + probs
+        return (total / len(views)).numpy().astype(np.float64)
+
+    def _forward_probs(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        with autocast(self.device, self.precision):
+            logits = self.model(x)
+        return torch.softmax(logits.float(), dim=1).cpu()
+
+    def to_prediction(self, probs: np.ndarray, source: str | None = None) -> Prediction:
+        """A `Prediction` from one row of class probabilities."""
+        table = {c: float(p) for c, p in zip(self._classes, probs, strict=True)}
+        return Prediction(label=self._classes[int(np.argmax(probs))], probabilities=table, source=source)
+
+
+def tta_views(batch: torch.Tensor) -> list[torch.Tensor]:
+    """The TTA views of a batch (N, C, H, W): identity, horizontal flip, and shifts by
+    `TTA_SHIFT_FRACTION` of the side left, right, up and down with edge pixels repeated."""
+    side = min(batch.shape[-2:])
+    s = max(1, round(TTA_SHIFT_FRACTION * side))
+    views = [batch, batch.flip(-1)]
+    for dx, dy in ((s, 0), (-s, 0), (0, s), (0, -s)):
+        views.append(shift(batch, dx, dy))
+    return views
+
+
+def shift(batch: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """Translate (N, C, H, W) by dx columns (right if > 0) and dy rows (down if > 0), repeating edges."""
+    h, w = batch.shape[-2:]
+    padded = F.pad(batch, (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)), mode="replicate")
+    top, left = max(-dy, 0), max(-dx, 0)
+    return padded[..., top : top + h, left : left + w].contiguous()
+
+
+def as_gray_uint8(image: np.ndarray) -> np.ndarray:
+    """A uint8 (H, W) gray or (H, W, 3|4) colour array as uint8 (H, W) gray."""
+    if image.dtype != np.uint8:
+        raise CxrError(f"image arrays must be uint8 (0..255), got dtype {image.dtype}")
+    if image.ndim == 2:
+        return image
+    if image.ndim == 3 and image.shape[2] in (3, 4):
+        return np.clip(np.rint(image[..., :3] @ _RGB_LUMA), 0, 255).astype(np.uint8)
+    raise CxrError(f"image arrays must have shape (H, W) or (H, W, 3|4), got {image.shape}")
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _is_single(images: Any) -> bool:
+    return isinstance(images, str | Path | bytes | bytearray | memoryview | np.ndarray)
+
+
+def _source_of(item: ImageInput) -> str | None:
+    return str(item) if isinstance(item, str | Path) else None
+
