@@ -1,0 +1,171 @@
+"""A torch Dataset over the rows of one split, and a reproducible DataLoader.
+
+Each item is read with `cxr.io.read_image`, resized to the preprocessing size, augmented (training
+only) and normalised. The augmentation generator of item `i` in epoch `e` is
+`np.random.default_rng([seed, e, i])`, so a run gives the same images whatever the number of
+workers. The epoch lives in shared memory, so `set_epoch` also reaches persistent worker processes,
+and it also selects the shuffle order of `make_loader` (`EpochShuffle`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from cxr.errors import CxrError
+from cxr.io import read_image
+from cxr.transforms import Preprocessing, SeedAugment, resize_gray, to_input
+
+if TYPE_CHECKING:
+    from cxr.data.split import SplitRow  # any row with `.path` (relative to root) and `.label` works
+
+log = logging.getLogger(__name__)
+
+MAX_AUTO_WORKERS = 8  # num_workers=-1 uses one worker per core, at most this many
+
+
+class SplitDataset(Dataset):
+    """Images of one split as `(tensor (3, S, S) float32, class index)` pairs.
+
+    `rows` need `.path` (relative to `root`, or absolute) and `.label`; the class index is the label's
+    position in `classes`. `augment=None` (validation, test) only resizes and normalises.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        rows: Sequence[SplitRow],
+        classes: Sequence[str],
+        pre: Preprocessing,
+        augment: SeedAugment | None = None,
+        seed: int = 0,
+    ) -> None:
+        if int(seed) < 0:
+            raise CxrError(f"the data seed must be >= 0, got {seed}")
+        self.root = Path(root)
+        self.rows = list(rows)
+        self.classes = list(classes)
+        self.pre = pre
+        self.augment = augment
+        self.seed = int(seed)
+        self._labels = _label_indices(self.rows, self.classes)
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Class index of every row, in row order."""
+        return self._labels.copy()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.item())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation draws of `epoch` (visible to running worker processes too)."""
+        self._epoch.fill_(int(epoch))
+
+    def image(self, index: int) -> np.ndarray:
+        """The resized uint8 (S, S) image of row `index`, before augmentation."""
+        img = read_image(self.root / self.rows[index].path)
+        return resize_gray(img, self.pre.size)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        img = self.image(index)
+        if self.augment is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            img = self.augment(img, rng)
+        return to_input(img, self.pre), int(self._labels[index])
+
+
+def _label_indices(rows: Sequence[SplitRow], classes: Sequence[str]) -> np.ndarray:
+    index = {name: i for i, name in enumerate(classes)}
+    unknown = sorted({row.label for row in rows} - index.keys())
+    if unknown:
+        raise CxrError(f"labels {unknown} are not among the classes {list(classes)}")
+    return np.array([index[row.label] for row in rows], dtype=np.int64)
+
+
+class EpochShuffle(Sampler[int]):
+    """A permutation of the dataset drawn from `np.random.default_rng([seed, epoch])`.
+
+    The epoch is the one given to `set_epoch`, else the dataset's `epoch` (so `SplitDataset.set_epoch`
+    selects both the order and the augmentation), else the number of earlier passes. An epoch's order
+    does not depend on the worker count or on earlier epochs, and a resumed run sees the same order.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = int(seed)
+        self._epoch: int | None = None
+        self._passes = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        epoch = self._epoch if self._epoch is not None else getattr(self.dataset, "epoch", self._passes)
+        self._passes += 1
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
+        return iter(order.tolist())
+
+
+def resolve_workers(n: int) -> int:
+    """DataLoader worker count: `n` itself, or for -1 one per core capped at MAX_AUTO_WORKERS."""
+    if n == -1:
+        return min(os.cpu_count() or 1, MAX_AUTO_WORKERS)
+    if n < 0:
+        raise CxrError(f"num_workers must be -1 (one per core) or >= 0, got {n}")
+    return n
+
+
+def _worker_init(_worker_id: int) -> None:
+    """Workers decode and augment single images: one torch thread each avoids oversubscription."""
+    torch.set_num_threads(1)
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool,
+    num_workers: int,
+    seed: int,
+    drop_last: bool = False,
+    sampler: Sampler | None = None,
+) -> DataLoader:
+    """A DataLoader whose order is a pure function of (`seed`, epoch); see `EpochShuffle`.
+
+    Workers (`num_workers`, -1 = one per core) stay alive between epochs; memory is pinned when CUDA
+    is available. Pass either `shuffle=True` or a `sampler`, not both. The loader's own generator
+    (worker base seeds) is seeded too, so nothing depends on torch's global RNG.
+    """
+    if sampler is not None and shuffle:
+        raise CxrError("make_loader: give either shuffle=True or a sampler, not both")
+    if shuffle:
+        sampler = EpochShuffle(dataset, seed)
+    workers = resolve_workers(num_workers)
+    generator = torch.Generator().manual_seed(int(seed))
+    log.debug("DataLoader: batch %d, %d workers, shuffle=%s", batch_size, workers, shuffle)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        generator=generator,
+        drop_last=drop_last,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=workers > 0,
+        worker_init_fn=_worker_init if workers > 0 else None,
+    )
