@@ -1,0 +1,258 @@
+"""Where and how a run computes: device choice, precision policy, threads, seeding, rank guards.
+
+Everything here is explicit: nothing is set at import time. The pipeline calls `set_threads` and
+`seed_everything` once at the start of a run, then `resolve_device` / `resolve_precision` to decide
+how the loop runs. Precision policy:
+
+- CPU: bf16 autocast only where the CPU has native bf16 (AVX512-BF16 or AMX); otherwise fp32,
+  because emulated bf16 is slower than fp32.
+- CUDA: bf16 autocast where the GPU supports it, else fp16 with a gradient scaler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cxr.errors import CxrError
+
+log = logging.getLogger(__name__)
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+CPUINFO = Path("/proc/cpuinfo")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """'auto' -> the first CUDA device when one is visible, else the CPU; 'cuda[:N]' must exist."""
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or spec.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise CxrError(f"device {spec!r} asked for, but no CUDA device is visible; use --device cpu or auto")
+        index_text = spec.partition(":")[2]
+        if index_text:
+            if not index_text.isdigit():
+                raise CxrError(f"bad device {spec!r}; allowed: {', '.join(DEVICE_CHOICES)}")
+            count = torch.cuda.device_count()
+            if int(index_text) >= count:
+                raise CxrError(f"device {spec!r} does not exist; this machine has cuda:0..cuda:{count - 1}")
+        return torch.device(spec)
+    raise CxrError(f"unknown device {spec!r}; allowed: {', '.join(DEVICE_CHOICES)}")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags from /proc/cpuinfo (empty where that file does not exist)."""
+    try:
+        text = CPUINFO.read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX), so bf16 autocast is a speed-up."""
+    if cpu_flags() & CPU_BF16_FLAGS:
+        return True
+    capability = str(torch.backends.cpu.get_cpu_capability()).upper()
+    return "AMX" in capability or "BF16" in capability
+
+
+def resolve_precision(spec: str, device: torch.device) -> str:
+    """Map 'auto' | 'fp32' | 'bf16' | 'fp16' to the precision the loop runs with on `device`."""
+    spec = (spec or "auto").strip().lower()
+    if spec not in PRECISION_CHOICES:
+        raise CxrError(f"unknown precision {spec!r}; allowed: {', '.join(PRECISION_CHOICES)}")
+    if device.type == "cuda":
+        bf16_ok = torch.cuda.is_bf16_supported()
+        if spec == "auto":
+            return "bf16" if bf16_ok else "fp16"
+        if spec == "bf16" and not bf16_ok:
+            raise CxrError(f"precision 'bf16' is not supported by {torch.cuda.get_device_name(device)}; use fp16 or fp32")
+        return spec
+    if spec == "auto":
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    if spec == "fp16":
+        raise CxrError("precision 'fp16' needs a CUDA device; on the CPU use bf16 or fp32")
+    if spec == "bf16" and not cpu_has_native_bf16():
+        log.warning("this CPU has no native bf16 (avx512_bf16/amx_bf16): bf16 will be emulated and slow")
+    return spec
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """Mixed-precision context for `precision` on `device`; fp32 is a no-op context."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision not in _DTYPES:
+        raise CxrError(f"unknown precision {precision!r}; allowed: fp32, bf16, fp16")
+    return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
+
+
+def make_grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | None:
+    """A gradient scaler for fp16 on CUDA (fp16 gradients underflow without one); None otherwise."""
+    if device.type == "cuda" and precision == "fp16":
+        return torch.amp.GradScaler("cuda")
+    return None
+
+
+def to_channels_last(module: torch.nn.Module, enabled: bool = True) -> torch.nn.Module:
+    """Convert 4-D weights to NHWC (faster convolutions on CPU oneDNN and CUDA tensor cores)."""
+    if enabled:
+        module.to(memory_format=torch.channels_last)
+    return module
+
+
+def batch_to(x: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    """Move an input batch to `device` (non-blocking from pinned memory), NHWC when asked and 4-D."""
+    if channels_last and x.dim() == 4:
+        return x.to(device, non_blocking=True, memory_format=torch.channels_last)
+    return x.to(device, non_blocking=True)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (respects affinity masks and container limits)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def set_threads(n: int | None = None) -> int:
+    """Use `n` intra-op threads; returns the number set.
+
+    Default: $OMP_NUM_THREADS when the user set it (the usual way to share a machine), else every
+    available core.
+    """
+    if n is None or n < 1:
+        env = os.environ.get("OMP_NUM_THREADS", "")
+        n = int(env) if env.isdigit() and int(env) > 0 else available_cores()
+    torch.set_num_threads(n)
+    return n
+
+
+def resolve_workers(num_workers: int, cap: int = 8) -> int:
+    """DataLoader workers: -1 means one per core, capped at `cap`; other values are taken as given."""
+    if num_workers < -1:
+        raise CxrError(f"data.num_workers must be -1 (one per core) or >= 0, got {num_workers}")
+    return min(available_cores(), cap) if num_workers == -1 else num_workers
+
+
+@dataclass
+class Generators:
+    """Explicit random generators of a run, all derived from one seed."""
+
+    seed: int
+    numpy: np.random.Generator
+    torch: torch.Generator
+
+
+def seed_everything(seed: int, *, deterministic: bool = True) -> Generators:
+    """Seed Python, NumPy and torch (CPU and CUDA) and return explicit generators.
+
+    Model initialisation and dropout use torch's global generator, so it is seeded here too; every
+    other random choice in cxr takes one of the returned generators. `deterministic` turns off cuDNN
+    autotuning so GPU runs repeat as closely as CUDA allows (CPU runs are deterministic anyway).
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.backends.cudnn.benchmark = False
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return Generators(seed=seed, numpy=np.random.default_rng(seed), torch=gen)
+
+
+def rng_state() -> dict[str, Any]:
+    """Global RNG states (Python, NumPy, torch CPU and CUDA), for checkpoints that resume exactly."""
+    state: dict[str, Any] = {
+        "python": _python_state_to_list(random.getstate()),
+        "numpy": _numpy_state_to_dict(np.random.get_state()),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` returned."""
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in state:
+        s = state["numpy"]
+        np.random.set_state((s["kind"], np.asarray(s["keys"], dtype=np.uint32), s["pos"], s["has_gauss"], s["cached"]))
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _python_state_to_list(state: tuple) -> list:
+    # Plain lists/ints survive torch.load(weights_only=True); tuples of ints would too, but keep it simple.
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _numpy_state_to_dict(state: tuple) -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = state
+    return {"kind": kind, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def distributed_info() -> tuple[int, int]:
+    """(rank, world size); (0, 1) when torch.distributed is not initialised."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def is_main_process() -> bool:
+    """True on rank 0 (and in a single process): only it logs progress and writes files."""
+    return distributed_info()[0] == 0
+
+
+@contextlib.contextmanager
+def main_process_first() -> Iterator[None]:
+    """Let rank 0 run the block first (e.g. to build a cache), the other ranks after it."""
+    rank, world = distributed_info()
+    if world > 1 and rank != 0:
+        torch.distributed.barrier()
+    yield
+    if world > 1 and rank == 0:
+        torch.distributed.barrier()
+
+
+def gather_arrays(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Concatenate each array over all ranks (rank order); identity in a single process."""
+    _, world = distributed_info()
+    if world == 1:
+        return arrays
+    gathered: list[Any] = [None] * world
+    torch.distributed.all_gather_object(gathered, arrays)
+    return tuple(np.concatenate([part[i] for part in gathered]) for i in range(len(arrays)))
+
+
+def describe(device: torch.device, precision: str) -> str:
+    """One line for the log: device name, precision and threads."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)}), {precision}"
+    return f"CPU ({torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads), {precision}"
