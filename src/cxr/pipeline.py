@@ -7,6 +7,11 @@ predictions.csv, figures/*.png, aug_images/*.png, report.md, report.html and log
 
 With `model.freeze=base` and `train.feature_cache` the head is trained on cached backbone features
 (`cxr.train.features`, when installed); otherwise every epoch runs the whole network on images.
+With `train.finetune_epochs > 0` a fine-tuning phase follows (see `finetune_config`, `FrozenNormStats`).
+
+Under torchrun (WORLD_SIZE > 1) training runs DistributedDataParallel (`cxr.train.distributed`):
+rank 0 audits and splits the data and builds the feature cache, every rank trains its share of each
+global batch, and only rank 0 writes files, evaluates the test split and writes the report.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import gc
 import importlib.util
 import json
 import logging
@@ -38,10 +44,19 @@ from cxr.errors import CxrError
 from cxr.train.device import (
     describe,
     is_main_process,
+    main_process_first,
     resolve_device,
     resolve_precision,
     seed_everything,
     set_threads,
+)
+from cxr.train.distributed import (
+    DistributedContext,
+    barrier,
+    distributed_session,
+    run_on_main,
+    shard_loaders,
+    wrap_ddp,
 )
 from cxr.train.loop import FitResult, evaluate_epoch, fit, read_history_csv
 from cxr.transforms import Preprocessing, SeedAugment
@@ -309,17 +324,22 @@ def _train(
     cache_dir: Path | None,
     progress: bool,
     figures: bool,
+    dist_ctx: DistributedContext | None = None,
 ) -> TrainingRun:
     started = time.perf_counter()
     set_threads()
     seed_everything(cfg.train.seed)
-    device = resolve_device(cfg.train.device)
+    device = dist_ctx.device if dist_ctx is not None else resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
-    log.info("cxr %s: run %s in %s on %s", __version__, cfg.name, out_dir, describe(device, precision))
+    ranks = f", {dist_ctx.world_size} processes ({dist_ctx.backend})" if dist_ctx is not None else ""
+    log.info("cxr %s: run %s in %s on %s%s", __version__, cfg.name, out_dir, describe(device, precision), ranks)
     if is_main_process():
         save_config(cfg, out_dir / "config.yaml")
 
-    prepared = prepare_data(cfg, data, out_dir, resume=resume, split_csv=split_csv, progress=progress)
+    # under torchrun rank 0 audits and splits, and every rank gets its result (or its CxrError)
+    prepared = run_on_main(
+        lambda: prepare_data(cfg, data, out_dir, resume=resume, split_csv=split_csv, progress=progress)
+    )
     counts = prepared.counts()
     log.info("classes %s; %s", prepared.classes,
              ", ".join(f"{s} {sum(counts[s].values())}" for s in SPLITS))
@@ -346,18 +366,18 @@ def _train(
 
             cache = cache_dir or default_cache_dir()
             model.to(device)
-            loaders = feature_loaders(model, prepared.root, prepared.rows, prepared.classes, cfg, cache, device,
-                                      precision)
+            with main_process_first():  # under torchrun rank 0 extracts, then the others read its entry
+                loaders = feature_loaders(model, prepared.root, prepared.rows, prepared.classes, cfg, cache,
+                                          device, precision)
             module = model.head
             log.info("using the feature cache (%s, %d views per training image): training the head only",
                      cache, cfg.train.feature_views)
         else:
             loaders = image_loaders(prepared, model.preprocessing, cfg)
             log.info("training on images (direct path)")
-        result = fit(
-            module, loaders["train"], loaders["val"], cfg=cfg, classes=prepared.classes, out_dir=out_dir,
-            device=device, precision=precision, classifier=model, train_labels=labels,
-            resume=resume_phase == 1, progress=progress,
+        result = _fit_phase(
+            module, loaders, dist_ctx, cfg=cfg, classes=prepared.classes, out_dir=out_dir, device=device,
+            precision=precision, classifier=model, train_labels=labels, resume=resume_phase == 1, progress=progress,
         )
     phases = [_phase_info(1, cfg, model, cached)]  # model still has model.freeze applied
     if cfg.train.finetune_epochs > 0:  # phase 2: unfreeze (finetune_freeze) and fine-tune on images
@@ -365,6 +385,7 @@ def _train(
 
         ft = finetune_config(cfg)
         if resume_phase <= 1:  # fine-tuning starts from the head phase's best weights
+            barrier()  # under torchrun: rank 0 has written best.pt
             model.load_state_dict(load_checkpoint(out_dir / "checkpoints" / "best.pt", map_location=device)["model"])
         apply_freeze(model, ft.model.freeze)
         phases.append(_phase_info(2, ft, model, False))
@@ -372,9 +393,9 @@ def _train(
                  ft.model.freeze, f"{phases[-1]['trainable']:,}", ft.train.epochs, ft.train.lr)
         cached, module = False, model
         loaders = image_loaders(prepared, model.preprocessing, cfg)
-        result = fit(
-            model, loaders["train"], loaders["val"], cfg=cfg, classes=prepared.classes, out_dir=out_dir,
-            device=device, precision=precision, train_labels=labels, resume=resume_phase == 2,
+        result = _fit_phase(
+            FrozenNormStats(model), loaders, dist_ctx, cfg=cfg, classes=prepared.classes, out_dir=out_dir,
+            device=device, precision=precision, classifier=model, train_labels=labels, resume=resume_phase == 2,
             progress=progress, train_cfg=ft.train, phase=2, prior=result,
         )
     if result is None:
@@ -383,6 +404,57 @@ def _train(
     return TrainingRun(cfg=cfg, prepared=prepared, model=model, module=module, loaders=loaders,
                        feature_cache=cached, device=device, precision=precision, result=result,
                        seconds=time.perf_counter() - started, info={"parameters": params, "phases": phases})
+
+
+def _fit_phase(
+    module: nn.Module,
+    loaders: dict[str, DataLoader],
+    dist_ctx: DistributedContext | None,
+    *,
+    device: torch.device,
+    cfg: RunConfig,
+    **fit_kwargs: Any,
+) -> FitResult:
+    """`fit` on the train and val loaders; under torchrun on DDP and per-rank shares of the loaders."""
+    tc = fit_kwargs.get("train_cfg") or cfg.train
+    module.to(device)
+    if tc.channels_last:
+        module.to(memory_format=torch.channels_last)  # before DDP, so its gradient buckets match the layout
+    runner = wrap_ddp(module, dist_ctx)
+    sharded = shard_loaders(loaders, batch_size=tc.batch_size, seed=tc.seed, ctx=dist_ctx)
+    try:
+        return fit(runner, sharded["train"], sharded["val"], device=device, cfg=cfg, **fit_kwargs)
+    finally:
+        del runner
+        if dist_ctx is not None:
+            gc.collect()  # free the DDP reducer and its gradient hooks before another phase wraps these parameters
+
+
+class FrozenNormStats(nn.Module):
+    """`model` with every BatchNorm kept in inference mode, also while training (the fine-tuning phase).
+
+    The head phase learned on features computed with the backbone's running statistics. Switching the
+    BatchNorms to per-batch statistics would change those features at once (on X-rays, far from the
+    ImageNet statistics, by enough to undo much of the head phase), and small per-process batches make
+    them noisy. So fine-tuning adapts the convolutions and the BatchNorm scales and shifts, and keeps
+    the statistics, as the Keras transfer-learning guide recommends. Its state dict is `model`'s.
+    """
+
+    norm_stats_frozen = True  # BatchNorms never use batch statistics: nothing to synchronise under DDP
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.module = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+    def train(self, mode: bool = True) -> FrozenNormStats:
+        super().train(mode)
+        for layer in self.module.modules():
+            if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                layer.eval()
+        return self
 
 
 def finetune_config(cfg: RunConfig) -> RunConfig:
@@ -439,13 +511,15 @@ def train(
 ) -> Path:
     """Train only: config.yaml, split.csv, history.csv, checkpoints/ and log.txt in `out_dir`; returns it."""
     out_dir = Path(out_dir)
-    cfg = _start(cfg, Path(data), out_dir, resume)
-    with run_log(out_dir, append=resume):
-        run = _train(cfg, Path(data), out_dir, resume=resume, use_feature_cache=use_feature_cache,
-                     split_csv=Path(split_csv) if split_csv else None,
-                     cache_dir=Path(cache_dir) if cache_dir else None, progress=progress, figures=False)
-        log.info("training done in %.1f s: best epoch %d (val loss %.4f), checkpoints in %s",
-                 run.seconds, run.result.best_epoch, run.result.best_val_loss, run.result.checkpoint_dir)
+    with distributed_session(cfg.train.device) as dist_ctx:  # no-op unless launched by torchrun
+        cfg = _start(cfg, Path(data), out_dir, resume)
+        with run_log(out_dir, append=resume):
+            run = _train(cfg, Path(data), out_dir, resume=resume, use_feature_cache=use_feature_cache,
+                         split_csv=Path(split_csv) if split_csv else None,
+                         cache_dir=Path(cache_dir) if cache_dir else None, progress=progress, figures=False,
+                         dist_ctx=dist_ctx)
+            log.info("training done in %.1f s: best epoch %d (val loss %.4f), checkpoints in %s",
+                     run.seconds, run.result.best_epoch, run.result.best_val_loss, run.result.checkpoint_dir)
     return out_dir
 
 
@@ -462,15 +536,32 @@ def run_study(
     """The whole study: split, figures, training, test evaluation of best.pt, figures and report.
 
     use_feature_cache: None follows the config (cache with freeze=base and train.feature_cache),
-    False forces the direct image path. Returns the run directory.
+    False forces the direct image path. Returns the run directory. Under torchrun every rank trains;
+    rank 0 alone evaluates and writes the report.
     """
     out_dir = Path(out_dir)
+    with distributed_session(cfg.train.device) as dist_ctx:  # no-op unless launched by torchrun
+        return _run_study(cfg, Path(data), out_dir, resume=resume, use_feature_cache=use_feature_cache,
+                          cache_dir=cache_dir, progress=progress, dist_ctx=dist_ctx)
+
+
+def _run_study(
+    cfg: RunConfig,
+    data: Path,
+    out_dir: Path,
+    *,
+    resume: bool,
+    use_feature_cache: bool | None,
+    cache_dir: str | Path | None,
+    progress: bool,
+    dist_ctx: DistributedContext | None,
+) -> Path:
     started = time.perf_counter()
-    cfg = _start(cfg, Path(data), out_dir, resume)
+    cfg = _start(cfg, data, out_dir, resume)
     with run_log(out_dir, append=resume):
-        run = _train(cfg, Path(data), out_dir, resume=resume, use_feature_cache=use_feature_cache,
+        run = _train(cfg, data, out_dir, resume=resume, use_feature_cache=use_feature_cache,
                      split_csv=None, cache_dir=Path(cache_dir) if cache_dir else None, progress=progress,
-                     figures=True)
+                     figures=True, dist_ctx=dist_ctx)
         if not is_main_process():
             return out_dir
         metrics, y_true, probs = _evaluate_best(run, progress)
@@ -490,6 +581,7 @@ def run_study(
             "precision": run.precision,
             "parameters": run.info["parameters"],
             "phases": run.info["phases"],
+            "processes": dist_ctx.world_size if dist_ctx is not None else 1,
             "train_seconds": run.seconds,
             "wall_seconds": time.perf_counter() - started,
             "checkpoint": "checkpoints/best.pt",

@@ -9,11 +9,13 @@ checkpoints (`last.pt` every epoch, `best.pt` on a val-loss improvement), exact 
 stopping, class weights, lr schedules, label smoothing, gradient accumulation and discriminative
 learning rates. Checkpoints always store the full classifier, whatever module is being trained.
 Files are written by the main process only and metrics come from predictions gathered over all
-ranks, so a DistributedDataParallel wrapper can reuse it unchanged.
+ranks, so `module` may be a DistributedDataParallel wrapper (`cxr.train.distributed.wrap_ddp`); the
+training loss is then `GlobalBatchLoss`, so N processes compute what one process would.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
@@ -44,6 +46,7 @@ from cxr.train.device import (
     set_rng_state,
     to_channels_last,
 )
+from cxr.train.distributed import train_loss, unwrap
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +75,7 @@ def param_groups(module: nn.Module, lr: float, backbone_lr_ratio: float) -> list
     A module without a `.backbone` (e.g. a head trained on cached features) is one group at `lr`.
     The head group comes first, so `param_groups[0]["lr"]` is the head's learning rate.
     """
-    module = getattr(module, "module", module)  # unwrap DistributedDataParallel / compiled wrappers
+    module = unwrap(module)  # DistributedDataParallel, torch.compile and other wrappers
     backbone = getattr(module, "backbone", None)
     backbone_ids = {id(p) for p in backbone.parameters()} if isinstance(backbone, nn.Module) else set()
     head = [p for p in module.parameters() if p.requires_grad and id(p) not in backbone_ids]
@@ -190,12 +193,16 @@ def train_one_epoch(
     for i, (x, y) in enumerate(bar):
         x = batch_to(x, device, channels_last)
         y = y.to(device, non_blocking=True)
-        with autocast(device, precision):
-            logits = model(x)
-        loss = loss_fn(logits.float(), y)
-        scaled = loss / grad_accum
-        (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        if (i + 1) % grad_accum == 0 or (total_batches is not None and i + 1 == total_batches):
+        stepping = (i + 1) % grad_accum == 0 or (total_batches is not None and i + 1 == total_batches)
+        # DDP: all-reduce the gradients only on the micro-batch that steps
+        sync = model.no_sync() if not stepping and hasattr(model, "no_sync") else contextlib.nullcontext()
+        with sync:
+            with autocast(device, precision):
+                logits = model(x)
+            loss = loss_fn(logits.float(), y)
+            scaled = loss / grad_accum
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        if stepping:
             _optimizer_step(optimizer, scaler, scheduler)
         n = y.shape[0]
         loss_sum += loss.detach().double() * n
@@ -390,7 +397,8 @@ def fit(
     """Train `module` for `train_cfg.epochs` epochs; write history.csv and checkpoints under `out_dir`.
 
     module:       what is optimised and called on the loaders' inputs — the classifier itself, or
-                  `classifier.head` when the loaders yield cached features (N, C, 1, 1).
+                  `classifier.head` when the loaders yield cached features (N, C, 1, 1); either may be
+                  wrapped (DistributedDataParallel, `FrozenNormStats`), already on `device`.
     classifier:   the full `Classifier` stored in every checkpoint (default: `module`); it must have
                   `.preprocessing`.
     cfg:          the run's config, stored in the checkpoints.
@@ -421,9 +429,8 @@ def fit(
     module.to(device)
     to_channels_last(module, tc.channels_last)
     weight = class_weights(tc.class_weights, train_labels, num_classes)
-    train_loss_fn = nn.CrossEntropyLoss(
-        weight=weight.to(device) if weight is not None else None, label_smoothing=tc.label_smoothing
-    )
+    # nn.CrossEntropyLoss in one process; under DDP normalised over the whole global batch
+    train_loss_fn = train_loss(weight.to(device) if weight is not None else None, tc.label_smoothing)
     val_loss_fn = nn.CrossEntropyLoss()  # Keras: class weights and smoothing only shape the training loss
     optimizer = build_optimizer(module, tc)
     steps_per_epoch = max(1, math.ceil(len(train_loader) / tc.grad_accum)) if hasattr(train_loader, "__len__") else 1
