@@ -15,3 +15,27 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data/cxr4-dev is not present")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def calibrated_model():
+    """Factory: `build_model` with random init whose BatchNorm statistics are calibrated on random
+    batches, so a tiny untrained model still gives non-uniform outputs. Leaves torch's RNG untouched."""
+    import torch
+
+    from cxr.models import build_model
+
+    def make(model_cfg, num_classes: int, size: int):
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model = build_model(model_cfg, num_classes=num_classes)
+            for module in model.modules():
+                if isinstance(module, torch.nn.BatchNorm2d):
+                    module.momentum = None  # cumulative average over the calibration batches
+            model.train()
+            with torch.no_grad():
+                for _ in range(3):
+                    model(torch.randn(8, 3, size, size))
+        return model.eval()
+
+    return make

@@ -15,7 +15,6 @@ from cxr.cli import main
 from cxr.config import ModelConfig, RunConfig
 from cxr.data.synthetic import CLASSES, make_image
 from cxr.explain import explain, grad_cam, overlay
-from cxr.models import build_model
 from cxr.predict import Predictor
 from cxr.transforms import Preprocessing
 
@@ -124,19 +123,10 @@ def test_overlay_blends_colormap() -> None:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def checkpoint(tmp_path_factory: pytest.TempPathFactory, calibrated_model) -> Path:
     cfg = RunConfig(name="tiny", model=ModelConfig(backbone="efficientnet_lite0", weights="random", head=(32,), freeze="none"))
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = build_model(cfg.model, num_classes=len(CLASSES))
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.momentum = None
-        model.train()
-        with torch.no_grad():
-            for _ in range(3):
-                model(torch.randn(8, 3, 64, 64))
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", model=model.eval(), config=cfg,
+    model = calibrated_model(cfg.model, len(CLASSES), 64)
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", model=model, config=cfg,
                            classes=list(CLASSES), preprocessing=Preprocessing(mode="half", size=64), epoch=1)
 
 

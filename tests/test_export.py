@@ -22,7 +22,6 @@ from cxr.export import (
     parity_inputs,
     read_onnx_metadata,
 )
-from cxr.models import build_model
 from cxr.transforms import Preprocessing
 
 SIZE = 64
@@ -30,20 +29,11 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def checkpoint(tmp_path_factory: pytest.TempPathFactory, calibrated_model) -> Path:
     """EfficientNet-Lite0, random init with calibrated BatchNorm statistics (non-uniform outputs)."""
     cfg = RunConfig(name="tiny", model=ModelConfig(backbone="efficientnet_lite0", weights="random", head=(32,), freeze="none"))
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = build_model(cfg.model, num_classes=len(CLASSES))
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.momentum = None
-        model.train()
-        with torch.no_grad():
-            for _ in range(3):
-                model(torch.randn(8, 3, SIZE, SIZE))
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", model=model.eval(), config=cfg,
+    model = calibrated_model(cfg.model, len(CLASSES), SIZE)
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", model=model, config=cfg,
                            classes=list(CLASSES), preprocessing=Preprocessing(mode="half", size=SIZE), epoch=1)
 
 

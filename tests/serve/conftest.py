@@ -12,13 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from cxr.checkpoint import save_checkpoint
 from cxr.config import DataConfig, ModelConfig, RunConfig
 from cxr.data.synthetic import CLASSES, make_image
-from cxr.models import build_model
 from cxr.predict import Predictor
 from cxr.transforms import Preprocessing
 
@@ -28,23 +26,14 @@ SERVER_START_TIMEOUT_S = 30.0
 
 
 @pytest.fixture(scope="session")
-def run_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def run_checkpoint(tmp_path_factory: pytest.TempPathFactory, calibrated_model) -> Path:
     """runs/tiny/checkpoints/best.pt (EfficientNet-Lite0, random init with calibrated BatchNorm
     statistics so outputs are not uniform) beside a metrics.json with test metrics."""
     run = tmp_path_factory.mktemp("runs") / "tiny"
     cfg = RunConfig(name="tiny", data=DataConfig(root=str(run.parent / "secret-location" / "cxr4-dev")),
                     model=ModelConfig(backbone="efficientnet_lite0", weights="random", head=(32,), freeze="none"))
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = build_model(cfg.model, num_classes=len(CLASSES))
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.momentum = None
-        model.train()
-        with torch.no_grad():
-            for _ in range(3):
-                model(torch.randn(8, 3, SIZE, SIZE))
-    path = save_checkpoint(run / "checkpoints" / "best.pt", model=model.eval(), config=cfg, classes=list(CLASSES),
+    model = calibrated_model(cfg.model, len(CLASSES), SIZE)
+    path = save_checkpoint(run / "checkpoints" / "best.pt", model=model, config=cfg, classes=list(CLASSES),
                            preprocessing=Preprocessing(mode="half", size=SIZE), epoch=3,
                            metrics={"epoch": 3, "val_accuracy": 0.75, "val_loss": 0.9})
     test = {"n": 32, "accuracy": TEST_ACCURACY, "macro_f1": 0.8, "ci": {"accuracy": [0.7, 0.9]},
