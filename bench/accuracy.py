@@ -27,7 +27,6 @@ import csv
 import json
 import logging
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from cxr.cli import MALLOC_TUNABLES
+from cxr.cli import MALLOC_TUNED_FLAG, reexec_with_malloc_tunables
 from cxr.config import RunConfig, load_config
 from cxr.data.discover import discover
 from cxr.pipeline import run_study
@@ -45,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 SEED_CONFIG = REPO / "configs" / "seed.yaml"
 FINETUNE_CONFIG = REPO / "configs" / "finetune.yaml"
 RECIPES = ("frozen", "finetune")
-_TUNED_FLAG = "CXR_BENCH_TUNED"
+_TUNED_FLAG = MALLOC_TUNED_FLAG
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,14 +67,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="folder for the run directories and the feature cache (default: temp)")
     parser.add_argument("--no-malloc-tune", action="store_true", help="do not re-execute with GLIBC_TUNABLES set")
     return parser.parse_args(argv)
-
-
-def reexec_tuned(argv: list[str]) -> None:
-    """Run this script again with the glibc malloc tunables that the `cxr` command sets for itself."""
-    if os.environ.get(_TUNED_FLAG) or "GLIBC_TUNABLES" in os.environ or platform.libc_ver()[0] != "glibc":
-        return
-    env = dict(os.environ, GLIBC_TUNABLES=MALLOC_TUNABLES, **{_TUNED_FLAG: "1"})
-    os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *argv], env)
 
 
 def subset_manifest(data: Path, n: int, seed: int, out: Path) -> Path:
@@ -203,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if not args.no_malloc_tune:
-        reexec_tuned(argv)
+        reexec_with_malloc_tunables([sys.executable, os.path.abspath(__file__), *argv])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     out = args.out or Path(tempfile.mkdtemp(prefix="cxr-accuracy-"))
     out.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,6 @@ import csv
 import json
 import logging
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -37,12 +36,12 @@ from typing import Any
 
 import numpy as np
 
-from cxr.cli import MALLOC_TUNABLES
+from cxr.cli import MALLOC_TUNED_FLAG, reexec_with_malloc_tunables
 from cxr.config import RunConfig, load_config
 from cxr.data.discover import discover
 from cxr.pipeline import run_study
 
-_TUNED_FLAG = "CXR_BENCH_TUNED"
+_TUNED_FLAG = MALLOC_TUNED_FLAG
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -65,14 +64,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="folder for the run directories and the cache (default: a temp dir)")
     parser.add_argument("--no-malloc-tune", action="store_true", help="do not re-execute with GLIBC_TUNABLES set")
     return parser.parse_args(argv)
-
-
-def reexec_tuned(argv: list[str]) -> None:
-    """Run again with the glibc malloc tunables that the `cxr` command sets for itself."""
-    if os.environ.get(_TUNED_FLAG) or "GLIBC_TUNABLES" in os.environ or platform.libc_ver()[0] != "glibc":
-        return
-    env = dict(os.environ, GLIBC_TUNABLES=MALLOC_TUNABLES, **{_TUNED_FLAG: "1"})
-    os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *argv], env)
 
 
 def subset_manifest(data: Path, n: int, seed: int, out: Path) -> Path:
@@ -192,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if not args.no_malloc_tune:
-        reexec_tuned(argv)
+        reexec_with_malloc_tunables([sys.executable, os.path.abspath(__file__), *argv])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     out = args.out or Path(tempfile.mkdtemp(prefix="cxr-seed-recipe-"))
     out.mkdir(parents=True, exist_ok=True)

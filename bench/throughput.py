@@ -34,13 +34,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxr.cli import MALLOC_TUNABLES
+from cxr.cli import MALLOC_TUNABLES, MALLOC_TUNED_FLAG, reexec_with_malloc_tunables
 from cxr.config import ModelConfig
 from cxr.models.build import build_model
 from cxr.train.device import available_cores, cpu_flags, cpu_has_native_bf16, set_threads
 
 _CHILD_FLAG = "CXR_BENCH_CHILD"
-_TUNED_FLAG = "CXR_BENCH_TUNED"
+_TUNED_FLAG = MALLOC_TUNED_FLAG
 NUM_CLASSES = 4
 
 
@@ -69,14 +69,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-malloc-tune", action="store_true", help="do not re-execute with GLIBC_TUNABLES set")
     parser.add_argument("--only", default="", help=argparse.SUPPRESS)  # child mode: one row, JSON out
     return parser.parse_args(argv)
-
-
-def reexec_tuned(argv: list[str]) -> None:
-    """Run this script again with the malloc tunables of `cxr`, unless already set or refused."""
-    if os.environ.get(_TUNED_FLAG) or "GLIBC_TUNABLES" in os.environ or platform.libc_ver()[0] != "glibc":
-        return
-    env = dict(os.environ, GLIBC_TUNABLES=MALLOC_TUNABLES, **{_TUNED_FLAG: "1"})
-    os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *argv], env)
 
 
 def time_batches(fn: Callable[[], Any], iters: int, warmup: int) -> dict[str, float]:
@@ -257,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if not args.no_malloc_tune and not os.environ.get(_CHILD_FLAG):
-        reexec_tuned(argv)
+        reexec_with_malloc_tunables([sys.executable, os.path.abspath(__file__), *argv])
     threads = set_threads(args.threads or None)
     torch.manual_seed(0)
     model = build(args)

@@ -21,7 +21,7 @@ log = logging.getLogger("cxr")
 # glibc returns large freed blocks to the OS and faults them in again on every iteration, which
 # makes PyTorch on CPU 2-4x slower in some VMs. These thresholds keep the memory in the process.
 MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184"
-_REEXEC_FLAG = "CXR_MALLOC_TUNED"
+MALLOC_TUNED_FLAG = "CXR_MALLOC_TUNED"  # set in the re-executed process
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,18 +57,19 @@ def setup_logging(verbose: int = 0, quiet: int = 0) -> None:
     root.propagate = False
 
 
-def _tune_malloc_and_reexec(argv: Sequence[str]) -> None:
-    """Re-execute once with glibc malloc tunables set, so users never have to know about them."""
+def reexec_with_malloc_tunables(command: Sequence[str]) -> None:
+    """Re-execute `command` (a full argv) once with glibc malloc tunables set; no-op where not glibc,
+    already tuned, or GLIBC_TUNABLES is set by the user. Also used by the benchmark scripts."""
     if (
         sys.platform != "linux"
         or platform.libc_ver()[0] != "glibc"
-        or os.environ.get(_REEXEC_FLAG)
+        or os.environ.get(MALLOC_TUNED_FLAG)
         or "GLIBC_TUNABLES" in os.environ
     ):
         return
-    env = dict(os.environ, GLIBC_TUNABLES=MALLOC_TUNABLES, **{_REEXEC_FLAG: "1"})
+    env = dict(os.environ, GLIBC_TUNABLES=MALLOC_TUNABLES, **{MALLOC_TUNED_FLAG: "1"})
     try:
-        os.execve(sys.executable, [sys.executable, "-m", "cxr", *argv], env)
+        os.execve(sys.executable, list(command), env)
     except OSError:  # pragma: no cover - exec not permitted: run untuned
         return
 
@@ -77,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point. Returns the exit status: 0 ok, 1 finished with problems, 2 user error."""
     if argv is None:
         argv = sys.argv[1:]
-        _tune_malloc_and_reexec(argv)
+        reexec_with_malloc_tunables([sys.executable, "-m", "cxr", *argv])
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose, args.quiet)
