@@ -11,10 +11,11 @@ on the same data and the same split:
   label smoothing).
 
 The JSON on stdout gives, per recipe, test accuracy and macro-F1 with their 95% bootstrap CIs,
-per-class recall, loss and wall time, and whether the two macro-F1 (and accuracy) CIs overlap.
-A Markdown table for the README goes to stderr at the end.
+per-class recall, loss and wall time, and whether the two macro-F1 (and accuracy) CIs overlap
+(and that both runs used the same split). With --tta each recipe's best.pt is also scored with
+test-time augmentation. A Markdown table for the README goes to stderr at the end.
 
-    .venv/bin/python bench/accuracy.py ../shared/data/cxr4-dev --out /tmp/accuracy > accuracy.json
+    .venv/bin/python bench/accuracy.py ../shared/data/cxr4-dev --tta --out /tmp/accuracy > accuracy.json
     .venv/bin/python bench/accuracy.py DATA --subset 600 --epochs-head 5 --epochs-finetune 1   # a quick look
 
 The script re-executes itself once with the glibc malloc tunables that the `cxr` command sets.
@@ -33,12 +34,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from _subset import subset_manifest  # bench/ is on sys.path when a script runs
 from cxr.cli import MALLOC_TUNED_FLAG, reexec_with_malloc_tunables
 from cxr.config import RunConfig, load_config
-from cxr.data.discover import discover
-from cxr.pipeline import run_study
+from cxr.pipeline import evaluate_checkpoint, run_study
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_CONFIG = REPO / "configs" / "seed.yaml"
@@ -64,28 +63,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config override for the fine-tune recipe (repeatable), e.g. data.image_size=160")
     parser.add_argument("--seed", type=int, default=123, help="seed of the split and of training (both recipes)")
+    parser.add_argument("--tta", action="store_true",
+                        help="also score each recipe's best.pt with test-time augmentation (flip + 4 shifts)")
     parser.add_argument("--out", type=Path, help="folder for the run directories and the feature cache (default: temp)")
     parser.add_argument("--no-malloc-tune", action="store_true", help="do not re-execute with GLIBC_TUNABLES set")
     return parser.parse_args(argv)
-
-
-def subset_manifest(data: Path, n: int, seed: int, out: Path) -> Path:
-    """A CSV manifest (absolute paths) of about n images, the same fraction of every class, groups kept."""
-    found = discover(data)
-    rng = np.random.default_rng(seed)
-    by_class: dict[str, list] = {}
-    for sample in found.samples:
-        by_class.setdefault(sample.label, []).append(sample)
-    path = out / "subset.csv"
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "label", "group"])
-        for samples in by_class.values():
-            take = max(3, round(len(samples) * n / len(found.samples)))
-            for i in sorted(rng.permutation(len(samples))[:take]):
-                s = samples[i]
-                writer.writerow([str((found.root / s.path).resolve()), s.label, s.group or ""])
-    return path
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
@@ -154,6 +136,22 @@ def summarize(run_dir: Path, wall: float, cfg: RunConfig, load: tuple[float, ...
     }
 
 
+def tta_summary(run_dir: Path, data: Path) -> dict[str, Any]:
+    """Test figures of the run's best.pt with test-time augmentation, on the run's own test split."""
+    start = time.perf_counter()
+    test = evaluate_checkpoint(run_dir / "checkpoints" / "best.pt", data, "test", tta=True,
+                               out_dir=run_dir / "tta", progress=True)
+    return {
+        "n": test["n"],
+        "accuracy": round(test["accuracy"], 4),
+        "accuracy_ci": [round(v, 4) for v in test["ci"]["accuracy"]],
+        "macro_f1": round(test["macro_f1"], 4),
+        "macro_f1_ci": [round(v, 4) for v in test["ci"]["macro_f1"]],
+        "per_class_recall": {name: round(v["recall"], 4) for name, v in test["per_class"].items()},
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
 def overlap(a: list[float], b: list[float]) -> bool:
     """True when the intervals [a0, a1] and [b0, b1] share a point."""
     return a[0] <= b[1] and b[0] <= a[1]
@@ -178,15 +176,18 @@ def markdown_table(result: dict[str, Any]) -> str:
             *(f"recall {c}" for c in classes), "wall time"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in result["recipes"].items():
-        t = row["test"]
-        cells = [
-            name,
-            f"{t['accuracy']:.3f} [{t['accuracy_ci'][0]:.3f}, {t['accuracy_ci'][1]:.3f}]",
-            f"{t['macro_f1']:.3f} [{t['macro_f1_ci'][0]:.3f}, {t['macro_f1_ci'][1]:.3f}]",
-            *(f"{v:.3f}" for v in t["per_class_recall"].values()),
-            f"{row['wall_seconds'] / 60:.1f} min",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+        entries = [(name, row["test"], row["wall_seconds"])]
+        if "test_tta" in row:
+            entries.append((f"{name} + TTA", row["test_tta"], row["wall_seconds"] + row["test_tta"]["seconds"]))
+        for label, t, seconds in entries:
+            cells = [
+                label,
+                f"{t['accuracy']:.3f} [{t['accuracy_ci'][0]:.3f}, {t['accuracy_ci'][1]:.3f}]",
+                f"{t['macro_f1']:.3f} [{t['macro_f1_ci'][0]:.3f}, {t['macro_f1_ci'][1]:.3f}]",
+                *(f"{v:.3f}" for v in t["per_class_recall"].values()),
+                f"{seconds / 60:.1f} min",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -211,10 +212,14 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         run_study(cfg, data, run_dir, cache_dir=out / "feature-cache", progress=True)
         row = summarize(run_dir, time.perf_counter() - start, cfg, load)
+        if args.tta:
+            row["test_tta"] = tta_summary(run_dir, data)
         result["recipes"][recipe] = row
         print(json.dumps({recipe: row}), file=sys.stderr)
     if all(r in result["recipes"] for r in RECIPES):
         result["comparison"] = compare(result["recipes"]["frozen"], result["recipes"]["finetune"])
+        splits = [(out / r / "split.csv").read_bytes() for r in RECIPES]
+        result["comparison"]["same_split"] = splits[0] == splits[1]
     print(json.dumps(result, indent=2))
     print(markdown_table(result), file=sys.stderr)
     return 0

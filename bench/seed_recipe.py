@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from _subset import subset_manifest  # bench/ is on sys.path when a script runs
 from cxr.cli import MALLOC_TUNED_FLAG, reexec_with_malloc_tunables
 from cxr.config import RunConfig, load_config
 from cxr.data.discover import discover
@@ -64,26 +65,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="folder for the run directories and the cache (default: a temp dir)")
     parser.add_argument("--no-malloc-tune", action="store_true", help="do not re-execute with GLIBC_TUNABLES set")
     return parser.parse_args(argv)
-
-
-def subset_manifest(data: Path, n: int, seed: int, out: Path) -> Path:
-    """A CSV manifest (absolute paths) of n images, the same fraction of every class, groups kept."""
-    found = discover(data)
-    rng = np.random.default_rng(seed)
-    by_class: dict[str, list] = {}
-    for sample in found.samples:
-        by_class.setdefault(sample.label, []).append(sample)
-    total = len(found.samples)
-    path = out / "subset.csv"
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "label", "group"])
-        for samples in by_class.values():
-            take = max(3, round(len(samples) * n / total))
-            for i in sorted(rng.permutation(len(samples))[:take]):
-                s = samples[i]
-                writer.writerow([str((found.root / s.path).resolve()), s.label, s.group or ""])
-    return path
 
 
 def recipe_config(args: argparse.Namespace, name: str, **overrides: Any) -> RunConfig:
@@ -175,8 +156,9 @@ def numerics(run_dir: Path, n: int) -> dict[str, Any]:
     root = discover(load_config(run_dir / "config.yaml").data.root).root  # the folder the split paths are in
     dataset = SplitDataset(root, rows, ckpt["classes"], model.preprocessing, None, 0)
     x = torch.stack([dataset[i][0] for i in range(len(dataset))]).contiguous(memory_format=torch.channels_last)
-    model.to(memory_format=torch.channels_last)
-    return compare_precision(model, x, "bf16")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where cxr would run it
+    model.to(device, memory_format=torch.channels_last)
+    return {**compare_precision(model, x, "bf16", device=device), "device": str(device)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,10 +10,16 @@ random weights, on a random batch:
 - the head's training samples/s on cached features (batch --batch, Adam, cross-entropy);
 - the malloc row: fp32 channels_last measured in child processes with GLIBC_TUNABLES unset and set.
 
+With --device cuda the rows are fp32, fp32 channels_last, bf16 autocast + channels_last and bf16 with
+torch.compile on the GPU (timed with CUDA synchronisation), plus batch-1 latency of the eager bf16
+model and of the compiled one with CUDA graphs (mode="reduce-overhead"); OpenVINO, head and malloc
+rows are CPU rows and are skipped.
+
 The script re-executes itself once with the same GLIBC_TUNABLES that the `cxr` command sets (see
 cxr.cli), so its main rows are what `cxr` gets; --no-malloc-tune skips that. JSON goes to stdout.
 
     .venv/bin/python bench/throughput.py --iters 10 --warmup 2 > throughput.json
+    python bench/throughput.py --device cuda --batch 256 --iters 20 --warmup 5 > throughput_gpu.json
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="untimed batches first (compile: also the compile)")
     parser.add_argument("--latency-runs", type=int, default=30, help="batch-1 runs for the latency median")
     parser.add_argument("--head-steps", type=int, default=200, help="optimizer steps of the head measurement")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: one per available core)")
     parser.add_argument("--skip", default="", help="comma list of rows to skip: eager,channels_last,bf16,compile,openvino,latency,head,malloc")
     parser.add_argument("--no-malloc-tune", action="store_true", help="do not re-execute with GLIBC_TUNABLES set")
@@ -71,36 +78,55 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _sync() -> None:
+    """Wait for queued GPU work, so that wall-clock timing covers it (a no-op without CUDA)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def time_batches(fn: Callable[[], Any], iters: int, warmup: int) -> dict[str, float]:
     """Seconds per call: warmup untimed calls, then `iters` timed ones."""
     for _ in range(warmup):
         fn()
+    _sync()
     times = []
     for _ in range(iters):
         start = time.perf_counter()
         fn()
+        _sync()
         times.append(time.perf_counter() - start)
     return {"median_s": statistics.median(times), "mean_s": statistics.fmean(times), "total_s": sum(times)}
 
 
+def _autocast(x: torch.Tensor, precision: str) -> contextlib.AbstractContextManager[Any]:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(x.device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
 def torch_row(net: nn.Module, x: torch.Tensor, *, channels_last: bool, precision: str, compile_: bool,
-              iters: int, warmup: int) -> dict[str, Any]:
+              iters: int, warmup: int, mode: str | None = None) -> dict[str, Any]:
     """images/s of `net` on batch `x` for one configuration."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     net = net.to(memory_format=fmt)
     x = x.contiguous(memory_format=fmt)
     # freezing: the backbone is frozen, so inductor may fold its weights (as the feature cache does)
-    fn_net: Callable = torch.compile(net, dynamic=False, options={"freezing": True}) if compile_ else net
-    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    if not compile_:
+        fn_net: Callable = net
+    elif mode is not None:
+        fn_net = torch.compile(net, dynamic=False, mode=mode)
+    else:
+        fn_net = torch.compile(net, dynamic=False, options={"freezing": True})
 
     def step() -> None:
-        with torch.inference_mode(), ctx:
+        with torch.inference_mode(), _autocast(x, precision):
             fn_net(x)
 
     compile_s = None
     if compile_:
         start = time.perf_counter()
         step()
+        _sync()
         compile_s = round(time.perf_counter() - start, 1)
     t = time_batches(step, iters, warmup)
     row = {
@@ -170,14 +196,15 @@ def latency_ms(net: nn.Module, x1: torch.Tensor, *, channels_last: bool, precisi
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     net = net.to(memory_format=fmt)
     x1 = x1.contiguous(memory_format=fmt)
-    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     times = []
-    with torch.inference_mode(), ctx:
+    with torch.inference_mode(), _autocast(x1, precision):
         for _ in range(5):
             net(x1)
+        _sync()
         for _ in range(runs):
             start = time.perf_counter()
             net(x1)
+            _sync()
             times.append(1000 * (time.perf_counter() - start))
     return {"channels_last": channels_last, "precision": precision, "runs": runs,
             "median_ms": round(statistics.median(times), 2), "p90_ms": round(float(np.percentile(times, 90)), 2)}
@@ -185,8 +212,10 @@ def latency_ms(net: nn.Module, x1: torch.Tensor, *, channels_last: bool, precisi
 
 def head_row(head: nn.Module, channels: int, batch: int, steps: int) -> dict[str, Any]:
     """Training samples/s of the head on cached features, loader included (as `cxr` trains it)."""
+    from cxr.config import TrainConfig
     from cxr.data.dataset import make_loader
     from cxr.train.features import CachedFeatureDataset
+    from cxr.train.loop import build_optimizer
 
     n = batch * steps
     rng = np.random.default_rng(0)
@@ -194,7 +223,7 @@ def head_row(head: nn.Module, channels: int, batch: int, steps: int) -> dict[str
     labels = rng.integers(0, NUM_CLASSES, n)
     loader = make_loader(CachedFeatureDataset(feats, labels, seed=0), batch, shuffle=True, num_workers=0, seed=0)
     head.train()
-    opt = torch.optim.Adam(head.parameters(), lr=1e-4)
+    opt = build_optimizer(head, TrainConfig(optimizer="adam", lr=1e-4))  # cxr's optimizer (fused Adam)
     loss_fn = nn.CrossEntropyLoss()
     start = time.perf_counter()
     for fx, fy in loader:
@@ -222,6 +251,38 @@ def malloc_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
         row["glibc_tunables"] = env.get("GLIBC_TUNABLES")
         rows.append(row)
     return rows
+
+
+def gpu_result(net: nn.Module, x: torch.Tensor, args: argparse.Namespace) -> dict[str, Any]:
+    """The GPU rows: fp32, channels_last, bf16 autocast, bf16 + compile, and batch-1 latency."""
+    timing = {"iters": args.iters, "warmup": args.warmup}
+    skip = set(filter(None, args.skip.split(",")))
+    rows: dict[str, Any] = {}
+    if "eager" not in skip:
+        rows["fp32_eager"] = torch_row(net, x, channels_last=False, precision="fp32", compile_=False, **timing)
+    if "channels_last" not in skip:
+        rows["fp32_channels_last"] = torch_row(net, x, channels_last=True, precision="fp32", compile_=False, **timing)
+    if "bf16" not in skip:
+        rows["bf16_channels_last"] = torch_row(net, x, channels_last=True, precision="bf16", compile_=False, **timing)
+    if "compile" not in skip:
+        rows["bf16_compile"] = torch_row(net, x, channels_last=True, precision="bf16", compile_=True, **timing)
+    result: dict[str, Any] = {"rows": rows}
+    if rows:
+        result["best_pytorch"] = max(rows, key=lambda k: rows[k]["images_per_s"])
+    if "latency" not in skip:
+        result["latency_batch1"] = latency_ms(net, x[:1], channels_last=True, precision="bf16", runs=args.latency_runs)
+        result["latency_batch1"]["config"] = "bf16_channels_last, eager"
+        if "compile" not in skip:
+            try:
+                graphed = torch_row(net, x[:1], channels_last=True, precision="bf16", compile_=True,
+                                    iters=args.latency_runs, warmup=5, mode="reduce-overhead")
+            except Exception as exc:  # a compiler failure is a result of this row, not of the benchmark
+                result["latency_batch1_cuda_graphs"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+            else:
+                result["latency_batch1_cuda_graphs"] = {"median_ms": graphed["batch_median_ms"],
+                                                        "first_call_s": graphed["first_call_s"],
+                                                        "config": "bf16 channels_last, torch.compile reduce-overhead"}
+    return result
 
 
 def build(args: argparse.Namespace) -> nn.Module:
@@ -255,6 +316,13 @@ def main(argv: list[str] | None = None) -> int:
     model = build(args)
     net = PooledBackbone(model).eval()
     x = torch.randn(args.batch, 3, args.size, args.size)
+    if args.device != "cpu":
+        device = torch.device(args.device)
+        gpu = gpu_result(net.to(device), x.to(device), args)
+        info = {"torch": torch.__version__, "device": torch.cuda.get_device_name(device)}
+        print(json.dumps({"backbone": args.backbone, "batch": args.batch, "size": args.size, "iters": args.iters,
+                          "warmup": args.warmup, "environment": info, **gpu}, indent=2))
+        return 0
     bf16_native = cpu_has_native_bf16()
     skip = set(filter(None, args.skip.split(",")))
     timing = {"iters": args.iters, "warmup": args.warmup}

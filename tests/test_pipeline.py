@@ -123,6 +123,28 @@ def test_evaluate_checkpoint_reproduces_the_run_test_metrics(tiny_run, tiny_data
 
 
 @pytest.mark.slow
+def test_evaluating_a_run_on_a_csv_manifest_scores_its_split_not_every_image(tiny_data, tmp_path):
+    manifest = tmp_path / "manifest.csv"
+    with open(manifest, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label"])
+        for path in sorted(tiny_data.glob("*/*.png")):
+            writer.writerow([str(path), path.parent.name])
+    run = pipeline.run_study(tiny_config(epochs=1), manifest, tmp_path / "run", progress=False)
+    best = run / "checkpoints" / "best.pt"
+    expected = json.loads((run / "metrics.json").read_text())["test"]
+    for tta in (False, True):
+        metrics = pipeline.evaluate_checkpoint(best, manifest, "test", tta=tta, progress=False)
+        assert metrics["n"] == expected["n"] < 32
+    val = [r for r in read_split_csv(run / "split.csv") if r.split == "val"]
+    assert pipeline.evaluate_checkpoint(best, manifest, "val", progress=False)["n"] == len(val)
+    other = generate_dataset(tmp_path / "other", n_per_class=2, size=32, seed=1)
+    with pytest.raises(CxrError, match="cannot select the 'val' rows"):
+        pipeline.evaluate_checkpoint(best, other, "val", progress=False)
+    assert pipeline.evaluate_checkpoint(best, other, "test", progress=False)["n"] == 8  # new data: every image
+
+
+@pytest.mark.slow
 def test_resume_after_epoch_one_equals_an_uninterrupted_run(tiny_run, tiny_data, tmp_path):
     out = tmp_path / "resumed"
     pipeline.train(tiny_config(epochs=1), tiny_data, out, use_feature_cache=False, progress=False)

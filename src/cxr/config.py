@@ -69,7 +69,7 @@ class TrainConfig:
     channels_last: bool = True  # NHWC memory format for convolutions
     compile: bool = False  # torch.compile the model
     feature_cache: bool = True  # with freeze=base, train the head on cached backbone features
-    feature_views: int = 4  # augmented views per training image in the feature cache
+    feature_views: int = 2  # augmented views per training image in the feature cache (2: measured, bench/README.md)
     finetune_epochs: int = 0  # after the head phase, unfreeze (finetune_freeze) and train this many epochs
     finetune_freeze: str = "none"  # freeze mode of the fine-tuning phase: stages:N | none
     finetune_lr: float = 1e-4  # head lr in the fine-tuning phase

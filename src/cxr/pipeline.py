@@ -663,7 +663,7 @@ def evaluate_checkpoint(
             f"class mismatch: checkpoint {ckpt_path} was trained on classes {classes}, "
             f"but the data at {data} has classes {list(found.classes)}"
         )
-    rows = _evaluation_rows(ckpt_path, cfg, found, split, split_csv)
+    rows = _evaluation_rows(ckpt_path, cfg, Path(data), found, split, split_csv)
     if not rows:
         raise CxrError(f"no images to evaluate in split {split!r} of {data}")
     set_threads()
@@ -693,18 +693,31 @@ def evaluate_checkpoint(
 
 
 def _evaluation_rows(
-    ckpt_path: Path, cfg: RunConfig, found: Discovery, split: str, split_csv: str | Path | None
+    ckpt_path: Path, cfg: RunConfig, data: Path, found: Discovery, split: str, split_csv: str | Path | None
 ) -> list[SplitRow]:
     if split_csv is not None:
         return [r for r in read_split_csv(split_csv) if split == "all" or r.split == split]
+    if split == "all":
+        return _all_rows(found)
     run_split = ckpt_path.resolve().parent.parent / "split.csv"
-    same_data = cfg.data.root is not None and Path(cfg.data.root).resolve() == Path(found.root).resolve()
-    if split != "all" and run_split.is_file() and same_data:
+    # the run recorded the path it was given: a folder, or a CSV manifest (whose rows live under found.root)
+    trained_on = Path(cfg.data.root).resolve() if cfg.data.root is not None else None
+    same_data = trained_on is not None and trained_on in (data.resolve(), Path(found.root).resolve())
+    if run_split.is_file() and same_data:
         log.info("evaluating the %s rows of %s", split, run_split)
         return [r for r in read_split_csv(run_split) if r.split == split]
-    if split != "all":
-        log.info("no split.csv of a run on this data beside %s: evaluating all %d images", ckpt_path,
-                 len(found.samples))
+    if split != "test":
+        why = "no split.csv beside it" if not run_split.is_file() else f"it was trained on {cfg.data.root}"
+        raise CxrError(
+            f"cannot select the {split!r} rows: {ckpt_path} is not from a run on {data} ({why}); "
+            "use --split test or all (every image), or --split-csv FILE"
+        )
+    log.warning("%s was not trained on %s (no split.csv of a run on it): evaluating all %d images",
+                ckpt_path, data, len(found.samples))
+    return _all_rows(found)
+
+
+def _all_rows(found: Discovery) -> list[SplitRow]:
     return [SplitRow(s.path, s.label, "test", s.group or s.path) for s in found.samples]
 
 

@@ -82,6 +82,16 @@ def test_set_threads_and_workers(monkeypatch):
         dev.resolve_workers(-3)
 
 
+def test_workers_share_the_cores_between_the_processes_of_a_node(monkeypatch):
+    monkeypatch.setattr(dev, "available_cores", lambda: 16)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert dev.resolve_workers(-1) == 8 and dev.resolve_workers(-1, cap=32) == 16
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun --nproc_per_node 4
+    assert dev.resolve_workers(-1) == 4 and dev.resolve_workers(3) == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
+    assert dev.resolve_workers(-1) == 1
+
+
 def test_seed_everything_repeats_all_generators():
     g1 = dev.seed_everything(7)
     first = (random.random(), np.random.rand(), torch.rand(3), g1.numpy.random(), torch.rand(2, generator=g1.torch))

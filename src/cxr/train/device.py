@@ -148,10 +148,18 @@ def set_threads(n: int | None = None) -> int:
 
 
 def resolve_workers(num_workers: int, cap: int = 8) -> int:
-    """DataLoader workers: -1 means one per core, capped at `cap`; other values are taken as given."""
+    """DataLoader workers: -1 means one per core, capped at `cap`; other values are taken as given.
+
+    Under torchrun the cores are shared by the processes of this node (LOCAL_WORLD_SIZE), so -1 gives
+    each process its share rather than every core to every process.
+    """
     if num_workers < -1:
         raise CxrError(f"data.num_workers must be -1 (one per core) or >= 0, got {num_workers}")
-    return min(available_cores(), cap) if num_workers == -1 else num_workers
+    if num_workers >= 0:
+        return num_workers
+    local = os.environ.get("LOCAL_WORLD_SIZE", "")
+    share = available_cores() // int(local) if local.isdigit() and int(local) > 0 else available_cores()
+    return max(1, min(share, cap))
 
 
 @dataclass

@@ -137,7 +137,7 @@ class CachedFeatureDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        vec = np.asarray(self.features[self.views[index], index], dtype=np.float32)
+        vec = np.array(self.features[self.views[index], index], dtype=np.float32)  # a writable copy
         return torch.from_numpy(vec).view(-1, 1, 1), int(self.labels[index])
 
 

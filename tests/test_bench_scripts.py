@@ -1,0 +1,72 @@
+"""The benchmark scripts run end to end on tiny inputs and print the JSON their READMEs describe.
+
+Their figures come from real data (bench/README.md); here only that each script works and that its
+numbers are consistent with each other (e.g. TTA scores the same test rows as the run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cxr.data.synthetic import generate_dataset
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+pytestmark = pytest.mark.slow
+
+
+def run_script(name: str, *args: str, timeout: float = 420) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    out = subprocess.run([sys.executable, str(BENCH / name), *args, "--no-malloc-tune"], env=env,
+                         capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return generate_dataset(tmp_path_factory.mktemp("bench") / "data", n_per_class=10, size=64, seed=0)
+
+
+def test_throughput_rows_on_a_tiny_backbone():
+    result = run_script("throughput.py", "--backbone", "efficientnet_lite0", "--batch", "2", "--size", "64",
+                        "--iters", "1", "--warmup", "0", "--latency-runs", "2", "--head-steps", "3",
+                        "--skip", "bf16,compile,openvino,malloc")
+    assert set(result["rows"]) == {"fp32_eager", "fp32_channels_last"}
+    assert all(row["images_per_s"] > 0 for row in result["rows"].values())
+    assert result["best_pytorch"] in result["rows"]
+    assert result["latency_batch1"]["runs"] == 2 and result["latency_batch1"]["median_ms"] > 0
+    assert result["head_training"]["steps"] == 3 and result["head_training"]["samples_per_s"] > 0
+    assert "ratio_to_openvino" not in result  # OpenVINO was skipped: no ratio is invented
+
+
+def test_accuracy_compares_two_recipes_on_one_split_and_tta_scores_the_test_rows(data, tmp_path):
+    result = run_script("accuracy.py", str(data), "--weights", "random", "--epochs-head", "1",
+                        "--epochs-finetune", "1", "--tta", "--set", "data.image_size=64", "--out", str(tmp_path))
+    frozen, finetune = result["recipes"]["frozen"], result["recipes"]["finetune"]
+    assert frozen["recipe"]["freeze"] == "base" and finetune["recipe"]["finetune_epochs"] == 1
+    assert frozen["split_counts"] == finetune["split_counts"] and result["comparison"]["same_split"]
+    for row in (frozen, finetune):
+        assert row["test_tta"]["n"] == row["test"]["n"] == row["split_counts"]["test"]
+        lo, hi = row["test"]["macro_f1_ci"]
+        assert lo <= row["test"]["macro_f1"] <= hi
+    gain = finetune["test"]["macro_f1"] - frozen["test"]["macro_f1"]
+    assert result["comparison"]["macro_f1_gain"] == pytest.approx(gain, abs=1e-3)
+
+
+def test_seed_recipe_times_the_cached_and_the_direct_path(data, tmp_path):
+    result = run_script("seed_recipe.py", str(data), "--backbone", "efficientnet_lite0", "--views", "1",
+                        "--direct-epochs", "1", "--epochs", "2", "--image-size", "64", "--numerics", "4",
+                        "--out", str(tmp_path))
+    cached, direct = result["cached"]["1"], result["direct"]
+    assert cached["feature_cache"] and not direct["feature_cache"]
+    assert cached["epochs_run"] == 2 and direct["epochs_run"] == 1
+    assert direct["estimated_seconds"] > direct["wall_seconds"]  # one epoch run, scaled to two
+    assert result["speed_ratios"]["k1"]["direct_over_cached"] > 0
+    assert result["numerics_bf16_vs_fp32"]["images"] == 4
+    assert 0.5 < result["numerics_bf16_vs_fp32"]["cosine_mean"] <= 1.0 + 1e-6
