@@ -642,7 +642,9 @@ def evaluate_checkpoint(
     """Classification metrics of a checkpoint on a data folder; optionally writes them to `out_dir`.
 
     Rows: `split_csv` when given; else the run's split.csv beside the checkpoint when it was trained
-    on this same folder (rows of `split`); else every image of the folder (`split='all'` forces that).
+    on this same data, folder or CSV manifest (rows of `split`); else, for `split='test'`, every image
+    of the data, with a warning (train/val of data the run never saw are a CxrError). `split='all'`
+    always takes every image.
     The checkpoint's classes must equal the data's classes.
     """
     from cxr.data.dataset import SplitDataset, make_loader

@@ -61,7 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Evaluate a checkpoint on a data folder: loss, accuracy, Keras precision/recall, macro-F1 with "
             "bootstrap CIs, per-class metrics, ROC-AUC, calibration. The rows are the --split of the run's "
-            "split.csv when the checkpoint was trained on this folder, else every image of the folder. "
+            "split.csv when the checkpoint was trained on this data (folder or manifest); on other data, "
+            "--split test (the default) scores every image and train/val are refused. "
             "The data's classes must equal the checkpoint's."
         ),
     )
