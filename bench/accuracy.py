@@ -26,16 +26,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import logging
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from _subset import subset_manifest  # bench/ is on sys.path when a script runs
-from cxr.cli import MALLOC_TUNED_FLAG, reexec_with_malloc_tunables
+import _common  # bench/ is on sys.path when a script runs
 from cxr.config import RunConfig, load_config
 from cxr.pipeline import evaluate_checkpoint, run_study
 
@@ -43,7 +40,6 @@ REPO = Path(__file__).resolve().parents[1]
 SEED_CONFIG = REPO / "configs" / "seed.yaml"
 FINETUNE_CONFIG = REPO / "configs" / "finetune.yaml"
 RECIPES = ("frozen", "finetune")
-_TUNED_FLAG = MALLOC_TUNED_FLAG
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -194,12 +190,7 @@ def markdown_table(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    if not args.no_malloc_tune:
-        reexec_with_malloc_tunables([sys.executable, os.path.abspath(__file__), *argv])
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    out = args.out or Path(tempfile.mkdtemp(prefix="cxr-accuracy-"))
-    out.mkdir(parents=True, exist_ok=True)
-    data = subset_manifest(args.data, args.subset, args.seed, out) if args.subset else args.data
+    out, data = _common.start(__file__, argv, args, "cxr-accuracy-", subset_seed=args.seed)
     result: dict[str, Any] = {
         "data": str(args.data), "subset": args.subset or None, "backbone": args.backbone, "weights": args.weights,
         "seed": args.seed, "cores": os.cpu_count(), "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),

@@ -26,23 +26,18 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import logging
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from _subset import subset_manifest  # bench/ is on sys.path when a script runs
-from cxr.cli import MALLOC_TUNED_FLAG, reexec_with_malloc_tunables
+import _common  # bench/ is on sys.path when a script runs
 from cxr.config import RunConfig, load_config
 from cxr.data.discover import discover
 from cxr.pipeline import run_study
-
-_TUNED_FLAG = MALLOC_TUNED_FLAG
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -164,13 +159,8 @@ def numerics(run_dir: Path, n: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    if not args.no_malloc_tune:
-        reexec_with_malloc_tunables([sys.executable, os.path.abspath(__file__), *argv])
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    out = args.out or Path(tempfile.mkdtemp(prefix="cxr-seed-recipe-"))
-    out.mkdir(parents=True, exist_ok=True)
+    out, data = _common.start(__file__, argv, args, "cxr-seed-recipe-", subset_seed=0)
     cache = out / "feature-cache"
-    data = subset_manifest(args.data, args.subset, 0, out) if args.subset else args.data
     result: dict[str, Any] = {
         "data": str(args.data), "subset": args.subset or None, "backbone": args.backbone, "weights": args.weights,
         "epochs": args.epochs, "image_size": args.image_size, "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),

@@ -46,7 +46,6 @@ from cxr.models.build import build_model
 from cxr.train.device import available_cores, cpu_flags, cpu_has_native_bf16, set_threads
 
 _CHILD_FLAG = "CXR_BENCH_CHILD"
-_TUNED_FLAG = MALLOC_TUNED_FLAG
 NUM_CLASSES = 4
 
 
@@ -238,7 +237,7 @@ def head_row(head: nn.Module, channels: int, batch: int, steps: int) -> dict[str
 def malloc_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     """fp32 channels_last in two child processes: GLIBC_TUNABLES unset, then set."""
     rows = []
-    base = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", _TUNED_FLAG)}
+    base = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", MALLOC_TUNED_FLAG)}
     for tuned in (False, True):
         env = dict(base, **{_CHILD_FLAG: "1"})
         if tuned:

@@ -17,6 +17,18 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture
+def one_thread(monkeypatch):
+    """One intra-op thread (OMP_NUM_THREADS=1), torch's thread count restored after: the CI box has
+    2 shared cores, and training tests oversubscribe them otherwise. Use with `pytest.mark.usefixtures`."""
+    import torch
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def calibrated_model():
     """Factory: `build_model` with random init whose BatchNorm statistics are calibrated on random

@@ -29,13 +29,7 @@ RUN_FILES = (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """The CI box has 2 shared cores: one intra-op thread avoids OpenMP oversubscription."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,34 +15,19 @@ from cxr.checkpoint import save_checkpoint
 from cxr.cli import main
 from cxr.config import ModelConfig, RunConfig
 from cxr.data.synthetic import CLASSES, make_image
-from cxr.models import build_model
 from cxr.predict import Prediction, Predictor, shift, tta_views
 from cxr.transforms import Preprocessing
 
 SIZE = 64
 
 
-def make_tiny_checkpoint(path: Path) -> Path:
-    """EfficientNet-Lite0 (random init, BatchNorm statistics calibrated so outputs are not uniform)."""
-    cfg = RunConfig(name="tiny", model=ModelConfig(backbone="efficientnet_lite0", weights="random", head=(32,), freeze="none"))
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = build_model(cfg.model, num_classes=len(CLASSES))
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.momentum = None  # cumulative average over the calibration batches
-        model.train()
-        with torch.no_grad():
-            for _ in range(3):
-                model(torch.randn(8, 3, SIZE, SIZE))
-    model.eval()
-    return save_checkpoint(path, model=model, config=cfg, classes=list(CLASSES),
-                           preprocessing=Preprocessing(mode="half", size=SIZE), epoch=1)
-
-
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory, calibrated_model) -> Path:
+    """EfficientNet-Lite0, random init, BatchNorm statistics calibrated so outputs are not uniform."""
+    cfg = RunConfig(name="tiny", model=ModelConfig(backbone="efficientnet_lite0", weights="random", head=(32,), freeze="none"))
+    model = calibrated_model(cfg.model, len(CLASSES), SIZE)
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", model=model, config=cfg,
+                           classes=list(CLASSES), preprocessing=Preprocessing(mode="half", size=SIZE), epoch=1)
 
 
 @pytest.fixture(scope="module")

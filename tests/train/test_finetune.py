@@ -21,13 +21,7 @@ from cxr.train.loop import HISTORY_COLUMNS, PHASE_COLUMN
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """The CI box has 2 shared cores: one intra-op thread avoids OpenMP oversubscription."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

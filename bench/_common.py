@@ -1,13 +1,31 @@
-"""A stratified subset of a dataset as a CSV manifest, shared by the benchmark scripts."""
+"""What the `run_study` benchmarks (accuracy.py, seed_recipe.py) share: their start and the data subset."""
 
 from __future__ import annotations
 
+import argparse
 import csv
+import logging
+import os
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from cxr.cli import reexec_with_malloc_tunables
 from cxr.data.discover import discover
+
+
+def start(script: str, argv: list[str], args: argparse.Namespace, prefix: str, subset_seed: int) -> tuple[Path, Path]:
+    """Re-execute `script` with the malloc tunables `cxr` sets (unless --no-malloc-tune), log to
+    stderr, and return (output folder: --out or a new temp dir, data: DATA or its --subset manifest)."""
+    if not args.no_malloc_tune:
+        reexec_with_malloc_tunables([sys.executable, os.path.abspath(script), *argv])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    out = args.out or Path(tempfile.mkdtemp(prefix=prefix))
+    out.mkdir(parents=True, exist_ok=True)
+    data = subset_manifest(args.data, args.subset, subset_seed, out) if args.subset else args.data
+    return out, data
 
 
 def subset_manifest(data: Path, n: int, seed: int, out: Path) -> Path:
