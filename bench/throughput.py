@@ -43,7 +43,7 @@ from torch import nn
 from cxr.cli import MALLOC_TUNABLES, MALLOC_TUNED_FLAG, reexec_with_malloc_tunables
 from cxr.config import ModelConfig
 from cxr.models.build import build_model
-from cxr.train.device import available_cores, cpu_flags, cpu_has_native_bf16, set_threads
+from cxr.runtime import available_cores, cpu_flags, cpu_has_native_bf16, set_threads
 
 _CHILD_FLAG = "CXR_BENCH_CHILD"
 NUM_CLASSES = 4

@@ -14,9 +14,9 @@ import yaml
 from cxr import pipeline
 from cxr.checkpoint import load_checkpoint, save_checkpoint
 from cxr.config import RunConfig, from_dict, load_config, to_dict
-from cxr.data.split import read_split_csv
 from cxr.data.synthetic import generate_dataset
 from cxr.errors import CxrError
+from cxr.rundir import read_split_csv
 from cxr.train.loop import HISTORY_COLUMNS, PHASE_COLUMN
 
 RUN_FILES = (

@@ -39,9 +39,9 @@ from cxr import __version__
 from cxr.checkpoint import config_of, load_checkpoint, model_from_checkpoint
 from cxr.config import RunConfig, save_config
 from cxr.data.discover import Discovery, discover
-from cxr.data.split import SPLITS, SplitRow, read_split_csv, write_split_csv
 from cxr.errors import CxrError
-from cxr.train.device import (
+from cxr.rundir import SPLITS, SplitRow, read_split_csv, write_split_csv
+from cxr.runtime import (
     describe,
     is_main_process,
     main_process_first,

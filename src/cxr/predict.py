@@ -26,7 +26,7 @@ from torch import nn
 from cxr.checkpoint import config_of, load_checkpoint, model_from_checkpoint
 from cxr.errors import CxrError
 from cxr.io import read_image, read_image_bytes
-from cxr.train.device import autocast, resolve_device, resolve_precision
+from cxr.runtime import autocast, resolve_device, resolve_precision
 from cxr.transforms import Preprocessing, resize_gray, to_input
 
 log = logging.getLogger(__name__)

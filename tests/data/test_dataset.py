@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +11,9 @@ from PIL import Image
 from torch.utils.data import SequentialSampler, TensorDataset
 
 from cxr.config import AugmentConfig
-from cxr.data.dataset import MAX_AUTO_WORKERS, SplitDataset, make_loader, resolve_workers
-from cxr.data.split import SplitRow
+from cxr.data.dataset import SplitDataset, make_loader
 from cxr.errors import CxrError
+from cxr.rundir import SplitRow
 from cxr.transforms import Preprocessing, SeedAugment, resize_gray, to_input
 
 CLASSES = ["a", "b", "c"]
@@ -131,14 +130,6 @@ def test_sampler_and_shuffle_together_are_refused(tmp_path: Path, rows: list[Spl
     ds = _dataset(tmp_path, rows, augment=False)
     with pytest.raises(CxrError, match="sampler"):
         make_loader(ds, 4, True, 0, seed=0, sampler=SequentialSampler(ds))
-
-
-def test_resolve_workers() -> None:
-    assert resolve_workers(0) == 0
-    assert resolve_workers(3) == 3
-    assert resolve_workers(-1) == min(os.cpu_count() or 1, MAX_AUTO_WORKERS)
-    with pytest.raises(CxrError, match="-2"):
-        resolve_workers(-2)
 
 
 def test_workers_give_the_same_batches_and_see_set_epoch(tmp_path: Path, rows: list[SplitRow]) -> None:

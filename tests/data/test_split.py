@@ -12,16 +12,9 @@ from PIL import Image
 
 from cxr.data import discover as discover_module
 from cxr.data.discover import Discovery, Sample, discover
-from cxr.data.split import (
-    SPLITS,
-    SplitRow,
-    largest_remainder,
-    make_split,
-    read_split_csv,
-    validate_ratios,
-    write_split_csv,
-)
+from cxr.data.split import largest_remainder, make_split, validate_ratios
 from cxr.errors import CxrError
+from cxr.rundir import SPLITS, SplitRow, read_split_csv, write_split_csv
 
 COUNTS = {"COVID": 37, "Lung_Opacity": 23, "Normal": 50, "Viral_Pneumonia": 11}
 RATIOS = (0.7, 0.1, 0.2)

@@ -18,6 +18,7 @@ import torch
 import yaml
 from torch import nn
 
+from cxr import rank as ranks
 from cxr.data.dataset import EpochShuffle
 from cxr.errors import CxrError
 from cxr.train import distributed as D
@@ -96,7 +97,7 @@ def test_without_torchrun_everything_is_a_single_process(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     with D.distributed_session("cpu") as ctx:
         assert ctx is None
-        assert D.world_size() == 1 and D.is_main_rank()
+        assert ranks.world_size() == 1 and ranks.is_main_process()
         assert D.run_on_main(lambda: 41 + 1) == 42
         assert isinstance(D.train_loss(None, 0.1), nn.CrossEntropyLoss)
         model = nn.Linear(2, 2)
@@ -108,7 +109,7 @@ def test_without_torchrun_everything_is_a_single_process(monkeypatch):
 def test_environment_mistakes_are_user_errors(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "two")
     with pytest.raises(CxrError, match="WORLD_SIZE='two' must be an integer"):
-        D.env_world_size()
+        ranks.world_size()
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     monkeypatch.delenv("MASTER_ADDR", raising=False)

@@ -13,11 +13,11 @@ import torch
 
 from cxr.config import ModelConfig, RunConfig
 from cxr.data.dataset import SplitDataset
-from cxr.data.split import SplitRow
 from cxr.data.synthetic import CLASSES, generate_dataset
 from cxr.errors import CxrError
 from cxr.models.build import Classifier, apply_freeze, build_model
 from cxr.models.head import Head
+from cxr.rundir import SplitRow
 from cxr.train import features
 from cxr.train.features import (
     CachedFeatureDataset,

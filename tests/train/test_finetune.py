@@ -107,7 +107,7 @@ def test_two_phases_continue_one_history_and_fine_tune_only_the_unfrozen_stages(
     assert [g["initial_lr"] for g in groups] == pytest.approx([5e-4, 5e-4 * 0.2])
 
     # the head phase's best weights are where fine-tuning started: frozen stages are still those weights
-    from cxr.train.device import seed_everything
+    from cxr.runtime import seed_everything
 
     seed_everything(tiny_config().train.seed)
     model = pipeline.build_classifier(tiny_config(), 4)  # the run's initial weights

@@ -11,8 +11,8 @@ from pathlib import Path
 from cxr.cli._common import add_command, positive_int
 from cxr.config import DataConfig, EvalConfig, load_config
 from cxr.data.audit import DEFAULT_NEAR_THRESHOLD, NEAR_METHOD, PHASH_BITS, AuditReport
-from cxr.data.split import SPLITS
 from cxr.errors import CxrError
+from cxr.rundir import SPLITS
 
 _SHOWN_GROUPS = 10  # duplicate groups printed in full; the JSON has them all
 _SHOWN_SIZES = 3  # most common image sizes printed per class
@@ -220,7 +220,8 @@ def _print_groups(groups: list) -> None:
 def cmd_split(args: argparse.Namespace) -> int:
     """Discover, audit and split; write the CSV and print per-class counts."""
     from cxr.data.discover import discover
-    from cxr.data.split import make_split, validate_ratios, write_split_csv
+    from cxr.data.split import make_split, validate_ratios
+    from cxr.rundir import write_split_csv
 
     ratios = validate_ratios(args.ratios)  # before the slow part
     discovery = discover(args.path)

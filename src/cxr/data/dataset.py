@@ -10,7 +10,6 @@ and it also selects the shuffle order of `make_loader` (`EpochShuffle`).
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,14 +20,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cxr.errors import CxrError
 from cxr.io import read_image
+from cxr.runtime import resolve_workers
 from cxr.transforms import Preprocessing, SeedAugment, resize_gray, to_input
 
 if TYPE_CHECKING:
-    from cxr.data.split import SplitRow  # any row with `.path` (relative to root) and `.label` works
+    from cxr.rundir import SplitRow  # any row with `.path` (relative to root) and `.label` works
 
 log = logging.getLogger(__name__)
-
-MAX_AUTO_WORKERS = 8  # num_workers=-1 uses one worker per core, at most this many
 
 
 class SplitDataset(Dataset):
@@ -120,15 +118,6 @@ class EpochShuffle(Sampler[int]):
         self._passes += 1
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
         return iter(order.tolist())
-
-
-def resolve_workers(n: int) -> int:
-    """DataLoader worker count: `n` itself, or for -1 one per core capped at MAX_AUTO_WORKERS."""
-    if n == -1:
-        return min(os.cpu_count() or 1, MAX_AUTO_WORKERS)
-    if n < 0:
-        raise CxrError(f"num_workers must be -1 (one per core) or >= 0, got {n}")
-    return n
 
 
 def _worker_init(_worker_id: int) -> None:

@@ -18,13 +18,10 @@ filesystem lists files in.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 import math
 from collections import defaultdict
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,23 +36,12 @@ from cxr.data.audit import (
 )
 from cxr.data.discover import Discovery
 from cxr.errors import CxrError
+from cxr.rundir import SPLITS, SplitRow, split_counts
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
-SPLIT_COLUMNS = ("path", "label", "split", "group")
 _RATIO_TOLERANCE = 1e-6
 _GROUP_ID_HEX = 10  # hex digits of the group id (40 bits: collisions are negligible)
-
-
-@dataclass(frozen=True)
-class SplitRow:
-    """One image of the split; `path` is relative to the data root, `group` a stable id."""
-
-    path: str
-    label: str
-    split: str
-    group: str
 
 
 def validate_ratios(ratios: tuple[float, ...] | list[float]) -> tuple[float, float, float]:
@@ -197,9 +183,7 @@ def _report(
     records: list,
     cross: list,
 ) -> dict[str, Any]:
-    counts = {s: dict.fromkeys(classes, 0) for s in SPLITS}
-    for row in rows:
-        counts[row.split][row.label] += 1
+    counts = split_counts(rows, classes)
     per_class_total = {c: sum(counts[s][c] for s in SPLITS) for c in classes}
     deviation = {
         c: max(
@@ -225,38 +209,3 @@ def _report(
         "excluded_cross_class_duplicates": [g.to_json() for g in cross],
         "excluded_unreadable": [{"path": r.path, "reason": r.reason} for r in records if not r.ok],
     }
-
-
-def write_split_csv(rows: list[SplitRow], path: str | Path) -> None:
-    """Write `path,label,split,group` with '\\n' line ends, so equal splits give identical bytes."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(SPLIT_COLUMNS)
-        for row in rows:
-            writer.writerow((row.path, row.label, row.split, row.group))
-
-
-def read_split_csv(path: str | Path) -> list[SplitRow]:
-    """Read a split.csv, refusing missing columns or unknown split names by line."""
-    path = Path(path)
-    if not path.is_file():
-        raise CxrError(f"split file not found: {path}")
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        columns = reader.fieldnames or []
-        missing = [c for c in SPLIT_COLUMNS if c not in columns]
-        if missing:
-            raise CxrError(
-                f"split file {path} lacks column(s) {', '.join(missing)}; "
-                f"found {', '.join(columns) or '(none)'}; expected {','.join(SPLIT_COLUMNS)}"
-            )
-        rows = []
-        for line, raw in enumerate(reader, start=2):
-            if raw["split"] not in SPLITS:
-                raise CxrError(
-                    f"split file {path} line {line}: split {raw['split']!r} is not one of {', '.join(SPLITS)}"
-                )
-            rows.append(SplitRow(raw["path"], raw["label"], raw["split"], raw["group"]))
-    return rows

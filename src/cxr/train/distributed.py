@@ -17,7 +17,7 @@ What keeps a run of N processes equal to a single-process run with the same glob
   batch does not split evenly.
 - `sync_batchnorm`: BatchNorms that train see the statistics of the whole global batch (torch's
   SyncBatchNorm on CUDA, `CpuSyncBatchNorm` on the CPU, where torch's does not run).
-- `ShardSampler` + `cxr.train.device.gather_arrays`: each rank evaluates a contiguous block of the
+- `ShardSampler` + `cxr.runtime.gather_arrays`: each rank evaluates a contiguous block of the
   validation set (no padding, no duplicates) and the predictions are gathered, so val metrics are exact.
 
 What still differs: dropout draws (each rank has its own RNG stream) and the float summation order.
@@ -42,6 +42,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from cxr.errors import CxrError
+from cxr.rank import env_int, rank, world_size
 
 log = logging.getLogger(__name__)
 
@@ -72,33 +73,6 @@ class DistributedContext:
 # environment, setup and teardown
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise CxrError(f"environment variable {name}={value!r} must be an integer (torchrun sets it)") from None
-
-
-def env_world_size() -> int:
-    """WORLD_SIZE from the environment (1 when not launched by torchrun)."""
-    return _env_int("WORLD_SIZE", 1)
-
-
-def env_rank() -> int:
-    """RANK from the environment (0 when not launched by torchrun); valid before and after the session."""
-    return _env_int("RANK", 0)
-
-
-def is_main_rank() -> bool:
-    """True in rank 0 and in a single process, whether or not a process group is up (for CLI output)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
-    return env_rank() == 0
-
-
 def distributed_device(spec: str, local_rank: int) -> torch.device:
     """The device of this rank: its own GPU (cuda:LOCAL_RANK) for 'auto'/'cuda' when CUDA is visible, else the CPU."""
     spec = (spec or "auto").strip().lower()
@@ -125,14 +99,14 @@ def init_distributed(device: str = "auto") -> DistributedContext | None:
 
     NCCL when the ranks use GPUs (each rank binds cuda:LOCAL_RANK), gloo on the CPU.
     """
-    world = env_world_size()
+    world = env_int("WORLD_SIZE", 1)
     if world <= 1:
         return None
     if not dist.is_available():
         raise CxrError("this PyTorch build has no torch.distributed; run without torchrun")
-    rank, local_rank = env_rank(), _env_int("LOCAL_RANK", env_rank())
-    if not 0 <= rank < world:
-        raise CxrError(f"RANK={rank} is outside 0..{world - 1} (WORLD_SIZE={world})")
+    rank_, local_rank = env_int("RANK", 0), env_int("LOCAL_RANK", env_int("RANK", 0))
+    if not 0 <= rank_ < world:
+        raise CxrError(f"RANK={rank_} is outside 0..{world - 1} (WORLD_SIZE={world})")
     if not (os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT")):
         raise CxrError(f"WORLD_SIZE={world} but MASTER_ADDR/MASTER_PORT are not set: launch with torchrun")
     dev = distributed_device(device, local_rank)
@@ -141,10 +115,10 @@ def init_distributed(device: str = "auto") -> DistributedContext | None:
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
         kwargs: dict[str, Any] = {"device_id": dev} if dev.type == "cuda" else {}
-        dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world, timeout=TIMEOUT,
+        dist.init_process_group(backend, init_method="env://", rank=rank_, world_size=world, timeout=TIMEOUT,
                                 **kwargs)
-    log.info("distributed: rank %d of %d (local rank %d), %s on %s", rank, world, local_rank, backend, dev)
-    return DistributedContext(rank=rank, world_size=world, local_rank=local_rank, backend=backend, device=dev)
+    log.info("distributed: rank %d of %d (local rank %d), %s on %s", rank_, world, local_rank, backend, dev)
+    return DistributedContext(rank=rank_, world_size=world, local_rank=local_rank, backend=backend, device=dev)
 
 
 def teardown() -> None:
@@ -160,7 +134,7 @@ def distributed_session(device: str = "auto") -> Iterator[DistributedContext | N
     Yields None in a single process. Ranks other than 0 log warnings and errors only. A session
     inside a session (a process group that is already up) reuses it and leaves the teardown to the outer one.
     """
-    if env_world_size() <= 1:
+    if env_int("WORLD_SIZE", 1) <= 1:
         yield None
         return
     if dist.is_initialized():
@@ -169,7 +143,7 @@ def distributed_session(device: str = "auto") -> Iterator[DistributedContext | N
     logger = logging.getLogger(RUN_LOGGER)
     old_level = logger.level
     try:
-        if env_rank() != 0:
+        if env_int("RANK", 0) != 0:
             logger.setLevel(max(logging.WARNING, logger.getEffectiveLevel()))
         yield init_distributed(device)
     finally:
@@ -178,15 +152,10 @@ def distributed_session(device: str = "auto") -> Iterator[DistributedContext | N
 
 
 def _current_context(device: str) -> DistributedContext:
-    local_rank = _env_int("LOCAL_RANK", dist.get_rank())
+    local_rank = env_int("LOCAL_RANK", dist.get_rank())
     dev = distributed_device(device, local_rank)
     return DistributedContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
                               backend=str(dist.get_backend()), device=dev)
-
-
-def world_size() -> int:
-    """Ranks in the current process group (1 without one)."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def barrier() -> None:
@@ -205,7 +174,7 @@ def run_on_main(fn: Callable[[], T]) -> T:
         return fn()
     payload: list[Any] = [None]
     error: CxrError | None = None
-    if dist.get_rank() == 0:
+    if rank() == 0:
         try:
             payload[0] = ("ok", fn())
         except CxrError as exc:

@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 
 from cxr.config import RunConfig, to_dict
 from cxr.errors import CxrError
-from cxr.train.device import (
+from cxr.runtime import (
     autocast,
     batch_to,
     describe,

@@ -36,7 +36,7 @@ from cxr.checkpoint import load_checkpoint, save_checkpoint
 from cxr.config import RunConfig, TrainConfig
 from cxr.errors import CxrError
 from cxr.evaluate import epoch_metrics
-from cxr.train.device import (
+from cxr.runtime import (
     autocast,
     batch_to,
     gather_arrays,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from cxr import runtime as dev
 from cxr.errors import CxrError
-from cxr.train import device as dev
 
 
 def test_resolve_device_cpu_and_auto():

@@ -1,8 +1,10 @@
-"""Where and how a run computes: device choice, precision policy, threads, seeding, rank guards.
+"""Where and how cxr computes, for training and prediction alike: device choice, precision policy and
+autocast, threads and DataLoader workers, seeding and RNG state, and the collective helpers that
+need torch (which rank is which lives in the torch-free `cxr.rank`).
 
-Everything here is explicit: nothing is set at import time. The pipeline calls `set_threads` and
-`seed_everything` once at the start of a run, then `resolve_device` / `resolve_precision` to decide
-how the loop runs. Precision policy:
+Everything here is explicit: nothing is set at import time. A study calls `set_threads` and
+`seed_everything` once at its start, then `resolve_device` / `resolve_precision` to decide how the
+loop runs; `Predictor` uses the same device and precision policy. Precision policy:
 
 - CPU: bf16 autocast only where the CPU has native bf16 (AVX512-BF16 or AMX); otherwise fp32,
   because emulated bf16 is slower than fp32.
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 
 from cxr.errors import CxrError
+from cxr.rank import is_main_process, local_world_size, world_size
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,7 @@ PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
 CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 CPUINFO = Path("/proc/cpuinfo")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+MAX_AUTO_WORKERS = 8  # data.num_workers=-1 never starts more DataLoader workers than this
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -147,8 +151,8 @@ def set_threads(n: int | None = None) -> int:
     return n
 
 
-def resolve_workers(num_workers: int, cap: int = 8) -> int:
-    """DataLoader workers: -1 means one per core, capped at `cap`; other values are taken as given.
+def resolve_workers(num_workers: int, cap: int = MAX_AUTO_WORKERS) -> int:
+    """DataLoader workers: -1 means one per available core, capped at `cap`; other values are taken as given.
 
     Under torchrun the cores are shared by the processes of this node (LOCAL_WORLD_SIZE), so -1 gives
     each process its share rather than every core to every process.
@@ -157,9 +161,7 @@ def resolve_workers(num_workers: int, cap: int = 8) -> int:
         raise CxrError(f"data.num_workers must be -1 (one per core) or >= 0, got {num_workers}")
     if num_workers >= 0:
         return num_workers
-    local = os.environ.get("LOCAL_WORLD_SIZE", "")
-    share = available_cores() // int(local) if local.isdigit() and int(local) > 0 else available_cores()
-    return max(1, min(share, cap))
+    return max(1, min(available_cores() // local_world_size(), cap))
 
 
 @dataclass
@@ -226,32 +228,20 @@ def _numpy_state_to_dict(state: tuple) -> dict[str, Any]:
             "has_gauss": int(has_gauss), "cached": float(cached)}
 
 
-def distributed_info() -> tuple[int, int]:
-    """(rank, world size); (0, 1) when torch.distributed is not initialised."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def is_main_process() -> bool:
-    """True on rank 0 (and in a single process): only it logs progress and writes files."""
-    return distributed_info()[0] == 0
-
-
 @contextlib.contextmanager
 def main_process_first() -> Iterator[None]:
     """Let rank 0 run the block first (e.g. to build a cache), the other ranks after it."""
-    rank, world = distributed_info()
-    if world > 1 and rank != 0:
+    world, main = world_size(), is_main_process()
+    if world > 1 and not main:
         torch.distributed.barrier()
     yield
-    if world > 1 and rank == 0:
+    if world > 1 and main:
         torch.distributed.barrier()
 
 
 def gather_arrays(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
     """Concatenate each array over all ranks (rank order); identity in a single process."""
-    _, world = distributed_info()
+    world = world_size()
     if world == 1:
         return arrays
     gathered: list[Any] = [None] * world
