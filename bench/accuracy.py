@@ -1,6 +1,6 @@
 """Accuracy benchmark: the seed recipe (frozen base, head only) against the fine-tune recipe.
 
-Both are complete `cxr.pipeline.run_study` runs (audit, split, training, test evaluation with
+Both are complete `cxr.study.run_study` runs (audit, split, training, test evaluation with
 bootstrap CIs, report) with the EfficientNet-Lite0 backbone and its ImageNet weights (`lite0-imagenet`)
 on the same data and the same split:
 
@@ -34,7 +34,7 @@ from typing import Any
 
 import _common  # bench/ is on sys.path when a script runs
 from cxr.config import RunConfig, load_config
-from cxr.pipeline import evaluate_checkpoint, run_study
+from cxr.study import evaluate_checkpoint, run_study
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_CONFIG = REPO / "configs" / "seed.yaml"

@@ -1,6 +1,6 @@
 """End-to-end wall time and test quality of the seed recipe: cached path (K views) vs direct path.
 
-Each run is a complete `cxr.pipeline.run_study` (audit, split, figures, training, test evaluation
+Each run is a complete `cxr.study.run_study` (audit, split, figures, training, test evaluation
 with bootstrap CIs, report), timed from start to finish:
 
 - cached: the head trains on backbone features computed once (K augmented views per training image,
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import sys
@@ -37,7 +38,7 @@ import numpy as np
 import _common  # bench/ is on sys.path when a script runs
 from cxr.config import RunConfig, load_config
 from cxr.data.discover import discover
-from cxr.pipeline import run_study
+from cxr.study import run_study
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,7 +78,8 @@ def timed_study(cfg: RunConfig, data: Path, out: Path, cache: Path, cached: bool
     """Run one study; wall time, test metrics and per-epoch times from its run directory."""
     load = os.getloadavg()
     start = time.perf_counter()
-    run_study(cfg, data, out, use_feature_cache=cached, cache_dir=cache, progress=True)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, feature_cache=cached))
+    run_study(cfg, data, out, cache_dir=cache, progress=True)
     wall = time.perf_counter() - start
     metrics = json.loads((out / "metrics.json").read_text())
     test = metrics["test"]
@@ -143,7 +145,7 @@ def numerics(run_dir: Path, n: int) -> dict[str, Any]:
     from cxr.checkpoint import load_checkpoint, model_from_checkpoint
     from cxr.data.dataset import SplitDataset
     from cxr.rundir import read_split_csv
-    from cxr.train.features import compare_precision
+    from cxr.train.extract import compare_precision
 
     ckpt = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     model = model_from_checkpoint(ckpt)

@@ -214,7 +214,7 @@ def head_row(head: nn.Module, channels: int, batch: int, steps: int) -> dict[str
     from cxr.config import TrainConfig
     from cxr.data.dataset import make_loader
     from cxr.train.features import CachedFeatureDataset
-    from cxr.train.loop import build_optimizer
+    from cxr.train.optim import build_optimizer
 
     n = batch * steps
     rng = np.random.default_rng(0)

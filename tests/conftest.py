@@ -9,6 +9,14 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cxr4-dev"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_feature_cache(tmp_path_factory):
+    """Feature caches of the tests go to a temporary folder, never to the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CXR_CACHE_DIR", str(tmp_path_factory.mktemp("feature-cache")))
+        yield
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """The real cxr4-dev folder beside the checkout; skips the test when it is absent."""
@@ -35,7 +43,7 @@ def calibrated_model():
     batches, so a tiny untrained model still gives non-uniform outputs. Leaves torch's RNG untouched."""
     import torch
 
-    from cxr.models import build_model
+    from cxr.models.build import build_model
 
     def make(model_cfg, num_classes: int, size: int):
         with torch.random.fork_rng():

@@ -15,8 +15,8 @@ from cxr.checkpoint import save_checkpoint
 from cxr.cli import main
 from cxr.config import ModelConfig, RunConfig
 from cxr.data.synthetic import CLASSES, make_image
-from cxr.predict import Prediction, Predictor, shift, tta_views
-from cxr.transforms import Preprocessing
+from cxr.predict import Prediction, Predictor
+from cxr.transforms import Preprocessing, shift, tta_views
 
 SIZE = 64
 

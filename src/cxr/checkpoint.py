@@ -6,8 +6,6 @@ as a plain dict), classes, preprocessing, metrics, history (list of per-epoch di
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ from torch import nn
 
 from cxr.config import RunConfig, from_dict, to_dict
 from cxr.errors import CxrError
+from cxr.rundir import atomic_write
 from cxr.transforms import Preprocessing
 
 FORMAT = "cxr-checkpoint/1"
@@ -34,7 +33,7 @@ def save_checkpoint(
     history: list[dict[str, Any]] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the checkpoint to a temporary file, fsync it, then rename it over `path`."""
+    """Write the checkpoint atomically (`cxr.rundir.atomic_write`: temp file, fsync, rename)."""
     module = model.module if hasattr(model, "module") else model
     state = {
         "format": FORMAT,
@@ -48,19 +47,7 @@ def save_checkpoint(
         "history": history or [],
         "extra": extra or {},
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda fh: torch.save(state, fh))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -4,14 +4,12 @@ The preprocessing (input size, normalisation mode) is read from the checkpoint's
 chosen here, so predictions see exactly the input that training and evaluation saw:
 decode -> grayscale uint8 -> `resize_gray(img, pre.size)` -> `to_input(img, pre)`.
 
-Test-time augmentation (`tta=True`) averages the class probabilities over a fixed set of views:
-the image itself, its horizontal mirror and four small shifts (edge pixels repeated, like the
-training augmentation's 'nearest' fill). The views are deterministic, so TTA predictions repeat.
+Test-time augmentation (`tta=True`) averages the class probabilities over the fixed views of
+`cxr.transforms.tta_probs`, the same function evaluation uses.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,21 +18,19 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cxr.checkpoint import config_of, load_checkpoint, model_from_checkpoint
 from cxr.errors import CxrError
+from cxr.hashing import file_sha256
 from cxr.io import read_image, read_image_bytes
 from cxr.runtime import autocast, resolve_device, resolve_precision
-from cxr.transforms import Preprocessing, resize_gray, to_input
+from cxr.transforms import Preprocessing, resize_gray, to_input, tta_probs
 
 log = logging.getLogger(__name__)
 
 ImageInput = str | Path | bytes | np.ndarray
-TTA_SHIFT_FRACTION = 0.04  # shift of the four shifted TTA views, as a fraction of the input side
 _RGB_LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601 luma, the same weights PIL's convert("L") uses
-_HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -178,42 +174,21 @@ class Predictor:
     @torch.no_grad()
     def predict_tensor(self, batch: torch.Tensor, tta: bool = False) -> np.ndarray:
         """Class probabilities (N, C) float64 for a batch of normalised inputs (N, 3, S, S)."""
-        views = tta_views(batch) if tta else [batch]
-        total = None
-        for view in views:
-            probs = self._forward_probs(view)
-            total = probs if total is None else total + probs
-        return (total / len(views)).numpy().astype(np.float64)
+        batch = batch.to(self.device, non_blocking=True)
+        if tta:
+            probs = tta_probs(self._logits, batch)
+        else:
+            probs = torch.softmax(self._logits(batch).float(), dim=1)
+        return probs.cpu().numpy().astype(np.float64)
 
-    def _forward_probs(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True)
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
         with autocast(self.device, self.precision):
-            logits = self.model(x)
-        return torch.softmax(logits.float(), dim=1).cpu()
+            return self.model(x)
 
     def to_prediction(self, probs: np.ndarray, source: str | None = None) -> Prediction:
         """A `Prediction` from one row of class probabilities."""
         table = {c: float(p) for c, p in zip(self._classes, probs, strict=True)}
         return Prediction(label=self._classes[int(np.argmax(probs))], probabilities=table, source=source)
-
-
-def tta_views(batch: torch.Tensor) -> list[torch.Tensor]:
-    """The TTA views of a batch (N, C, H, W): identity, horizontal flip, and shifts by
-    `TTA_SHIFT_FRACTION` of the side left, right, up and down with edge pixels repeated."""
-    side = min(batch.shape[-2:])
-    s = max(1, round(TTA_SHIFT_FRACTION * side))
-    views = [batch, batch.flip(-1)]
-    for dx, dy in ((s, 0), (-s, 0), (0, s), (0, -s)):
-        views.append(shift(batch, dx, dy))
-    return views
-
-
-def shift(batch: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
-    """Translate (N, C, H, W) by dx columns (right if > 0) and dy rows (down if > 0), repeating edges."""
-    h, w = batch.shape[-2:]
-    padded = F.pad(batch, (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)), mode="replicate")
-    top, left = max(-dy, 0), max(-dx, 0)
-    return padded[..., top : top + h, left : left + w].contiguous()
 
 
 def as_gray_uint8(image: np.ndarray) -> np.ndarray:
@@ -225,15 +200,6 @@ def as_gray_uint8(image: np.ndarray) -> np.ndarray:
     if image.ndim == 3 and image.shape[2] in (3, 4):
         return np.clip(np.rint(image[..., :3] @ _RGB_LUMA), 0, 255).astype(np.uint8)
     raise CxrError(f"image arrays must have shape (H, W) or (H, W, 3|4), got {image.shape}")
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_HASH_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _is_single(images: Any) -> bool:

@@ -100,6 +100,29 @@ def resolve_precision(spec: str, device: torch.device) -> str:
     return spec
 
 
+@dataclass(frozen=True)
+class Compute:
+    """How a loop computes: where, in which precision and memory format, and whether it shows progress."""
+
+    device: torch.device  # from resolve_device (or the DistributedContext under torchrun)
+    precision: str = "fp32"  # resolved: fp32 | bf16 | fp16 (see resolve_precision)
+    channels_last: bool = False  # NHWC inputs and weights for convolutions
+    progress: bool = True  # progress bars on a terminal, periodic log lines elsewhere
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        return autocast(self.device, self.precision)
+
+    def to(self, x: torch.Tensor) -> torch.Tensor:
+        """An input batch on this device, NHWC when asked."""
+        return batch_to(x, self.device, self.channels_last)
+
+    @classmethod
+    def resolve(cls, device: str = "auto", precision: str = "auto", **kwargs: Any) -> Compute:
+        """From the config's strings ('auto', 'cpu', 'cuda:1', ...), with the precision policy above."""
+        dev = resolve_device(device)
+        return cls(dev, resolve_precision(precision, dev), **kwargs)
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
     """Mixed-precision context for `precision` on `device`; fp32 is a no-op context."""
     if precision == "fp32":

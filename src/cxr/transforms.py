@@ -1,11 +1,17 @@
-"""Image preprocessing tied to a weights record, and the seed's training augmentation.
+"""Image preprocessing tied to a weights record, the seed's training augmentation, and test-time views.
 
 Preprocessing is never chosen on its own: a weights record carries a `Preprocessing`, the checkpoint
 stores it, and training, evaluation, prediction and serving all apply that same record.
+
+Test-time augmentation (`tta_probs`) averages the class probabilities over a fixed set of views: the
+image itself, its horizontal mirror and four small shifts (edge pixels repeated, like the training
+augmentation's 'nearest' fill). The views are deterministic, so TTA results repeat; evaluation and
+prediction use this one function.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -20,6 +26,7 @@ from cxr.errors import CxrError
 
 PREPROCESSING_MODES = ("caffe", "imagenet", "half")
 FILL_MODES = ("nearest", "constant", "reflect", "wrap")  # Keras fill_mode values (SciPy modes)
+TTA_SHIFT_FRACTION = 0.04  # shift of the four shifted TTA views, as a fraction of the input side
 
 
 @dataclass(frozen=True)
@@ -197,3 +204,39 @@ def _grid_sample_border(img: np.ndarray, matrix: np.ndarray, offset: np.ndarray)
     pixels = torch.from_numpy(np.ascontiguousarray(img)).view(1, 1, height, width)
     out = F.grid_sample(pixels, grid, mode="bilinear", padding_mode="border", align_corners=True)
     return out.view(height, width).numpy()
+
+
+# ------------------------------------------------------------------------------ test-time augmentation
+
+
+def tta_views(batch: torch.Tensor) -> list[torch.Tensor]:
+    """The TTA views of a batch (N, C, H, W): identity, horizontal flip, and shifts by
+    `TTA_SHIFT_FRACTION` of the side left, right, up and down with edge pixels repeated."""
+    side = min(batch.shape[-2:])
+    s = max(1, round(TTA_SHIFT_FRACTION * side))
+    views = [batch, batch.flip(-1)]
+    for dx, dy in ((s, 0), (-s, 0), (0, s), (0, -s)):
+        views.append(shift(batch, dx, dy))
+    return views
+
+
+def shift(batch: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """Translate (N, C, H, W) by dx columns (right if > 0) and dy rows (down if > 0), repeating edges."""
+    h, w = batch.shape[-2:]
+    padded = F.pad(batch, (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)), mode="replicate")
+    top, left = max(-dy, 0), max(-dx, 0)
+    return padded[..., top : top + h, left : left + w].contiguous()
+
+
+def tta_probs(forward: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
+    """Softmax probabilities (N, classes), float32, averaged over the `tta_views` of an image batch.
+
+    `forward` maps a batch to logits. Batches of cached features (N, C, 1, 1) have no spatial extent
+    to shift, so they are scored as they are.
+    """
+    views = tta_views(batch) if batch.dim() == 4 and min(batch.shape[-2:]) > 1 else [batch]
+    total: torch.Tensor | None = None
+    for view in views:
+        probs = torch.softmax(forward(view).float(), dim=1)
+        total = probs if total is None else total + probs
+    return total / len(views)

@@ -21,6 +21,7 @@ from torch import nn
 from cxr import rank as ranks
 from cxr.data.dataset import EpochShuffle
 from cxr.errors import CxrError
+from cxr.train import ddp as DDP
 from cxr.train import distributed as D
 
 # --------------------------------------------------------------------------------------------------
@@ -48,7 +49,7 @@ def test_global_batches_are_the_single_process_batches_split_over_ranks(n, batch
     single = [order[i : i + batch] for i in range(0, n, batch)]
     per_rank = []
     for rank in range(world):
-        sampler = D.GlobalBatchSampler(n, batch, rank, world, seed)
+        sampler = DDP.GlobalBatchSampler(n, batch, rank, world, seed)
         sampler.set_epoch(epoch)
         loader = torch.utils.data.DataLoader(data, batch_size=batch // world, sampler=sampler)
         batches = [b.tolist() for b in loader]
@@ -61,18 +62,18 @@ def test_global_batches_are_the_single_process_batches_split_over_ranks(n, batch
 
 def test_a_last_batch_smaller_than_the_world_is_skipped_with_a_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="cxr.train.distributed"):
-        sampler = D.GlobalBatchSampler(17, 8, 1, 2, seed=0)
+        sampler = DDP.GlobalBatchSampler(17, 8, 1, 2, seed=0)
     assert "skipped" in caplog.text
     assert len(sampler) == 8 and len(set(sampler.indices())) == 8
 
 
 def test_global_batch_must_divide_by_the_world_size():
     with pytest.raises(CxrError, match="batch_size=30 .* divisible by the number of processes \\(4\\)"):
-        D.GlobalBatchSampler(100, 30, 0, 4, seed=0)
+        DDP.GlobalBatchSampler(100, 30, 0, 4, seed=0)
 
 
 def test_epochs_change_the_order_and_repeat_for_a_seed():
-    a, b = D.GlobalBatchSampler(40, 8, 0, 2, seed=1), D.GlobalBatchSampler(40, 8, 0, 2, seed=1)
+    a, b = DDP.GlobalBatchSampler(40, 8, 0, 2, seed=1), DDP.GlobalBatchSampler(40, 8, 0, 2, seed=1)
     first = a.indices()
     a.set_epoch(1)
     assert a.indices() != first
@@ -81,11 +82,11 @@ def test_epochs_change_the_order_and_repeat_for_a_seed():
 
 
 def test_shard_sampler_blocks_cover_every_sample_once_in_order():
-    blocks = [list(D.ShardSampler(11, r, 3)) for r in range(3)]
+    blocks = [list(DDP.ShardSampler(11, r, 3)) for r in range(3)]
     assert sum(blocks, []) == list(range(11))
     assert [len(b) for b in blocks] == [4, 4, 3]
     with pytest.raises(CxrError, match="2 evaluation images cannot be shared by 3 processes"):
-        D.ShardSampler(2, 0, 3)
+        DDP.ShardSampler(2, 0, 3)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -99,11 +100,11 @@ def test_without_torchrun_everything_is_a_single_process(monkeypatch):
         assert ctx is None
         assert ranks.world_size() == 1 and ranks.is_main_process()
         assert D.run_on_main(lambda: 41 + 1) == 42
-        assert isinstance(D.train_loss(None, 0.1), nn.CrossEntropyLoss)
+        assert isinstance(DDP.train_loss(None, 0.1), nn.CrossEntropyLoss)
         model = nn.Linear(2, 2)
-        assert D.wrap_ddp(model, ctx) is model
+        assert DDP.wrap_ddp(model, ctx) is model
         loaders = {"train": object()}
-        assert D.shard_loaders(loaders, batch_size=8, seed=0, ctx=None) == loaders
+        assert DDP.shard_loaders(loaders, batch_size=8, seed=0, ctx=None) == loaders
 
 
 def test_environment_mistakes_are_user_errors(monkeypatch):
@@ -126,7 +127,7 @@ def test_global_batch_loss_is_cross_entropy_in_one_process():
     logits = torch.randn(6, 3, generator=g, requires_grad=True)
     target = torch.tensor([0, 1, 2, 2, 1, 0])
     weight = torch.tensor([1.0, 2.0, 0.5])
-    ours = D.GlobalBatchLoss(weight, 0.1)(logits, target)
+    ours = DDP.GlobalBatchLoss(weight, 0.1)(logits, target)
     ref = nn.CrossEntropyLoss(weight=weight, label_smoothing=0.1)(logits, target)
     torch.testing.assert_close(ours, ref)
     (g_ours,) = torch.autograd.grad(ours, logits)
@@ -141,9 +142,9 @@ def test_sync_batchnorm_replaces_only_training_batchnorms_and_keeps_the_state_di
     model[1].bias.requires_grad_(False)
     model[1].running_mean.fill_(0.5)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    assert D.sync_batchnorm(model, torch.device("cpu")) == 1
+    assert DDP.sync_batchnorm(model, torch.device("cpu")) == 1
     assert type(model[1]) is nn.BatchNorm2d
-    assert isinstance(model[2][1], D.CpuSyncBatchNorm)
+    assert isinstance(model[2][1], DDP.CpuSyncBatchNorm)
     assert set(model.state_dict()) == set(before)
     for key, value in before.items():
         assert torch.equal(model.state_dict()[key], value)
@@ -160,7 +161,7 @@ def test_sync_batchnorm_replaces_only_training_batchnorms_and_keeps_the_state_di
 WORKER = textwrap.dedent(
     """
     import os, sys
-    from cxr import pipeline
+    from cxr.study import phases
     from cxr.cli import main
 
     data, out, config, kill_epoch, bn_out, bn_config, port2, port3 = sys.argv[1:9]
@@ -168,7 +169,7 @@ WORKER = textwrap.dedent(
     class Killed(Exception):
         pass
 
-    fit = pipeline.fit
+    fit = phases.fit
 
     def killing_fit(*args, **kwargs):
         def stop(row):
@@ -177,7 +178,7 @@ WORKER = textwrap.dedent(
         return fit(*args, on_epoch_end=stop, **kwargs)
 
     # 1. the two-phase run, killed after an epoch of fine-tuning ...
-    pipeline.fit = killing_fit
+    phases.fit = killing_fit
     argv = ["-q", "train", "--data", data, "--out", out, "--config", config]
     try:
         main(argv)
@@ -185,7 +186,7 @@ WORKER = textwrap.dedent(
         pass
     else:
         sys.exit("the run was not killed")
-    pipeline.fit = fit
+    phases.fit = fit
     # 2. ... and resumed (each run sets up and tears down its own process group)
     os.environ["MASTER_PORT"] = port2
     if main([*argv, "--resume"]) != 0:
@@ -270,7 +271,7 @@ def _compare_runs(single: Path, ddp: Path) -> list[dict[str, float]]:
 
 @pytest.mark.slow
 def test_two_gloo_processes_match_one_process_including_a_kill_and_resume(tiny_data, tmp_path, monkeypatch):
-    from cxr import pipeline
+    from cxr import study
     from cxr.checkpoint import load_checkpoint
     from cxr.config import load_config
 
@@ -282,7 +283,7 @@ def test_two_gloo_processes_match_one_process_including_a_kill_and_resume(tiny_d
     threads = torch.get_num_threads()
     try:
         for name, path in configs.items():
-            pipeline.train(load_config(path), tiny_data, tmp_path / "single" / name, cache_dir=tmp_path / "cache1",
+            study.train(load_config(path), tiny_data, tmp_path / "single" / name, cache_dir=tmp_path / "cache1",
                            progress=False)
     finally:
         torch.set_num_threads(threads)

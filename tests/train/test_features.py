@@ -18,13 +18,11 @@ from cxr.errors import CxrError
 from cxr.models.build import Classifier, apply_freeze, build_model
 from cxr.models.head import Head
 from cxr.rundir import SplitRow
-from cxr.train import features
-from cxr.train.features import (
-    CachedFeatureDataset,
-    compare_precision,
-    feature_loaders,
-    view_schedule,
-)
+from cxr.runtime import Compute
+from cxr.train import extract
+from cxr.train.extract import compare_precision
+from cxr.train.features import CachedFeatureDataset, feature_loaders, view_schedule
+from cxr.train.state import Checkpointer
 from cxr.transforms import Preprocessing, SeedAugment
 
 SIZE = 64
@@ -282,9 +280,9 @@ def test_augmentation_off_stores_one_view(model, root, rows, tmp_path):
 
 def test_float16_check_catches_overflow_and_underflow():
     trained_like = np.random.default_rng(0).gamma(1.0, 1.0, (4, 16)).astype(np.float32)
-    assert features.fits_float16(trained_like)
-    assert not features.fits_float16(trained_like * 1e5)  # beyond float16's maximum
-    assert not features.fits_float16(trained_like * 1e-8)  # flushed to zero
+    assert extract.fits_float16(trained_like)
+    assert not extract.fits_float16(trained_like * 1e5)  # beyond float16's maximum
+    assert not extract.fits_float16(trained_like * 1e-8)  # flushed to zero
 
 
 def test_features_float16_cannot_hold_are_stored_as_float32(model, root, rows, tmp_path):
@@ -317,10 +315,9 @@ def test_training_the_head_on_cached_features(model, root, rows, tmp_path):
     cfg.train.lr = 1e-2
     out = loaders(model, root, rows, cfg, tmp_path / "cache")
     before = [p.detach().clone() for p in model.head.parameters()]
-    result = loop.fit(
-        model.head, out["train"], out["val"], cfg=cfg, classes=list(CLASSES), out_dir=tmp_path / "run",
-        device=CPU, precision="fp32", classifier=model, progress=False,
-    )
+    checkpointer = Checkpointer(tmp_path / "run", classifier=model, config=cfg, classes=list(CLASSES))
+    result = loop.fit(model.head, out["train"], out["val"], tc=cfg.train, compute=Compute(CPU, progress=False),
+                      checkpointer=checkpointer)
     assert [row["epoch"] for row in result.history] == [1, 2, 3, 4]
     assert all(np.isfinite(row["train_loss"]) for row in result.history)
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]

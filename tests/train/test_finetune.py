@@ -11,12 +11,13 @@ import pytest
 import torch
 import yaml
 
-from cxr import pipeline
+from cxr import study
 from cxr.checkpoint import load_checkpoint
 from cxr.config import RunConfig, load_config
 from cxr.errors import CxrError
 from cxr.models.build import frozen_stages
-from cxr.train.loop import HISTORY_COLUMNS, PHASE_COLUMN
+from cxr.rundir import HISTORY_COLUMNS, PHASE_COLUMN
+from cxr.study import inputs, phases
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -73,14 +74,14 @@ def two_phase_run(tiny_data, tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as mp:  # the same single thread as the tests that compare with it
         mp.setenv("OMP_NUM_THREADS", "1")
         try:
-            return pipeline.run_study(tiny_config(), tiny_data, out, cache_dir=out.parent / "cache", progress=False)
+            return study.run_study(tiny_config(), tiny_data, out, cache_dir=out.parent / "cache", progress=False)
         finally:
             torch.set_num_threads(threads)
 
 
 def test_finetune_config_takes_the_finetune_keys():
     cfg = tiny_config()
-    ft = pipeline.finetune_config(cfg)
+    ft = study.finetune_config(cfg)
     assert (ft.model.freeze, ft.train.epochs, ft.train.lr) == ("stages:2", 2, 5e-4)
     assert (cfg.model.freeze, cfg.train.epochs, cfg.train.lr) == ("base", 2, 1e-3)  # the run config is unchanged
     assert ft.train.backbone_lr_ratio == cfg.train.backbone_lr_ratio and ft.data == cfg.data
@@ -110,7 +111,7 @@ def test_two_phases_continue_one_history_and_fine_tune_only_the_unfrozen_stages(
     from cxr.runtime import seed_everything
 
     seed_everything(tiny_config().train.seed)
-    model = pipeline.build_classifier(tiny_config(), 4)  # the run's initial weights
+    model = inputs.build_classifier(tiny_config(), 4)  # the run's initial weights
     model.freeze = "stages:2"
     frozen = {f"backbone.{name}" for stage in frozen_stages(model)
               for name, _ in _named(model.backbone, stage)}
@@ -134,7 +135,7 @@ def test_resume_in_either_phase_equals_an_uninterrupted_run(two_phase_run, tiny_
     class Killed(Exception):
         pass
 
-    fit = pipeline.fit
+    fit = phases.fit
 
     def killing_fit(*args, **kwargs):
         def stop(row):
@@ -144,12 +145,12 @@ def test_resume_in_either_phase_equals_an_uninterrupted_run(two_phase_run, tiny_
         return fit(*args, on_epoch_end=stop, **kwargs)
 
     out = tmp_path / "resumed"
-    monkeypatch.setattr(pipeline, "fit", killing_fit)
+    monkeypatch.setattr(phases, "fit", killing_fit)
     with pytest.raises(Killed):
-        pipeline.train(tiny_config(), tiny_data, out, cache_dir=tmp_path / "cache", progress=False)
-    monkeypatch.setattr(pipeline, "fit", fit)
+        study.train(tiny_config(), tiny_data, out, cache_dir=tmp_path / "cache", progress=False)
+    monkeypatch.setattr(phases, "fit", fit)
     torch.rand(3)  # the global RNG moves on, as in a new process
-    pipeline.train(tiny_config(), tiny_data, out, resume=True, cache_dir=tmp_path / "cache", progress=False)
+    study.train(tiny_config(), tiny_data, out, resume=True, cache_dir=tmp_path / "cache", progress=False)
 
     assert _without_seconds(_history(out)) == _without_seconds(_history(two_phase_run))
     a = load_checkpoint(out / "checkpoints" / "last.pt")["model"]
@@ -167,14 +168,14 @@ def test_resuming_a_fine_tuning_phase_without_finetune_epochs_is_a_user_error(tw
     cfg = tiny_config()
     cfg.train.finetune_epochs = 0
     with pytest.raises(CxrError, match="fine-tuning phase, but train.finetune_epochs is 0"):
-        pipeline.train(cfg, tiny_data, out, resume=True, progress=False)
+        study.train(cfg, tiny_data, out, resume=True, progress=False)
 
 
 @pytest.mark.slow
 def test_tta_is_an_evaluation_option(two_phase_run, tiny_data, tmp_path):
     best = two_phase_run / "checkpoints" / "best.pt"
-    plain = pipeline.evaluate_checkpoint(best, tiny_data, "test", progress=False)
-    tta = pipeline.evaluate_checkpoint(best, tiny_data, "test", tta=True, out_dir=tmp_path / "tta", progress=False)
+    plain = study.evaluate_checkpoint(best, tiny_data, "test", progress=False)
+    tta = study.evaluate_checkpoint(best, tiny_data, "test", tta=True, out_dir=tmp_path / "tta", progress=False)
     assert tta["n"] == plain["n"] == json.loads((two_phase_run / "metrics.json").read_text())["test"]["n"]
     assert tta["loss"] != pytest.approx(plain["loss"], abs=1e-9)  # the flip and shifts change the probabilities
     assert json.loads((tmp_path / "tta" / "metrics.json").read_text())["tta"] is True
@@ -205,7 +206,7 @@ def test_finetune_yaml_is_a_valid_two_phase_recipe():
     assert cfg.train.finetune_epochs > 0 and cfg.train.finetune_freeze != "base"
     assert cfg.train.optimizer == "adamw" and cfg.train.schedule == "cosine" and cfg.train.warmup_epochs > 0
     assert 0 < cfg.train.label_smoothing < 1 and 0 < cfg.train.backbone_lr_ratio <= 1
-    model = pipeline.build_classifier(cfg, 4, load_weights=False)
+    model = inputs.build_classifier(cfg, 4, load_weights=False)
     from cxr.models.build import apply_freeze
 
     apply_freeze(model, cfg.train.finetune_freeze)  # a freeze mode this backbone accepts

@@ -15,11 +15,16 @@ from cxr.checkpoint import load_checkpoint
 from cxr.config import RunConfig, TrainConfig
 from cxr.errors import CxrError
 from cxr.evaluate import epoch_metrics
-from cxr.train import loop
+from cxr.rundir import HISTORY_COLUMNS, PHASE_COLUMN, read_history_csv
+from cxr.runtime import Compute
+from cxr.train import loop, optim
+from cxr.train.epoch import evaluate_epoch, train_one_epoch
+from cxr.train.state import Checkpointer
 from cxr.transforms import Preprocessing
 
 CLASSES = ["a", "b", "c"]
 CPU = torch.device("cpu")
+FP32 = Compute(CPU, "fp32", progress=False)
 
 
 class NoisyBlobs(Dataset):
@@ -96,11 +101,20 @@ def make_model(seed: int = 0) -> Tiny:
     return Tiny()
 
 
+def call_fit(module, train, val, *, cfg, out_dir, classifier=None, train_labels=None, train_cfg=None,
+             compute=FP32, **kwargs):
+    """`loop.fit` with a Checkpointer into `out_dir` and the training loss of `train_cfg` (default cfg.train)."""
+    tc = train_cfg or cfg.train
+    checkpointer = Checkpointer(out_dir, classifier=classifier or module, config=cfg, classes=CLASSES)
+    criterion = optim.training_criterion(tc, len(CLASSES), CPU, train_labels)
+    return loop.fit(module, train, val, tc=tc, compute=compute, checkpointer=checkpointer, criterion=criterion,
+                    **kwargs)
+
+
 def run_fit(tmp_path, cfg, model=None, **kwargs):
     model = model or make_model()
     train, val = loaders(cfg.train.batch_size if cfg.train.batch_size != 32 else 8)
-    result = loop.fit(model, train, val, cfg=cfg, classes=CLASSES, out_dir=tmp_path, device=CPU,
-                      precision="fp32", progress=False, **kwargs)
+    result = call_fit(model, train, val, cfg=cfg, out_dir=tmp_path, **kwargs)
     return model, result
 
 
@@ -110,11 +124,11 @@ def test_history_csv_has_one_row_per_epoch_with_the_contract_columns(tmp_path):
     with open(tmp_path / "history.csv", newline="") as fh:
         reader = csv.DictReader(fh)
         rows = list(reader)
-    assert tuple(reader.fieldnames) == (*loop.HISTORY_COLUMNS, loop.PHASE_COLUMN)
+    assert tuple(reader.fieldnames) == (*HISTORY_COLUMNS, PHASE_COLUMN)
     assert {r["phase"] for r in rows} == {"1"}
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     for row in rows:
-        for name in (c for c in loop.HISTORY_COLUMNS if c.startswith(("train_", "val_"))):
+        for name in (c for c in HISTORY_COLUMNS if c.startswith(("train_", "val_"))):
             value = float(row[name])
             assert value >= 0 and (name.endswith("loss") or value <= 1)
     # the last row's val metrics are those of the last.pt weights on the val loader
@@ -122,11 +136,11 @@ def test_history_csv_has_one_row_per_epoch_with_the_contract_columns(tmp_path):
     check = Tiny()
     check.load_state_dict(ckpt["model"])
     _, val = loaders()
-    loss, y, p = loop.evaluate_epoch(check, val, nn.CrossEntropyLoss(), device=CPU, precision="fp32", progress=False)
+    loss, y, p = evaluate_epoch(check, val, nn.CrossEntropyLoss(), FP32)
     expected = epoch_metrics(y, p, loss)
     for name, value in expected.items():
         assert float(rows[-1][f"val_{name}"]) == pytest.approx(value, abs=1e-6)
-    assert loop.read_history_csv(tmp_path / "history.csv")[-1]["val_loss"] == pytest.approx(result.history[-1]["val_loss"])
+    assert read_history_csv(tmp_path / "history.csv")[-1]["val_loss"] == pytest.approx(result.history[-1]["val_loss"])
 
 
 def test_best_checkpoint_follows_the_lowest_val_loss(tmp_path):
@@ -163,8 +177,8 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path):
     for key, value in full_model.state_dict().items():
         torch.testing.assert_close(resumed_model.state_dict()[key], value, rtol=0, atol=1e-6)
     assert resumed.best_epoch == full.best_epoch
-    a = loop.read_history_csv(tmp_path / "full" / "history.csv")
-    b = loop.read_history_csv(tmp_path / "resumed" / "history.csv")
+    a = read_history_csv(tmp_path / "full" / "history.csv")
+    b = read_history_csv(tmp_path / "resumed" / "history.csv")
     assert _strip_seconds(a) == _strip_seconds(b)
 
 
@@ -192,8 +206,8 @@ def test_head_trained_on_feature_batches_is_stored_in_the_full_classifier(tmp_pa
         x = torch.randn(n, 8, 1, 1, generator=g) + y[:, None, None, None].float()
         return DataLoader(list(zip(x, y, strict=True)), batch_size=8)
 
-    result = loop.fit(model.head, features(32, 0), features(16, 1), cfg=config(epochs=2), classes=CLASSES,
-                      out_dir=tmp_path, device=CPU, precision="fp32", classifier=model, progress=False)
+    result = call_fit(model.head, features(32, 0), features(16, 1), cfg=config(epochs=2), out_dir=tmp_path,
+                      classifier=model)
     ckpt = load_checkpoint(result.last_path)
     assert set(ckpt["model"]) == set(model.state_dict())
     torch.testing.assert_close(ckpt["model"]["head.fc.weight"], model.head.fc.weight.detach())
@@ -204,43 +218,43 @@ def test_head_trained_on_feature_batches_is_stored_in_the_full_classifier(tmp_pa
 
 def test_param_groups_give_the_backbone_a_fraction_of_the_lr():
     model = make_model()
-    groups = loop.param_groups(model, lr=1e-3, backbone_lr_ratio=0.1)
+    groups = optim.param_groups(model, lr=1e-3, backbone_lr_ratio=0.1)
     assert [g["name"] for g in groups] == ["head", "backbone"]
     assert groups[1]["lr"] == pytest.approx(1e-4)
     for p in model.backbone.parameters():
         p.requires_grad_(False)
-    groups = loop.param_groups(model, lr=1e-3, backbone_lr_ratio=0.1)
+    groups = optim.param_groups(model, lr=1e-3, backbone_lr_ratio=0.1)
     assert [g["name"] for g in groups] == ["head"]
     for p in model.parameters():
         p.requires_grad_(False)
     with pytest.raises(CxrError, match="no trainable parameters"):
-        loop.param_groups(model, lr=1e-3, backbone_lr_ratio=0.1)
+        optim.param_groups(model, lr=1e-3, backbone_lr_ratio=0.1)
 
 
 @pytest.mark.parametrize("name, cls", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD)])
 def test_build_optimizer(name, cls):
-    assert isinstance(loop.build_optimizer(make_model(), TrainConfig(optimizer=name)), cls)
+    assert isinstance(optim.build_optimizer(make_model(), TrainConfig(optimizer=name)), cls)
 
 
 def test_unknown_optimizer_and_schedule_are_user_errors():
     with pytest.raises(CxrError, match="allowed: adam, adamw, sgd"):
-        loop.build_optimizer(make_model(), TrainConfig(optimizer="lamb"))
+        optim.build_optimizer(make_model(), TrainConfig(optimizer="lamb"))
     with pytest.raises(CxrError, match="allowed: none, step, cosine"):
-        loop.lr_factor(0, TrainConfig(schedule="linear"), 10)
+        optim.lr_factor(0, TrainConfig(schedule="linear"), 10)
 
 
 def test_step_schedule_drops_after_step_epochs():
     tc = TrainConfig(schedule="step", step_epochs=2, step_gamma=0.1, epochs=5)
-    factors = [loop.lr_factor(epoch * 10, tc, steps_per_epoch=10) for epoch in range(5)]
+    factors = [optim.lr_factor(epoch * 10, tc, steps_per_epoch=10) for epoch in range(5)]
     assert factors == pytest.approx([1, 1, 0.1, 0.1, 0.01])
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero():
     tc = TrainConfig(schedule="cosine", warmup_epochs=1, epochs=4)
-    f = [loop.lr_factor(s, tc, steps_per_epoch=10) for s in range(40)]
+    f = [optim.lr_factor(s, tc, steps_per_epoch=10) for s in range(40)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(f[10:], f[11:], strict=False))
-    assert loop.lr_factor(40, tc, 10) == pytest.approx(0.0, abs=1e-12)
+    assert optim.lr_factor(40, tc, 10) == pytest.approx(0.0, abs=1e-12)
     assert f[25] == pytest.approx(0.5 * (1 + math.cos(math.pi * 15 / 30)))
 
 
@@ -254,10 +268,10 @@ def test_balanced_class_weights_match_sklearn():
 
     y = np.array([0, 0, 0, 1, 2, 2])
     expected = compute_class_weight("balanced", classes=np.arange(3), y=y)
-    np.testing.assert_allclose(loop.class_weights("balanced", y, 3).numpy(), expected, rtol=1e-6)
-    assert loop.class_weights("none", y, 3) is None
+    np.testing.assert_allclose(optim.class_weights("balanced", y, 3).numpy(), expected, rtol=1e-6)
+    assert optim.class_weights("none", y, 3) is None
     with pytest.raises(CxrError, match="allowed: none, balanced"):
-        loop.class_weights("inverse", y, 3)
+        optim.class_weights("inverse", y, 3)
 
 
 def test_gradient_accumulation_equals_one_big_batch():
@@ -270,8 +284,7 @@ def test_gradient_accumulation_equals_one_big_batch():
         model.head.drop.p = 0.0
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         data = DataLoader(list(zip(x, y, strict=True)), batch_size=batch)
-        out = loop.train_one_epoch(model, data, opt, nn.CrossEntropyLoss(), device=CPU, precision="fp32",
-                                   grad_accum=accum, epoch=1, progress=False)
+        out = train_one_epoch(model, data, opt, nn.CrossEntropyLoss(), FP32, grad_accum=accum, epoch=1)
         assert out["n"] == 16 and out["probs"].shape == (16, 3)
         results.append(model.state_dict())
     for key in results[0]:
@@ -281,10 +294,8 @@ def test_gradient_accumulation_equals_one_big_batch():
 def test_evaluate_epoch_with_tta_averages_image_views():
     model = make_model().eval()
     _, val = loaders()
-    plain_loss, y, plain = loop.evaluate_epoch(model, val, nn.CrossEntropyLoss(), device=CPU, precision="fp32",
-                                               progress=False)
-    tta_loss, y2, tta = loop.evaluate_epoch(model, val, nn.CrossEntropyLoss(), device=CPU, precision="fp32",
-                                            tta=True, progress=False)
+    plain_loss, y, plain = evaluate_epoch(model, val, nn.CrossEntropyLoss(), FP32)
+    tta_loss, y2, tta = evaluate_epoch(model, val, nn.CrossEntropyLoss(), FP32, tta=True)
     assert np.array_equal(y, y2)
     np.testing.assert_allclose(tta.sum(axis=1), 1.0, rtol=1e-5)
     assert not np.allclose(plain, tta)
@@ -294,8 +305,8 @@ def test_evaluate_epoch_with_tta_averages_image_views():
 def test_fit_runs_under_bf16_autocast_on_cpu(tmp_path):
     model = make_model()
     train, val = loaders()
-    result = loop.fit(model, train, val, cfg=config(epochs=1), classes=CLASSES, out_dir=tmp_path, device=CPU,
-                      precision="bf16", progress=False)
+    result = call_fit(model, train, val, cfg=config(epochs=1), out_dir=tmp_path,
+                      compute=Compute(CPU, "bf16", progress=False))
     row = result.history[0]
     assert math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])
     assert next(model.parameters()).dtype == torch.float32  # autocast computes in bf16, weights stay fp32
@@ -308,14 +319,13 @@ def test_a_second_phase_continues_epochs_history_and_best(tmp_path):
     model, first = run_fit(tmp_path, cfg)
     phase2 = dataclasses.replace(cfg.train, epochs=2, lr=1e-3)
     train, val = loaders()
-    second = loop.fit(model, train, val, cfg=cfg, classes=CLASSES, out_dir=tmp_path, device=CPU, precision="fp32",
-                      progress=False, train_cfg=phase2, phase=2, prior=first)
+    second = call_fit(model, train, val, cfg=cfg, out_dir=tmp_path, train_cfg=phase2, phase=2, prior=first)
     assert [(r["epoch"], r["phase"]) for r in second.history] == [(1, 1), (2, 1), (3, 2), (4, 2)]
     assert [r["lr"] for r in second.history] == pytest.approx([1e-2, 1e-2, 1e-3, 1e-3])
     losses = [r["val_loss"] for r in second.history]
     assert second.best_epoch == int(np.argmin(losses)) + 1
     last = load_checkpoint(second.last_path)
     assert last["epoch"] == 4 and last["extra"]["phase"] == 2 and last["extra"]["phase_start_epoch"] == 2
-    assert [int(r["phase"]) for r in loop.read_history_csv(tmp_path / "history.csv")] == [1, 1, 2, 2]
+    assert [int(r["phase"]) for r in read_history_csv(tmp_path / "history.csv")] == [1, 1, 2, 2]
     with pytest.raises(CxrError, match="cannot resume phase 1"):
         run_fit(tmp_path, cfg, resume=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import yaml
 
 from cxr.cli._common import add_command, positive_int
 from cxr.errors import CxrError
+from cxr.rank import is_main_process
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -29,7 +29,7 @@ FREEZE_HELP = "base (train the head only, the seed) | stages:N (also train the l
 
 def _say(text: object) -> None:
     """A result line on stdout (logs go to stderr); under torchrun only rank 0 prints."""
-    if os.environ.get("RANK", "0") in ("", "0"):
+    if is_main_process():
         sys.stdout.write(f"{text}\n")
 
 
@@ -172,28 +172,26 @@ def resolve_config(args: argparse.Namespace) -> tuple[Any, Path]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from cxr.pipeline import run_study
+    from cxr.study import run_study
 
     cfg, out = resolve_config(args)
-    run_dir = run_study(cfg, args.data, out, resume=args.resume,
-                        use_feature_cache=False if args.no_feature_cache else None)
+    run_dir = run_study(cfg, args.data, out, resume=args.resume).run_dir
     _print_summary(run_dir)
     _say(run_dir / "report.html")
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from cxr.pipeline import train
+    from cxr.study import train
 
     cfg, out = resolve_config(args)
-    run_dir = train(cfg, args.data, out, resume=args.resume, split_csv=args.split_csv,
-                    use_feature_cache=False if args.no_feature_cache else None)
+    run_dir = train(cfg, args.data, out, resume=args.resume, split_csv=args.split_csv).run_dir
     _say(run_dir / "checkpoints" / "best.pt")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from cxr.pipeline import evaluate_checkpoint
+    from cxr.study import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(args.checkpoint, args.data, args.split, out_dir=args.out, tta=args.tta,
                                   device=args.device, precision=args.precision, batch_size=args.batch_size,
@@ -206,7 +204,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from cxr.pipeline import DEMO_IMAGES_PER_CLASS, demo_config, run_demo
+    from cxr.study import demo_config, run_demo
+    from cxr.study.presets import DEMO_IMAGES_PER_CLASS
 
     cfg = demo_config()
     if args.epochs:
@@ -216,7 +215,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.no_feature_cache:
         cfg.train.feature_cache = False
     cfg.name = args.out.name or cfg.name
-    run_dir = run_demo(args.out, n_per_class=args.n_per_class or DEMO_IMAGES_PER_CLASS, cfg=cfg)
+    run_dir = run_demo(args.out, n_per_class=args.n_per_class or DEMO_IMAGES_PER_CLASS, cfg=cfg).run_dir
     _print_summary(run_dir)
     _say(run_dir / "report.html")
     return 0

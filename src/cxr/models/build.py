@@ -126,3 +126,30 @@ def build_model(cfg: ModelConfig, num_classes: int, *, load_weights: bool = True
     counts = count_parameters(model)
     log.debug("built %s (%s weights, freeze %s): %s", cfg.backbone, cfg.weights, cfg.freeze, counts)
     return model
+
+
+class FrozenNormStats(nn.Module):
+    """`model` with every BatchNorm kept in inference mode, also while training (the fine-tuning phase).
+
+    The head phase learned on features computed with the backbone's running statistics. Switching the
+    BatchNorms to per-batch statistics would change those features at once (on X-rays, far from the
+    ImageNet statistics, by enough to undo much of the head phase), and small per-process batches make
+    them noisy. So fine-tuning adapts the convolutions and the BatchNorm scales and shifts, and keeps
+    the statistics, as the Keras transfer-learning guide recommends. Its state dict is `model`'s.
+    """
+
+    norm_stats_frozen = True  # BatchNorms never use batch statistics: nothing to synchronise under DDP
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.module = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+    def train(self, mode: bool = True) -> FrozenNormStats:
+        super().train(mode)
+        for layer in self.module.modules():
+            if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                layer.eval()
+        return self

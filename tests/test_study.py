@@ -11,13 +11,13 @@ import pytest
 import torch
 import yaml
 
-from cxr import pipeline
+from cxr import study
 from cxr.checkpoint import load_checkpoint, save_checkpoint
 from cxr.config import RunConfig, from_dict, load_config, to_dict
 from cxr.data.synthetic import generate_dataset
 from cxr.errors import CxrError
-from cxr.rundir import read_split_csv
-from cxr.train.loop import HISTORY_COLUMNS, PHASE_COLUMN
+from cxr.rundir import HISTORY_COLUMNS, PHASE_COLUMN, read_split_csv
+from cxr.study import inputs, logfile, phases
 
 RUN_FILES = (
     "config.yaml", "split.csv", "checkpoints/last.pt", "checkpoints/best.pt", "history.csv", "metrics.json",
@@ -37,8 +37,9 @@ def tiny_data(tmp_path_factory) -> Path:
     return generate_dataset(tmp_path_factory.mktemp("synthetic") / "data", n_per_class=8, size=48, seed=0)
 
 
-def tiny_config(epochs: int = 2) -> RunConfig:
+def tiny_config(epochs: int = 2, feature_cache: bool = True) -> RunConfig:
     cfg = RunConfig(name="tiny")
+    cfg.train.feature_cache = feature_cache
     cfg.data.image_size = 32
     cfg.data.num_workers = 0
     cfg.model.backbone = "efficientnet_lite0"
@@ -56,7 +57,7 @@ def tiny_config(epochs: int = 2) -> RunConfig:
 def tiny_run(tiny_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "tiny"
     torch.set_num_threads(1)
-    return pipeline.run_study(tiny_config(), tiny_data, out, use_feature_cache=False, progress=False)
+    return study.run_study(tiny_config(feature_cache=False), tiny_data, out, progress=False)
 
 
 def _without_seconds(rows):
@@ -94,7 +95,7 @@ def test_run_study_writes_every_file_of_the_run_directory(tiny_run, tiny_data):
 
     saved = load_config(tiny_run / "config.yaml")
     assert saved.data.root == str(tiny_data.resolve())
-    assert to_dict(saved.train) == to_dict(tiny_config().train)
+    assert to_dict(saved.train) == to_dict(tiny_config(feature_cache=False).train)
     log_text = (tiny_run / "log.txt").read_text()
     assert "epoch 2/2" in log_text and "report:" in log_text
     best = load_checkpoint(tiny_run / "checkpoints" / "best.pt")
@@ -104,7 +105,7 @@ def test_run_study_writes_every_file_of_the_run_directory(tiny_run, tiny_data):
 
 @pytest.mark.slow
 def test_evaluate_checkpoint_reproduces_the_run_test_metrics(tiny_run, tiny_data, tmp_path):
-    metrics = pipeline.evaluate_checkpoint(tiny_run / "checkpoints" / "best.pt", tiny_data, "test",
+    metrics = study.evaluate_checkpoint(tiny_run / "checkpoints" / "best.pt", tiny_data, "test",
                                            out_dir=tmp_path / "eval", progress=False)
     expected = json.loads((tiny_run / "metrics.json").read_text())["test"]
     assert metrics["n"] == expected["n"]
@@ -112,7 +113,7 @@ def test_evaluate_checkpoint_reproduces_the_run_test_metrics(tiny_run, tiny_data
     assert metrics["loss"] == pytest.approx(expected["loss"], abs=1e-5)
     for name in ("metrics.json", "predictions.csv", "figures/confusion_matrix.png", "figures/roc.png"):
         assert (tmp_path / "eval" / name).is_file()
-    everything = pipeline.evaluate_checkpoint(tiny_run / "checkpoints" / "best.pt", tiny_data, "all", progress=False)
+    everything = study.evaluate_checkpoint(tiny_run / "checkpoints" / "best.pt", tiny_data, "all", progress=False)
     assert everything["n"] == 32
 
 
@@ -124,27 +125,27 @@ def test_evaluating_a_run_on_a_csv_manifest_scores_its_split_not_every_image(tin
         writer.writerow(["path", "label"])
         for path in sorted(tiny_data.glob("*/*.png")):
             writer.writerow([str(path), path.parent.name])
-    run = pipeline.run_study(tiny_config(epochs=1), manifest, tmp_path / "run", progress=False)
+    run = study.run_study(tiny_config(epochs=1), manifest, tmp_path / "run", progress=False)
     best = run / "checkpoints" / "best.pt"
     expected = json.loads((run / "metrics.json").read_text())["test"]
     for tta in (False, True):
-        metrics = pipeline.evaluate_checkpoint(best, manifest, "test", tta=tta, progress=False)
+        metrics = study.evaluate_checkpoint(best, manifest, "test", tta=tta, progress=False)
         assert metrics["n"] == expected["n"] < 32
     val = [r for r in read_split_csv(run / "split.csv") if r.split == "val"]
-    assert pipeline.evaluate_checkpoint(best, manifest, "val", progress=False)["n"] == len(val)
+    assert study.evaluate_checkpoint(best, manifest, "val", progress=False)["n"] == len(val)
     other = generate_dataset(tmp_path / "other", n_per_class=2, size=32, seed=1)
     with pytest.raises(CxrError, match="cannot select the 'val' rows"):
-        pipeline.evaluate_checkpoint(best, other, "val", progress=False)
-    assert pipeline.evaluate_checkpoint(best, other, "test", progress=False)["n"] == 8  # new data: every image
+        study.evaluate_checkpoint(best, other, "val", progress=False)
+    assert study.evaluate_checkpoint(best, other, "test", progress=False)["n"] == 8  # new data: every image
 
 
 @pytest.mark.slow
 def test_resume_after_epoch_one_equals_an_uninterrupted_run(tiny_run, tiny_data, tmp_path):
     out = tmp_path / "resumed"
-    pipeline.train(tiny_config(epochs=1), tiny_data, out, use_feature_cache=False, progress=False)
+    study.train(tiny_config(epochs=1, feature_cache=False), tiny_data, out, progress=False)
     assert len(_history(out)) == 1
     torch.rand(7)  # a new process would start from another global RNG state
-    pipeline.run_study(tiny_config(epochs=2), tiny_data, out, resume=True, use_feature_cache=False, progress=False)
+    study.run_study(tiny_config(epochs=2, feature_cache=False), tiny_data, out, resume=True, progress=False)
     assert _without_seconds(_history(out)) == _without_seconds(_history(tiny_run))
     a = json.loads((tiny_run / "metrics.json").read_text())
     b = json.loads((out / "metrics.json").read_text())
@@ -158,13 +159,13 @@ def test_resume_after_epoch_one_equals_an_uninterrupted_run(tiny_run, tiny_data,
 
 def test_resume_without_a_run_and_rerun_into_a_finished_run_are_user_errors(tiny_data, tmp_path):
     with pytest.raises(CxrError, match="cannot resume"):
-        pipeline.run_study(tiny_config(), tiny_data, tmp_path / "new", resume=True)
+        study.run_study(tiny_config(), tiny_data, tmp_path / "new", resume=True)
     (tmp_path / "old" / "checkpoints").mkdir(parents=True)
     (tmp_path / "old" / "checkpoints" / "last.pt").write_bytes(b"")
     with pytest.raises(CxrError, match="already holds a run"):
-        pipeline.run_study(tiny_config(), tiny_data, tmp_path / "old")
+        study.run_study(tiny_config(), tiny_data, tmp_path / "old")
     with pytest.raises(CxrError, match="data not found"):
-        pipeline.run_study(tiny_config(), tmp_path / "nowhere", tmp_path / "x")
+        study.run_study(tiny_config(), tmp_path / "nowhere", tmp_path / "x")
 
 
 def test_evaluate_with_mismatched_classes_names_both_lists(tmp_path):
@@ -178,7 +179,7 @@ def test_evaluate_with_mismatched_classes_names_both_lists(tmp_path):
     ckpt = save_checkpoint(tmp_path / "four.pt", model=model, config=cfg, classes=classes,
                            preprocessing=model.preprocessing, epoch=0)
     with pytest.raises(CxrError) as info:
-        pipeline.evaluate_checkpoint(ckpt, data, progress=False)
+        study.evaluate_checkpoint(ckpt, data, progress=False)
     message = str(info.value)
     assert "['COVID', 'Lung_Opacity', 'Normal', 'Viral_Pneumonia']" in message
     assert "['COVID', 'Normal', 'Viral_Pneumonia']" in message
@@ -186,12 +187,10 @@ def test_evaluate_with_mismatched_classes_names_both_lists(tmp_path):
 
 @pytest.mark.slow
 def test_feature_cache_is_used_with_a_frozen_base_when_installed(tiny_data, tmp_path, caplog):
-    if not pipeline.features_available():
-        pytest.skip("cxr.train.features is not installed")
     cfg = tiny_config()
     cfg.train.feature_views = 2
     caplog.set_level(logging.INFO, logger="cxr")
-    run = pipeline.run_study(cfg, tiny_data, tmp_path / "cached", cache_dir=tmp_path / "cache", progress=False)
+    run = study.run_study(cfg, tiny_data, tmp_path / "cached", cache_dir=tmp_path / "cache", progress=False)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["feature_cache"] is True
     assert "using the feature cache" in (run / "log.txt").read_text()
@@ -201,16 +200,14 @@ def test_feature_cache_is_used_with_a_frozen_base_when_installed(tiny_data, tmp_
         assert (run / name).is_file(), name
 
 
-def test_wants_feature_cache_follows_config_and_override():
+def test_wants_feature_cache_follows_the_config():
     cfg = tiny_config()
-    available = pipeline.features_available()
-    assert pipeline.wants_feature_cache(cfg, None) is available
-    assert pipeline.wants_feature_cache(cfg, False) is False
+    assert inputs.wants_feature_cache(cfg) is True
     cfg.train.feature_cache = False
-    assert pipeline.wants_feature_cache(cfg, None) is False
+    assert inputs.wants_feature_cache(cfg) is False
     cfg.train.feature_cache = True
     cfg.model.freeze = "none"
-    assert pipeline.wants_feature_cache(cfg, None) is False
+    assert inputs.wants_feature_cache(cfg) is False
 
 
 def test_run_log_writes_info_to_the_file_even_when_the_console_is_quiet(tmp_path):
@@ -220,10 +217,10 @@ def test_run_log_writes_info_to_the_file_even_when_the_console_is_quiet(tmp_path
     logger.handlers[:] = [console]
     logger.setLevel(logging.WARNING)
     try:
-        with pipeline.run_log(tmp_path):
-            logging.getLogger("cxr.pipeline").info("hello run log")
+        with logfile.run_log(tmp_path):
+            logging.getLogger("cxr.study").info("hello run log")
             assert console.level == logging.WARNING  # the console stays quiet
-        logging.getLogger("cxr.pipeline").warning("after the run")
+        logging.getLogger("cxr.study").warning("after the run")
         assert logger.level == logging.WARNING and console.level == logging.NOTSET
         assert len(logger.handlers) == 1
     finally:
@@ -241,7 +238,7 @@ def test_seed_yaml_is_the_dataclass_defaults():
 
 
 def test_demo_config_is_small_and_valid():
-    cfg = pipeline.demo_config()
+    cfg = study.demo_config()
     assert cfg.model.backbone == "efficientnet_lite0" and cfg.model.freeze == "base"
     assert cfg.data.image_size <= 160 and cfg.train.epochs <= 20
     assert from_dict(to_dict(cfg)) == cfg
@@ -250,17 +247,17 @@ def test_demo_config_is_small_and_valid():
 @pytest.mark.slow
 def test_fine_tuning_phase_resumes_across_the_phase_boundary(tiny_data, tmp_path, monkeypatch):
     """Phase 1 (head) then phase 2 (last stage unfrozen); a kill right after phase 1 resumes exactly."""
-    cfg = tiny_config(epochs=1)
+    cfg = tiny_config(epochs=1, feature_cache=False)
     cfg.train.finetune_epochs = 1
     cfg.train.finetune_freeze = "stages:1"
-    full = pipeline.train(cfg, tiny_data, tmp_path / "full", use_feature_cache=False, progress=False)
+    full = study.train(cfg, tiny_data, tmp_path / "full", progress=False)
     rows = _history(full)
     assert [(r["epoch"], r["phase"]) for r in rows] == [("1", "1"), ("2", "2")]
 
     class Killed(Exception):
         pass
 
-    real_fit = pipeline.fit
+    real_fit = phases.fit
 
     def kill_after_phase_one(*args, **kwargs):
         def stop(row):
@@ -268,11 +265,11 @@ def test_fine_tuning_phase_resumes_across_the_phase_boundary(tiny_data, tmp_path
                 raise Killed
         return real_fit(*args, on_epoch_end=stop, **kwargs)
 
-    monkeypatch.setattr(pipeline, "fit", kill_after_phase_one)
+    monkeypatch.setattr(phases, "fit", kill_after_phase_one)
     with pytest.raises(Killed):
-        pipeline.train(cfg, tiny_data, tmp_path / "killed", use_feature_cache=False, progress=False)
-    monkeypatch.setattr(pipeline, "fit", real_fit)
-    pipeline.train(cfg, tiny_data, tmp_path / "killed", resume=True, use_feature_cache=False, progress=False)
+        study.train(cfg, tiny_data, tmp_path / "killed", progress=False)
+    monkeypatch.setattr(phases, "fit", real_fit)
+    study.train(cfg, tiny_data, tmp_path / "killed", resume=True, progress=False)
     assert _without_seconds(_history(tmp_path / "killed")) == _without_seconds(rows)
     a = load_checkpoint(full / "checkpoints" / "last.pt")["model"]
     b = load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")["model"]

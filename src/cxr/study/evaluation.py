@@ -1,0 +1,139 @@
+"""Scoring a trained model: best.pt of a study on its test split, or any checkpoint on a data folder."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from cxr.checkpoint import config_of, load_checkpoint, model_from_checkpoint
+from cxr.config import RunConfig
+from cxr.data.dataset import SplitDataset, make_loader
+from cxr.data.discover import Discovery, discover
+from cxr.errors import CxrError
+from cxr.evaluate import classification_metrics
+from cxr.rundir import SPLITS, RunDir, SplitRow, read_split_csv, write_json
+from cxr.runtime import Compute, describe, set_threads
+from cxr.study.inputs import image_loaders
+from cxr.study.phases import TrainingRun
+from cxr.study.summary import write_predictions_csv, write_result_figures
+from cxr.train.epoch import evaluate_epoch
+
+log = logging.getLogger(__name__)
+
+EVALUATION_SPLITS = (*SPLITS, "all")
+
+
+def evaluate_best(run: TrainingRun) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """Classification metrics of best.pt on the test split (features when cached, images with TTA)."""
+    cfg = run.cfg
+    if not run.prepared.split("test"):
+        raise CxrError(f"the test split is empty; change data.ratios (now {list(cfg.data.ratios)})")
+    best = load_checkpoint(run.result.best_path, map_location=run.compute.device)
+    run.model.load_state_dict(best["model"])
+    if run.feature_cache and not cfg.eval.tta:
+        module, loader = run.module, run.loaders["test"]
+    else:
+        module = run.model
+        loader = image_loaders(run.prepared, run.model.preprocessing, cfg, ("test",))["test"]
+    module.to(run.compute.device)
+    loss, y_true, probs = evaluate_epoch(module, loader, nn.CrossEntropyLoss(), run.compute, tta=cfg.eval.tta,
+                                         desc="test")
+    metrics = classification_metrics(y_true, probs, run.prepared.classes, loss=loss, n_boot=cfg.eval.bootstrap,
+                                     ece_bins=cfg.eval.ece_bins, seed=cfg.train.seed)
+    return metrics, y_true, probs
+
+
+def evaluate_checkpoint(
+    ckpt: str | Path,
+    data: str | Path,
+    split: str = "test",
+    *,
+    out_dir: str | Path | None = None,
+    tta: bool = False,
+    device: str = "auto",
+    precision: str = "auto",
+    batch_size: int | None = None,
+    split_csv: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Classification metrics of a checkpoint on a data folder; optionally writes them to `out_dir`.
+
+    Rows: `split_csv` when given; else the run's split.csv beside the checkpoint when it was trained
+    on this same data, folder or CSV manifest (rows of `split`); else, for `split='test'`, every image
+    of the data, with a warning (train/val of data the run never saw are a CxrError). `split='all'`
+    always takes every image. The checkpoint's classes must equal the data's classes.
+    """
+    if split not in EVALUATION_SPLITS:
+        raise CxrError(f"unknown split {split!r}; allowed: {', '.join(EVALUATION_SPLITS)}")
+    ckpt_path = Path(ckpt)
+    state = load_checkpoint(ckpt_path)
+    cfg = config_of(state)
+    classes = list(state["classes"])
+    if not Path(data).exists():
+        raise CxrError(f"data not found: {data}")
+    found = discover(data)
+    if list(found.classes) != classes:
+        raise CxrError(
+            f"class mismatch: checkpoint {ckpt_path} was trained on classes {classes}, "
+            f"but the data at {data} has classes {list(found.classes)}"
+        )
+    rows = evaluation_rows(ckpt_path, cfg, Path(data), found, split, split_csv)
+    if not rows:
+        raise CxrError(f"no images to evaluate in split {split!r} of {data}")
+    set_threads()
+    compute = Compute.resolve(device, precision, channels_last=cfg.train.channels_last, progress=progress)
+    model = model_from_checkpoint(state).to(compute.device)
+    dataset = SplitDataset(found.root, rows, classes, model.preprocessing, None, seed=cfg.train.seed)
+    loader = make_loader(dataset, batch_size=batch_size or cfg.train.batch_size, shuffle=False,
+                         num_workers=cfg.data.num_workers, seed=cfg.train.seed)
+    loss, y_true, probs = evaluate_epoch(model, loader, nn.CrossEntropyLoss(), compute, tta=tta,
+                                         desc=f"evaluate {split}")
+    metrics = classification_metrics(y_true, probs, classes, loss=loss, n_boot=cfg.eval.bootstrap,
+                                     ece_bins=cfg.eval.ece_bins, seed=cfg.train.seed)
+    log.info("%s on %s (%s, %d images%s): accuracy %.4f, macro-F1 %.4f, loss %.4f", ckpt_path, data, split,
+             len(rows), ", TTA" if tta else "", metrics["accuracy"], metrics["macro_f1"], metrics["loss"])
+    if out_dir is not None:
+        out = RunDir(out_dir)
+        write_json(out.metrics, {
+            split if split != "all" else "test": metrics, "classes": classes, "checkpoint": str(ckpt_path),
+            "data": str(Path(data).resolve()), "split": split, "tta": tta,
+            "device": describe(compute.device, compute.precision),
+        })
+        write_predictions_csv(rows, y_true, probs, classes, out.predictions)
+        write_result_figures(None, metrics, y_true, probs, classes, out.figures, cfg.eval.ece_bins)
+    return metrics
+
+
+def evaluation_rows(
+    ckpt_path: Path, cfg: RunConfig, data: Path, found: Discovery, split: str, split_csv: str | Path | None
+) -> list[SplitRow]:
+    """The rows `evaluate_checkpoint` scores (see there)."""
+    if split_csv is not None:
+        return [r for r in read_split_csv(split_csv) if split == "all" or r.split == split]
+    if split == "all":
+        return all_rows(found)
+    run_split = RunDir.of_checkpoint(ckpt_path).split
+    # the run recorded the path it was given: a folder, or a CSV manifest (whose rows live under found.root)
+    trained_on = Path(cfg.data.root).resolve() if cfg.data.root is not None else None
+    same_data = trained_on is not None and trained_on in (data.resolve(), Path(found.root).resolve())
+    if run_split.is_file() and same_data:
+        log.info("evaluating the %s rows of %s", split, run_split)
+        return [r for r in read_split_csv(run_split) if r.split == split]
+    if split != "test":
+        why = "no split.csv beside it" if not run_split.is_file() else f"it was trained on {cfg.data.root}"
+        raise CxrError(
+            f"cannot select the {split!r} rows: {ckpt_path} is not from a run on {data} ({why}); "
+            "use --split test or all (every image), or --split-csv FILE"
+        )
+    log.warning("%s was not trained on %s (no split.csv of a run on it): evaluating all %d images",
+                ckpt_path, data, len(found.samples))
+    return all_rows(found)
+
+
+def all_rows(found: Discovery) -> list[SplitRow]:
+    """Every discovered image as a 'test' row."""
+    return [SplitRow(s.path, s.label, "test", s.group or s.path) for s in found.samples]

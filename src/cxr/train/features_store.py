@@ -1,0 +1,103 @@
+"""The feature cache's key and its entries on disk: what names an entry, and how it is read back.
+
+An entry is a folder `<cache>/<key[:32]>/` with `manifest.json`, `<split>.npy` (views, images,
+channels) float16 memory maps and `<split>_labels.npy`. The key covers everything the features
+depend on; any change makes a new entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cxr.config import RunConfig, to_dict
+from cxr.errors import CxrError
+from cxr.hashing import update_with_file
+from cxr.rundir import SPLITS
+
+FORMAT = "cxr-feature-cache/1"
+
+
+
+
+def cache_key(
+    model: nn.Module,
+    root: Path,
+    rows: Sequence[Any],
+    classes: list[str],
+    cfg: RunConfig,
+    views: int,
+    precision: str,
+) -> str:
+    """SHA-256 hex digest naming a cache entry; any change to what the features depend on changes it.
+
+    Covers the image bytes (`files_digest`), the row order, classes, backbone name, weights spec and
+    state, preprocessing, augmentation, image size, views, seed and precision; not the head.
+    """
+    pre = getattr(model, "preprocessing", None)
+    settings = {
+        "format": FORMAT,
+        "classes": list(classes),
+        "backbone": cfg.model.backbone,
+        "weights": cfg.model.weights,
+        "backbone_state": state_digest(model),
+        "preprocessing": pre.to_dict() if pre is not None else None,
+        "augment": to_dict(cfg.augment),
+        "image_size": cfg.data.image_size,
+        "views": views,
+        "seed": cfg.train.seed,
+        "precision": precision,
+    }
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    digest.update(files_digest(root, rows).encode())
+    for row in rows:  # features are stored in the rows' order, which the loaders' batches follow
+        digest.update(f"{row.split}\0{row.path}\n".encode())
+    return digest.hexdigest()
+
+
+def files_digest(root: Path, rows: Sequence[Any]) -> str:
+    """SHA-256 over each image's path, label, split and bytes, streamed in sorted path order."""
+    digest = hashlib.sha256()
+    for row in sorted(rows, key=lambda r: r.path):
+        digest.update(f"{row.path}\0{row.label}\0{row.split}\0".encode())
+        try:
+            update_with_file(digest, Path(root) / row.path)
+        except OSError as exc:
+            raise CxrError(f"cannot read image {Path(root) / row.path} for the feature cache key: {exc}") from None
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def state_digest(model: nn.Module) -> str:
+    """SHA-256 of every tensor the backbone uses (the state dict without the head's entries)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if name.startswith("head."):
+            continue
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        if t.numel():
+            digest.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+
+
+def read_manifest(entry: Path, key: str) -> dict[str, Any] | None:
+    """The entry's manifest when it is complete and belongs to `key`, else None."""
+    path = entry / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if manifest.get("format") != FORMAT or manifest.get("key") != key:
+        return None
+    if not all((entry / f"{s}.npy").is_file() and (entry / f"{s}_labels.npy").is_file() for s in SPLITS):
+        return None
+    return manifest
