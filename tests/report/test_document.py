@@ -14,7 +14,8 @@ from PIL import Image
 
 from cxr.errors import CxrError
 from cxr.evaluate import classification_metrics, epoch_metrics
-from cxr.report.document import md_escape, write_report
+from cxr.report.document import write_report
+from cxr.report.markdown import md_escape
 
 CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral_Pneumonia"]
 HISTORY_COLUMNS = [

@@ -1,0 +1,38 @@
+"""The report's domain content: one function per section, each `(RunFiles) -> list[Block]`.
+
+`build_blocks` calls the functions of `SECTIONS` in order below the title. A new section is a
+function of that shape in one of these modules, added to `SECTIONS` where it should appear. A
+warning that must be on the first screen is a section at the start of `SECTIONS` returning
+`[banner("warning", ...)]` when it applies and `[]` otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from cxr.report.blocks import Block, Heading
+from cxr.report.format import get, plain
+from cxr.report.runfiles import RunFiles
+from cxr.report.sections.closing import limitations, other_figures
+from cxr.report.sections.overview import dataset, summary
+from cxr.report.sections.results import results
+from cxr.report.sections.training import augmented, training
+
+Section = Callable[[RunFiles], list[Block]]
+
+SECTIONS: tuple[Section, ...] = (summary, dataset, results, training, augmented, other_figures, limitations)
+
+
+def report_title(files: RunFiles) -> str:
+    """'cxr report: <run name>', the config's name or else the folder's."""
+    name = get(files.config, "name")
+    return f"cxr report: {plain(name) if name else files.run_dir.name}"
+
+
+def build_blocks(files: RunFiles, sections: tuple[Section, ...] = SECTIONS) -> tuple[str, list[Block]]:
+    """The report's title and content blocks for one run folder."""
+    title = report_title(files)
+    blocks: list[Block] = [Heading(1, title)]
+    for section in sections:
+        blocks += section(files)
+    return title, blocks

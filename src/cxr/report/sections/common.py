@@ -1,0 +1,47 @@
+"""What several sections share: the figure names and captions, figure blocks, the class order."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from cxr.report.blocks import Block, Code, Image, Para, joined
+from cxr.report.runfiles import RunFiles
+
+FIGURE_CAPTIONS = {
+    "bar_chart": "Images per class (all splits)",
+    "pie_chart": "Class shares (all splits)",
+    "dataset_images": "Sample images per class",
+    "loss": "Training and validation loss per epoch",
+    "accuracy": "Training and validation accuracy per epoch",
+    "precision": "Training and validation precision (Keras semantics) per epoch",
+    "recall": "Training and validation recall (Keras semantics) per epoch",
+    "confusion_matrix": "Confusion matrix on the test split, normalised by predicted label",
+    "roc": "ROC curves on the test split, one class vs rest",
+    "reliability": "Reliability diagram on the test split (top-label calibration)",
+    "classification_report": "Classification report on the test split",
+}
+DATASET_FIGURES = ("bar_chart", "pie_chart", "dataset_images")
+TRAINING_FIGURES = ("loss", "accuracy", "precision", "recall")
+TEST_FIGURES = ("confusion_matrix", "roc", "reliability", "classification_report")
+
+
+def figures(files: RunFiles, stems: Sequence[str]) -> list[Block]:
+    """One image block per figure present, then one note naming those that are not."""
+    blocks: list[Block] = []
+    missing = []
+    for stem in stems:
+        path = files.figures.get(stem)
+        if path is None:
+            missing.append(f"{stem}.png")
+        else:
+            blocks.append(Image(path, files.rel(path), FIGURE_CAPTIONS.get(stem, stem)))
+    if missing:
+        blocks.append(Para(("Figures not available: ", *joined(Code(m) for m in missing), "."), missing=True))
+    return blocks
+
+
+def class_order(files: RunFiles) -> list[str]:
+    """The classes of metrics.json in order, then any other class of the split counts, sorted."""
+    known = [str(c) for c in (files.metrics or {}).get("classes") or []]
+    counted = {label for per_class in (files.split_counts or {}).values() for label in per_class}
+    return known + sorted(counted - set(known))
