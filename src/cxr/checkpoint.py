@@ -14,6 +14,7 @@ from torch import nn
 
 from cxr.config import RunConfig, from_dict, to_dict
 from cxr.errors import CxrError
+from cxr.models.build import build_model
 from cxr.rundir import atomic_write
 from cxr.transforms import Preprocessing
 
@@ -71,7 +72,6 @@ def config_of(ckpt: dict[str, Any]) -> RunConfig:
 
 def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
     """Rebuild the classifier of a checkpoint and load its weights (no pretrained download)."""
-    from cxr.models.build import build_model
 
     cfg = config_of(ckpt)
     model = build_model(cfg.model, num_classes=len(ckpt["classes"]), load_weights=False)

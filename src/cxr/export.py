@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,10 @@ from torch import nn
 
 from cxr import __version__
 from cxr.checkpoint import config_of, load_checkpoint, model_from_checkpoint
+from cxr.data.discover import discover
 from cxr.errors import CxrError
+from cxr.io import IMAGE_EXTENSIONS, read_image
+from cxr.predict import Predictor
 from cxr.transforms import Preprocessing, resize_gray, to_input
 
 log = logging.getLogger(__name__)
@@ -300,11 +304,6 @@ def evaluate_variants(
     variant: accuracy, accuracy change vs PyTorch, top-1 agreement with PyTorch, max abs probability
     difference, and seconds per image (CPU, this machine).
     """
-    import time
-
-    from cxr.data.discover import discover
-    from cxr.io import read_image
-    from cxr.predict import Predictor
 
     ckpt, model = _load(checkpoint)
     classes = list(ckpt["classes"])
@@ -344,7 +343,6 @@ def evaluate_variants(
 
 def calibration_inputs(checkpoint: str | Path | dict[str, Any], folder: str | Path, n: int = 64) -> torch.Tensor:
     """Normalised inputs of up to `n` images of `folder` (recursive, evenly spaced over the sorted list)."""
-    from cxr.io import IMAGE_EXTENSIONS, read_image
 
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     pre = Preprocessing.from_dict(ckpt["preprocessing"])

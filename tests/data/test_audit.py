@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr.data.audit import (
+from cxr.data.audit import audit as run_audit
+from cxr.data.discover import discover
+from cxr.data.hashes import (
     DEFAULT_NEAR_THRESHOLD,
     PHASH_BITS,
     hamming_components,
@@ -18,8 +20,6 @@ from cxr.data.audit import (
     phash,
     pixel_sha1,
 )
-from cxr.data.audit import audit as run_audit
-from cxr.data.discover import discover
 
 SIDE = 64
 

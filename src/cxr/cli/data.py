@@ -10,7 +10,8 @@ from pathlib import Path
 
 from cxr.cli._common import add_command, positive_int
 from cxr.config import DataConfig, EvalConfig, load_config
-from cxr.data.audit import DEFAULT_NEAR_THRESHOLD, NEAR_METHOD, PHASH_BITS, AuditReport
+from cxr.data.audit import AuditReport
+from cxr.data.hashes import DEFAULT_NEAR_THRESHOLD, NEAR_METHOD, PHASH_BITS
 from cxr.errors import CxrError
 from cxr.rundir import SPLITS
 

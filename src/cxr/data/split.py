@@ -26,15 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from cxr.data.audit import (
-    DEFAULT_NEAR_THRESHOLD,
-    NEAR_METHOD,
-    PHASH_BITS,
-    AuditReport,
-    UnionFind,
-    audit,
-)
+from cxr.data.audit import AuditReport, audit
 from cxr.data.discover import Discovery
+from cxr.data.hashes import DEFAULT_NEAR_THRESHOLD, NEAR_METHOD, PHASH_BITS, UnionFind
 from cxr.errors import CxrError
 from cxr.rundir import SPLITS, SplitRow, split_counts
 

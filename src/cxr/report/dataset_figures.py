@@ -14,6 +14,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from cxr.io import read_image
+
 DPI = 100
 _CELL_INCHES = 2.0  # side of one image in a grid
 _CHART_SIZE = (8.0, 6.0)
@@ -144,7 +146,6 @@ def write_dataset_figures(
     the grid shows `per_class` of them per class, chosen with `seed`. `counts` defaults to the
     samples' own class counts.
     """
-    from cxr.io import read_image
 
     out_dir = Path(out_dir)
     by_class: dict[str, list] = {}

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
+from cxr.data.dataset import make_loader
 from cxr.errors import CxrError
 from cxr.rank import world_size
 from cxr.train.distributed import DistributedContext
@@ -132,7 +133,6 @@ def shard_loaders(
     """
     if ctx is None:
         return dict(loaders)
-    from cxr.data.dataset import make_loader
 
     per_rank = batch_size // ctx.world_size
     out = dict(loaders)

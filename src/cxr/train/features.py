@@ -23,7 +23,8 @@ state dict, the preprocessing, augmentation and image size, K, the seed and the 
 A second call with the same key computes nothing ("feature cache hit"); any change makes a new entry.
 Old entries are never deleted automatically: remove the cache folder to reclaim the space.
 
-Batches are `(features float32 (N, C, 1, 1), labels int64)`: `model.head` (GAP -> MLP) runs on them
+The key and the reading of entries are in `cxr.train.features_store`, the extraction in
+`cxr.train.extract`. Batches are `(features float32 (N, C, 1, 1), labels int64)`: `model.head` (GAP -> MLP) runs on them
 unchanged, so the trained head drops straight back into the full classifier.
 """
 

@@ -81,6 +81,15 @@ def _row(epoch: int, lr: float, phase: int, train_m: dict[str, float], val_m: di
     return row
 
 
+def _log_epoch(row: dict[str, float], last_epoch: int, images_per_s: float, improved: bool, with_phase: bool) -> None:
+    log.info(
+        "epoch %d/%d%s: train loss %.4f acc %.4f | val loss %.4f acc %.4f f1 %.4f | %.0f img/s, %.1f s%s",
+        row["epoch"], last_epoch, f" (phase {row[PHASE_COLUMN]})" if with_phase else "", row["train_loss"],
+        row["train_accuracy"], row["val_loss"], row["val_accuracy"], row["val_macro_f1"], images_per_s,
+        row["seconds"], " (best)" if improved else "",
+    )
+
+
 def fit(
     module: nn.Module,
     train_loader: Iterable,
@@ -147,12 +156,7 @@ def fit(
         improved = state.record(row)
         checkpointer.save(state, improved=improved, optimizer=optimizer, phase=phase, phase_start=offset,
                           scheduler=scheduler, scaler=scaler)
-        log.info(
-            "epoch %d/%d%s: train loss %.4f acc %.4f | val loss %.4f acc %.4f f1 %.4f | %.0f img/s, %.1f s%s",
-            epoch, last_epoch, f" (phase {phase})" if phase > 1 or offset else "", row["train_loss"],
-            row["train_accuracy"], row["val_loss"], row["val_accuracy"], row["val_macro_f1"], tr["images_per_s"],
-            row["seconds"], " (best)" if improved else "",
-        )
+        _log_epoch(row, last_epoch, tr["images_per_s"], improved, with_phase=phase > 1 or offset > 0)
         if on_epoch_end is not None:
             on_epoch_end(row)
     stopped = stopper.should_stop(state)
