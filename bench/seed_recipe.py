@@ -145,7 +145,7 @@ def numerics(run_dir: Path, n: int) -> dict[str, Any]:
     from cxr.checkpoint import load_checkpoint, model_from_checkpoint
     from cxr.data.dataset import SplitDataset
     from cxr.rundir import read_split_csv
-    from cxr.train.extract import compare_precision
+    from cxr.training.extract import compare_precision
 
     ckpt = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     model = model_from_checkpoint(ckpt)

@@ -213,8 +213,8 @@ def head_row(head: nn.Module, channels: int, batch: int, steps: int) -> dict[str
     """Training samples/s of the head on cached features, loader included (as `cxr` trains it)."""
     from cxr.config import TrainConfig
     from cxr.data.dataset import make_loader
-    from cxr.train.features import CachedFeatureDataset
-    from cxr.train.optim import build_optimizer
+    from cxr.training.features import CachedFeatureDataset
+    from cxr.training.optim import build_optimizer
 
     n = batch * steps
     rng = np.random.default_rng(0)

@@ -118,7 +118,7 @@ def _decode_pil(data: bytes, name: str) -> tuple[np.ndarray, ImageInfo]:
         check_size(im.width, im.height, name)
         try:
             im.load()  # the first frame of a multi-frame TIFF
-            pixels = _pil_to_gray(im)
+            pixels = pil_to_gray(im)
         except Exception as exc:  # truncated or corrupt pixel data
             raise ImageReadError(name, _describe_error(exc, "image data")) from None
     return pixels, info
@@ -132,7 +132,7 @@ def _describe_error(exc: Exception, part: str) -> str:
     return f"corrupt {part} ({type(exc).__name__}: {text})"
 
 
-def _pil_to_gray(im: Image.Image) -> np.ndarray:
+def pil_to_gray(im: Image.Image) -> np.ndarray:
     """Any PIL mode to uint8 grayscale; 16/32-bit and float data are scaled, not clipped."""
     mode = im.mode
     if mode == "L":

@@ -18,18 +18,20 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from cxr.checkpoint import config_of, load_checkpoint, model_from_checkpoint
 from cxr.errors import CxrError
 from cxr.hashing import file_sha256
-from cxr.io import read_image, read_image_bytes
+from cxr.io import pil_to_gray, read_image, read_image_bytes
+from cxr.malloc import tune_malloc
 from cxr.runtime import autocast, resolve_device, resolve_precision
 from cxr.transforms import Preprocessing, resize_gray, to_input, tta_probs
 
 log = logging.getLogger(__name__)
 
-ImageInput = str | Path | bytes | np.ndarray
+ImageInput = str | Path | bytes | np.ndarray | Image.Image
 _RGB_LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601 luma, the same weights PIL's convert("L") uses
 
 
@@ -93,6 +95,7 @@ class Predictor:
 
         precision 'auto': bf16 autocast where the device computes bf16 natively, else fp32.
         """
+        tune_malloc()
         path = Path(path)
         ckpt = load_checkpoint(path)
         model = model_from_checkpoint(ckpt)
@@ -127,15 +130,18 @@ class Predictor:
     # ----------------------------------------------------------------------------------- inputs
 
     def load(self, image: ImageInput, name: str | None = None) -> np.ndarray:
-        """Any accepted input (path, encoded bytes, array) as a uint8 grayscale (H, W) array."""
+        """Any accepted input (path, encoded bytes, PIL image, array) as a uint8 grayscale (H, W) array."""
         if isinstance(image, str | Path):
             return read_image(image)
         if isinstance(image, bytes | bytearray | memoryview):
             return read_image_bytes(bytes(image), name or "<bytes>")
         if isinstance(image, np.ndarray):
             return as_gray_uint8(image)
+        if isinstance(image, Image.Image):
+            return pil_to_gray(image)
         raise CxrError(
-            f"cannot predict on a {type(image).__name__}; give a file path, encoded image bytes or a uint8 array"
+            f"cannot predict on a {type(image).__name__}; give a file path, encoded image bytes, a PIL image "
+            "or a uint8 array"
         )
 
     def preprocess(self, gray: np.ndarray) -> torch.Tensor:
@@ -153,8 +159,8 @@ class Predictor:
     ) -> list[Prediction]:
         """Predict every image; one `Prediction` per input, in order.
 
-        `images` is a list of file paths, encoded image bytes or uint8 arrays ((H, W) gray or
-        (H, W, 3|4) colour); a single one of those is accepted too. An unreadable file raises
+        `images` is a list of file paths, encoded image bytes, PIL images (any mode; 16-bit is scaled)
+        or uint8 arrays ((H, W) gray or (H, W, 3|4) colour); a single one of those is accepted too. An unreadable file raises
         `ImageReadError` naming it (the CLI catches it per file and goes on). `progress(n)` is
         called after each batch with the number of images it held.
         """
@@ -203,7 +209,7 @@ def as_gray_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def _is_single(images: Any) -> bool:
-    return isinstance(images, str | Path | bytes | bytearray | memoryview | np.ndarray)
+    return isinstance(images, str | Path | bytes | bytearray | memoryview | np.ndarray | Image.Image)
 
 
 def _source_of(item: ImageInput) -> str | None:

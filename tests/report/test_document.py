@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 
 from cxr.errors import CxrError
-from cxr.evaluate import classification_metrics, epoch_metrics
+from cxr.metrics import classification_metrics, epoch_metrics
 from cxr.report.document import write_report
 from cxr.report.markdown import md_escape
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from cxr.errors import CxrError
-from cxr.evaluate import classification_metrics
+from cxr.metrics import classification_metrics
 from cxr.report.result_figures import (
     classification_report_figure,
     confusion_matrix_figure,

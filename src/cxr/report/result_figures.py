@@ -20,7 +20,7 @@ from sklearn.metrics import auc as area_under_curve
 from sklearn.metrics import roc_curve
 
 from cxr.errors import CxrError
-from cxr.evaluate import calibration_bins, expected_calibration_error
+from cxr.metrics import calibration_bins, expected_calibration_error
 
 log = logging.getLogger(__name__)
 

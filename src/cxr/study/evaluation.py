@@ -14,13 +14,14 @@ from cxr.config import RunConfig
 from cxr.data.dataset import SplitDataset, make_loader
 from cxr.data.discover import Discovery, discover
 from cxr.errors import CxrError
-from cxr.evaluate import classification_metrics
+from cxr.malloc import tune_malloc
+from cxr.metrics import classification_metrics
 from cxr.rundir import SPLITS, RunDir, SplitRow, read_split_csv, write_json
 from cxr.runtime import Compute, describe, set_threads
 from cxr.study.inputs import image_loaders
 from cxr.study.phases import TrainingRun
 from cxr.study.summary import write_predictions_csv, write_result_figures
-from cxr.train.epoch import evaluate_epoch
+from cxr.training.epoch import evaluate_epoch
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ def evaluate_checkpoint(
     of the data, with a warning (train/val of data the run never saw are a CxrError). `split='all'`
     always takes every image. The checkpoint's classes must equal the data's classes.
     """
+    tune_malloc()
     if split not in EVALUATION_SPLITS:
         raise CxrError(f"unknown split {split!r}; allowed: {', '.join(EVALUATION_SPLITS)}")
     ckpt_path = Path(ckpt)

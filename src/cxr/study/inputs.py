@@ -17,7 +17,7 @@ from cxr.models.build import build_model
 from cxr.rundir import SPLITS
 from cxr.runtime import Compute, main_process_first
 from cxr.study.data import PreparedData
-from cxr.train.features import feature_loaders
+from cxr.training.features import feature_loaders
 from cxr.transforms import Preprocessing, SeedAugment
 
 log = logging.getLogger(__name__)

@@ -26,11 +26,11 @@ from cxr.runtime import Compute
 from cxr.study.data import PreparedData
 from cxr.study.inputs import head_phase_inputs, image_loaders, to_device
 from cxr.study.presets import finetune_config
-from cxr.train.ddp import shard_loaders, wrap_ddp
-from cxr.train.distributed import DistributedContext, barrier
-from cxr.train.loop import FitResult, fit
-from cxr.train.optim import training_criterion
-from cxr.train.state import Checkpointer
+from cxr.training.ddp import shard_loaders, wrap_ddp
+from cxr.training.distributed import DistributedContext, barrier
+from cxr.training.loop import FitResult, fit
+from cxr.training.optim import training_criterion
+from cxr.training.state import Checkpointer
 
 log = logging.getLogger(__name__)
 

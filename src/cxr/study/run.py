@@ -21,6 +21,7 @@ from typing import Any
 from cxr import __version__
 from cxr.config import RunConfig, save_config
 from cxr.errors import CxrError
+from cxr.malloc import tune_malloc
 from cxr.models.build import count_parameters
 from cxr.rank import is_main_process
 from cxr.report.document import write_report
@@ -33,7 +34,7 @@ from cxr.study.logfile import run_log
 from cxr.study.phases import TrainingRun, train_phases
 from cxr.study.presets import default_cache_dir
 from cxr.study.summary import run_summary, write_predictions_csv, write_result_figures
-from cxr.train.distributed import DistributedContext, distributed_session, run_on_main
+from cxr.training.distributed import DistributedContext, distributed_session, run_on_main
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +194,7 @@ def train(
     progress: bool = True,
 ) -> StudyResult:
     """Train only: config.yaml, split.csv, history.csv, checkpoints/ and log.txt in `out_dir`."""
+    tune_malloc()
     run = RunDir(out_dir)
     with distributed_session(cfg.train.device) as dist_ctx:  # no-op unless launched by torchrun
         cfg = start(cfg, Path(data), run, resume=resume, force=force)
@@ -220,6 +222,7 @@ def run_study(
     Returns the run folder's `StudyResult` (metrics.json and history). Under torchrun every rank
     trains; rank 0 alone evaluates and writes the report.
     """
+    tune_malloc()
     run = RunDir(out_dir)
     with distributed_session(cfg.train.device) as dist_ctx:  # no-op unless launched by torchrun
         started = time.perf_counter()

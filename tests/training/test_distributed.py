@@ -21,8 +21,8 @@ from torch import nn
 from cxr import rank as ranks
 from cxr.data.dataset import EpochShuffle
 from cxr.errors import CxrError
-from cxr.train import ddp as DDP
-from cxr.train import distributed as D
+from cxr.training import ddp as DDP
+from cxr.training import distributed as D
 
 # --------------------------------------------------------------------------------------------------
 # samplers
@@ -61,7 +61,7 @@ def test_global_batches_are_the_single_process_batches_split_over_ranks(n, batch
 
 
 def test_a_last_batch_smaller_than_the_world_is_skipped_with_a_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="cxr.train.distributed"):
+    with caplog.at_level(logging.WARNING, logger="cxr.training.distributed"):
         sampler = DDP.GlobalBatchSampler(17, 8, 1, 2, seed=0)
     assert "skipped" in caplog.text
     assert len(sampler) == 8 and len(set(sampler.indices())) == 8

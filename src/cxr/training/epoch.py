@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from cxr.errors import CxrError
-from cxr.evaluate import epoch_metrics
+from cxr.metrics import epoch_metrics
 from cxr.progress import Progress
 from cxr.runtime import Compute, gather_arrays
 from cxr.transforms import tta_probs

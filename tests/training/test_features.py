@@ -19,10 +19,10 @@ from cxr.models.build import Classifier, apply_freeze, build_model
 from cxr.models.head import Head
 from cxr.rundir import SplitRow
 from cxr.runtime import Compute
-from cxr.train import extract
-from cxr.train.extract import compare_precision
-from cxr.train.features import CachedFeatureDataset, feature_loaders, view_schedule
-from cxr.train.state import Checkpointer
+from cxr.training import extract
+from cxr.training.extract import compare_precision
+from cxr.training.features import CachedFeatureDataset, feature_loaders, view_schedule
+from cxr.training.state import Checkpointer
 from cxr.transforms import Preprocessing, SeedAugment
 
 SIZE = 64
@@ -132,7 +132,7 @@ def test_first_call_extracts_second_call_hits(model, root, rows, tmp_path, monke
     assert len(entries(cache)) == 1
     assert not [p for p in cache.iterdir() if p.name.startswith(".tmp")]  # published atomically
 
-    caplog.set_level(logging.INFO, logger="cxr.train.features")
+    caplog.set_level(logging.INFO, logger="cxr.training.features")
     second = loaders(model, root, rows, cfg, cache)
     assert counter.images == 8 * 2 + 4 + 4  # nothing recomputed
     assert "feature cache hit" in caplog.text
@@ -309,7 +309,7 @@ def test_bf16_numerics_report(model):
 
 @pytest.mark.slow
 def test_training_the_head_on_cached_features(model, root, rows, tmp_path):
-    loop = pytest.importorskip("cxr.train.loop")
+    loop = pytest.importorskip("cxr.training.loop")
     cfg = make_cfg(views=2)
     cfg.train.epochs = 4
     cfg.train.lr = 1e-2

@@ -26,9 +26,9 @@ from cxr.config import TrainConfig
 from cxr.errors import CxrError
 from cxr.rundir import METRIC_NAMES, PHASE_COLUMN
 from cxr.runtime import Compute, make_grad_scaler, to_channels_last
-from cxr.train.epoch import evaluate_epoch, gathered_metrics, train_one_epoch
-from cxr.train.optim import build_optimizer, build_scheduler, training_criterion
-from cxr.train.state import Checkpointer, EarlyStopping, TrainingState
+from cxr.training.epoch import evaluate_epoch, gathered_metrics, train_one_epoch
+from cxr.training.optim import build_optimizer, build_scheduler, training_criterion
+from cxr.training.state import Checkpointer, EarlyStopping, TrainingState
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def fit(
                   head when the loaders yield cached features (N, C, 1, 1); either may be wrapped
                   (DistributedDataParallel, `FrozenNormStats`).
     criterion:    the training loss (default: cross-entropy with `tc.label_smoothing`; see
-                  `cxr.train.optim.training_criterion` for class weights). Val loss is plain
+                  `cxr.training.optim.training_criterion` for class weights). Val loss is plain
                   cross-entropy, as Keras reports it.
     prior:        the FitResult of the phase before (its history and best val loss continue).
     resume:       continue from the run's last.pt (of this phase), so the result equals an

@@ -1,4 +1,4 @@
-"""cxr.evaluate: metrics against sklearn on fixed arrays, Keras semantics by hand, CIs, ECE."""
+"""cxr.metrics: metrics against sklearn on fixed arrays, Keras semantics by hand, CIs, ECE."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from sklearn.metrics import (
 )
 
 from cxr.errors import CxrError
-from cxr.evaluate import (
+from cxr.metrics import (
     batch_accuracy,
     batch_macro_f1,
     bootstrap_ci,
@@ -250,7 +250,7 @@ def test_calibration_bins_counts_and_edges() -> None:
 def test_metrics_and_report_modules_do_not_import_torch() -> None:
     # A fresh interpreter, so torch imported by other tests in this process cannot hide an import.
     code = (
-        "import sys, cxr.evaluate, cxr.report.result_figures, cxr.report.document; "
+        "import sys, cxr.metrics, cxr.report.result_figures, cxr.report.document; "
         "sys.exit(1 if 'torch' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

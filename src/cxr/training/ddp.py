@@ -1,5 +1,5 @@
 """DistributedDataParallel: the pieces that make N processes train exactly like one (the process group
-itself is `cxr.train.distributed`).
+itself is `cxr.training.distributed`).
 
 What keeps a run of N processes equal to a single-process run with the same global batch and seed:
 
@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Sampler
 from cxr.data.dataset import make_loader
 from cxr.errors import CxrError
 from cxr.rank import world_size
-from cxr.train.distributed import DistributedContext
+from cxr.training.distributed import DistributedContext
 
 log = logging.getLogger(__name__)
 

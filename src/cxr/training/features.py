@@ -23,8 +23,8 @@ state dict, the preprocessing, augmentation and image size, K, the seed and the 
 A second call with the same key computes nothing ("feature cache hit"); any change makes a new entry.
 Old entries are never deleted automatically: remove the cache folder to reclaim the space.
 
-The key and the reading of entries are in `cxr.train.features_store`, the extraction in
-`cxr.train.extract`. Batches are `(features float32 (N, C, 1, 1), labels int64)`: `model.head` (GAP -> MLP) runs on them
+The key and the reading of entries are in `cxr.training.features_store`, the extraction in
+`cxr.training.extract`. Batches are `(features float32 (N, C, 1, 1), labels int64)`: `model.head` (GAP -> MLP) runs on them
 unchanged, so the trained head drops straight back into the full classifier.
 """
 
@@ -45,8 +45,8 @@ from cxr.data.dataset import make_loader
 from cxr.errors import CxrError
 from cxr.rundir import SPLITS
 from cxr.runtime import resolve_precision
-from cxr.train.extract import build_entry
-from cxr.train.features_store import cache_key, read_manifest
+from cxr.training.extract import build_entry
+from cxr.training.features_store import cache_key, read_manifest
 
 log = logging.getLogger(__name__)
 

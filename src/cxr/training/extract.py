@@ -2,7 +2,7 @@
 
 `build_entry` extracts every split into a temporary folder beside the entry and renames it into place,
 so a reader never sees half an entry; temporary folders left by a killed process are removed by the
-next build (`remove_stale_temps`). See `cxr.train.features` for what the cache holds and its key.
+next build (`remove_stale_temps`). See `cxr.training.features` for what the cache holds and its key.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from cxr.errors import CxrError
 from cxr.progress import Progress
 from cxr.rundir import SPLITS, write_json
 from cxr.runtime import autocast, batch_to, describe, to_channels_last
-from cxr.train.features_store import FORMAT, read_manifest
+from cxr.training.features_store import FORMAT, read_manifest
 from cxr.transforms import SeedAugment
 
 log = logging.getLogger(__name__)

@@ -14,12 +14,12 @@ from torch.utils.data import DataLoader, Dataset
 from cxr.checkpoint import load_checkpoint
 from cxr.config import RunConfig, TrainConfig
 from cxr.errors import CxrError
-from cxr.evaluate import epoch_metrics
+from cxr.metrics import epoch_metrics
 from cxr.rundir import HISTORY_COLUMNS, PHASE_COLUMN, read_history_csv
 from cxr.runtime import Compute
-from cxr.train import loop, optim
-from cxr.train.epoch import evaluate_epoch, train_one_epoch
-from cxr.train.state import Checkpointer
+from cxr.training import loop, optim
+from cxr.training.epoch import evaluate_epoch, train_one_epoch
+from cxr.training.state import Checkpointer
 from cxr.transforms import Preprocessing
 
 CLASSES = ["a", "b", "c"]

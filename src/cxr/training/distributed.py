@@ -5,7 +5,7 @@ LOCAL_RANK, MASTER_ADDR and MASTER_PORT in their environment. `distributed_sessi
 process group (NCCL when the processes use GPUs, gloo on the CPU) and always destroys it again, on
 success and on error. Without those variables (or with WORLD_SIZE=1) everything here is a no-op, so
 the same code path serves one process and many. What makes N processes train exactly like one is in
-`cxr.train.ddp`.
+`cxr.training.ddp`.
 """
 
 from __future__ import annotations

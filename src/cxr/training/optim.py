@@ -13,7 +13,7 @@ from torch import nn
 
 from cxr.config import TrainConfig
 from cxr.errors import CxrError
-from cxr.train.ddp import train_loss, unwrap
+from cxr.training.ddp import train_loss, unwrap
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "step", "cosine")
@@ -105,7 +105,7 @@ def training_criterion(
     """The training loss of a phase: cross-entropy with its class weights and label smoothing.
 
     In one process nn.CrossEntropyLoss; under DDP normalised over the whole global batch, so N
-    processes compute what one would (`cxr.train.distributed.GlobalBatchLoss`).
+    processes compute what one would (`cxr.training.distributed.GlobalBatchLoss`).
     """
     weight = class_weights(tc.class_weights, train_labels, num_classes)
     return train_loss(weight.to(device) if weight is not None else None, tc.label_smoothing)

@@ -1,0 +1,74 @@
+"""glibc malloc settings that keep PyTorch's large CPU buffers in the process.
+
+glibc returns large freed blocks to the OS and faults them in again on every iteration, which makes
+PyTorch on the CPU 2-4x slower in some VMs (bench/README.md: 7.3 -> 12.2 images/s). Two ways to
+avoid it, both no-ops where the C library is not glibc or the user set GLIBC_TUNABLES:
+
+- `reexec_with_malloc_tunables(argv)`: the `cxr` command and the benchmark scripts re-execute
+  themselves once with GLIBC_TUNABLES set, before anything is allocated;
+- `tune_malloc()`: for a process that is already running (a notebook, a script that imports cxr),
+  the same thresholds through `mallopt(3)`; the Python API calls it when a study or a predictor starts.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import platform
+import sys
+from collections.abc import Sequence
+
+log = logging.getLogger(__name__)
+
+TRIM_THRESHOLD = 17179869184  # 16 GiB: freed memory stays in the process
+MMAP_THRESHOLD = 4294967296  # 4 GiB asked for; glibc caps what it accepts (see tune_malloc)
+MALLOC_TUNABLES = f"glibc.malloc.mmap_threshold={MMAP_THRESHOLD}:glibc.malloc.trim_threshold={TRIM_THRESHOLD}"
+MALLOC_TUNED_FLAG = "CXR_MALLOC_TUNED"  # set once the process runs with the settings
+_M_TRIM_THRESHOLD = -1  # mallopt parameters (malloc.h)
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # the largest mmap threshold glibc accepts on 64-bit (HEAP_MAX_SIZE / 2)
+_applied = False  # tune_malloc ran in this process (not inherited by child processes, which tune themselves)
+
+
+def _glibc() -> bool:
+    return sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
+
+
+def _user_chose() -> bool:
+    return "GLIBC_TUNABLES" in os.environ or bool(os.environ.get(MALLOC_TUNED_FLAG))
+
+
+def reexec_with_malloc_tunables(command: Sequence[str]) -> None:
+    """Re-execute `command` (a full argv) once with GLIBC_TUNABLES set; no-op where not glibc,
+    already tuned, or GLIBC_TUNABLES is set by the user."""
+    if not _glibc() or _user_chose():
+        return
+    env = dict(os.environ, GLIBC_TUNABLES=MALLOC_TUNABLES, **{MALLOC_TUNED_FLAG: "1"})
+    try:
+        os.execve(sys.executable, list(command), env)
+    except OSError:  # pragma: no cover - exec not permitted: run untuned
+        return
+
+
+def tune_malloc() -> bool:
+    """Apply the thresholds to this running process with mallopt; True when they were applied.
+
+    glibc refuses mmap thresholds above 32 MiB through mallopt, so that is what is set here (it also
+    stops glibc from moving the threshold on its own); the trim threshold is the same as the
+    re-executed command's. Does nothing when not glibc, or when GLIBC_TUNABLES or an earlier call
+    already decided.
+    """
+    global _applied
+    if _applied or not _glibc() or _user_chose():
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        ok = libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(min(TRIM_THRESHOLD, 2**31 - 1)))
+        ok &= libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(_MMAP_THRESHOLD_MAX))
+    except (OSError, AttributeError):  # pragma: no cover - no libc to talk to
+        return False
+    _applied = True
+    log.debug("malloc: mallopt trim/mmap thresholds applied (%s)", "ok" if ok else "refused")
+    return bool(ok)

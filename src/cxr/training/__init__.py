@@ -1,0 +1,1 @@
+"""cxr.training: the training loop, its state and checkpoints, the feature cache, distributed training."""
