@@ -32,7 +32,10 @@ from cxr.metrics import (
     expected_calibration_error,
     keras_precision_recall,
     macro_f1,
+    stratified_bootstrap,
+    wilson_interval,
 )
+from cxr.metrics.weighted import WeightedScores
 
 CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral_Pneumonia"]
 
@@ -115,7 +118,11 @@ def test_confusion_by_prediction_columns_sum_to_one() -> None:
     by_pred = np.array(m["confusion_by_prediction"])
     np.testing.assert_allclose(by_pred.sum(axis=0), 1.0)
     np.testing.assert_allclose(by_pred, confusion_matrix(y, probs.argmax(1), normalize="pred"))
-    assert m["ci"] == {"accuracy": None, "macro_f1": None}
+    # n_boot=0 turns off the bootstrap intervals; accuracy's is a Wilson interval now, always given.
+    assert {k: v for k, v in m["ci"].items() if k != "accuracy"} == dict.fromkeys(
+        ("macro_f1", "roc_auc_macro", "ece", "precision", "recall"))
+    correct = int(np.sum(probs.argmax(1) == y))
+    assert m["ci"]["accuracy"] == wilson_interval(correct, 200)
 
 
 def test_absent_class_has_no_auc_and_stays_serialisable() -> None:
@@ -184,7 +191,9 @@ def test_bootstrap_ci_contains_point_estimate_and_is_deterministic() -> None:
     assert bootstrap_ci(y, pred, batch_macro_f1, n=500, seed=7) == (lo, hi)
     assert bootstrap_ci(y, pred, batch_macro_f1, n=500, seed=8) != (lo, hi)
     m = classification_metrics(y, probs, CLASSES, n_boot=500, seed=7)
-    assert m["ci"]["macro_f1"] == [lo, hi]
+    # metrics.json's macro-F1 interval is the stratified BCa bootstrap now (was this percentile one).
+    assert m["ci"]["macro_f1"] == stratified_bootstrap(y, WeightedScores(y, probs), 500, 7)["macro_f1"].ci
+    assert m["ci"]["macro_f1"][0] < point < m["ci"]["macro_f1"][1]
     assert m["ci"]["accuracy"][0] < m["accuracy"] < m["ci"]["accuracy"][1]
 
 

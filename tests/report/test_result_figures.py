@@ -1,4 +1,4 @@
-"""cxr.report.result_figures: every figure is written as a real, non-blank PNG; bad input is refused."""
+"""cxr.report.result_figures: every figure is written as a real, non-blank PNG (and an SVG); bad input is refused."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from cxr.metrics import classification_metrics
 from cxr.report.result_figures import (
     classification_report_figure,
     confusion_matrix_figure,
+    pr_curves_figure,
+    reliability_comparison,
     reliability_diagram,
     roc_curves,
     training_curves,
@@ -110,3 +112,62 @@ def test_classification_report_figure(tmp_path: Path, predictions: tuple) -> Non
     y, probs = predictions
     report = classification_metrics(y, probs, CLASSES, n_boot=0)["classification_report"]
     assert_png(classification_report_figure(report, tmp_path / "report.png"), min_side=200)
+
+
+# --- figures of the trust issue: PR curves, calibration before/after, by-true confusion, SVG --------
+
+
+def test_every_figure_is_also_written_as_svg(tmp_path: Path, predictions: tuple) -> None:
+    y, probs = predictions
+    m = classification_metrics(y, probs, CLASSES, n_boot=0)
+    paths = [
+        *training_curves(history_rows(), tmp_path),
+        confusion_matrix_figure(m["confusion"], CLASSES, tmp_path / "cm.png"),
+        roc_curves(y, probs, CLASSES, tmp_path / "roc.png"),
+        pr_curves_figure(y, probs, CLASSES, tmp_path / "pr.png"),
+        reliability_diagram(y, probs, tmp_path / "rel.png"),
+        reliability_comparison(y, probs, probs, tmp_path / "rel2.png"),
+        classification_report_figure(m["classification_report"], tmp_path / "report.png"),
+    ]
+    for path in paths:
+        assert path.suffix == ".png"
+        svg = path.with_suffix(".svg").read_text()
+        assert svg.lstrip().startswith("<?xml") and "<svg" in svg and len(svg) > 2000
+    only_png = roc_curves(y, probs, CLASSES, tmp_path / "png_only" / "roc.png", formats=("png",))
+    assert [p.name for p in only_png.parent.iterdir()] == ["roc.png"]
+    with pytest.raises(CxrError, match="formats"):
+        roc_curves(y, probs, CLASSES, tmp_path / "x.png", formats=("jpeg",))
+
+
+def test_pr_curves_figure_with_absent_class(tmp_path: Path, predictions: tuple) -> None:
+    y, probs = predictions
+    assert_png(pr_curves_figure(y, probs, CLASSES, tmp_path / "pr.png"))
+    assert_png(pr_curves_figure(np.where(y == 3, 0, y), probs, CLASSES, tmp_path / "pr_missing.png"))
+    with pytest.raises(CxrError, match="shape"):
+        pr_curves_figure(y, probs[:, :3], CLASSES, tmp_path / "bad.png")
+
+
+def test_reliability_before_and_after_calibration(tmp_path: Path, predictions: tuple) -> None:
+    y, probs = predictions
+    sharp = probs**3 / (probs**3).sum(axis=1, keepdims=True)  # over-confident version
+    path = reliability_comparison(y, sharp, probs, tmp_path / "calibration.png", bins=10, temperature=3.0)
+    assert_png(path)
+
+
+def test_training_curves_mark_the_best_epoch(tmp_path: Path) -> None:
+    plain = training_curves(history_rows(), tmp_path / "plain", formats=("png",))
+    marked = training_curves(history_rows(), tmp_path / "marked", best_epoch=3, formats=("png",))
+    for a, b in zip(plain, marked, strict=True):
+        assert_png(b)
+        with Image.open(a) as im_a, Image.open(b) as im_b:
+            diff = np.abs(np.asarray(im_a.convert("RGB"), int) - np.asarray(im_b.convert("RGB"), int))
+        assert diff.sum() > 0  # the vertical line and its legend entry were drawn
+    svg = training_curves(history_rows(), tmp_path / "svg", best_epoch=3)[0].with_suffix(".svg").read_text()
+    assert "Best epoch (3)" in svg  # matplotlib keeps each text as a comment beside its glyph paths
+
+
+def test_confusion_by_true_label_rows(tmp_path: Path, predictions: tuple) -> None:
+    y, probs = predictions
+    m = classification_metrics(y, probs, CLASSES, n_boot=0)
+    assert_png(confusion_matrix_figure(m["confusion"], CLASSES, tmp_path / "cm_true.png", normalize="true"))
+    np.testing.assert_allclose(np.sum(m["confusion_by_true"], axis=1), 1.0)

@@ -26,7 +26,7 @@ MALLOC_TUNED_FLAG = "CXR_MALLOC_TUNED"  # set in the re-executed process
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, with every subcommand group registered."""
-    from cxr.cli import data, model, predict, run
+    from cxr.cli import compare, data, model, predict, run
 
     parser = argparse.ArgumentParser(
         prog="cxr",
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cxr {__version__}")
     add_logging_flags(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (data, model, run, predict):
+    for module in (data, model, run, predict, compare):
         module.register(sub)
     return parser
 

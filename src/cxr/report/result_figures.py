@@ -1,8 +1,10 @@
-"""Result figures of a run: training curves, confusion matrix, ROC curves, reliability, report text.
+"""Result figures of a run: training curves, confusion matrix, ROC and PR curves, reliability
+(also before/after calibration), report text.
 
 Inputs are plain lists/arrays (history rows, metrics.json values), never torch objects. Each figure
 is a `matplotlib.figure.Figure` saved through the Agg canvas, so nothing touches pyplot's global
-state and figures can be drawn from worker threads or a server.
+state and figures can be drawn from worker threads or a server. Every figure is written as PNG (for
+the report) and SVG (for papers) side by side: `formats` names the files, the first is returned.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import auc as area_under_curve
-from sklearn.metrics import roc_curve
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
 
 from cxr.errors import CxrError
-from cxr.metrics import calibration_bins, expected_calibration_error
+from cxr.metrics.classification import calibration_bins, expected_calibration_error
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,9 @@ DPI = 120
 CURVE_METRICS = ("loss", "accuracy", "precision", "recall")  # the seed's four *_training_results.png
 NORMALIZE_MODES = ("pred", "true", "all", None)
 TRAIN_COLOR, VAL_COLOR = "#1f77b4", "#ff7f0e"
+BEST_COLOR = "#2ca02c"
+FIGURE_FORMATS = ("png", "svg")  # files written per figure: path with each suffix
+ALLOWED_FORMATS = ("png", "svg", "pdf")
 
 
 def _new_figure(width: float, height: float) -> Figure:
@@ -36,13 +41,21 @@ def _new_figure(width: float, height: float) -> Figure:
     return fig
 
 
-def _save(fig: Figure, path: str | Path, *, tight: bool = False) -> Path:
+def _save(fig: Figure, path: str | Path, *, tight: bool = False, formats: Sequence[str] = FIGURE_FORMATS) -> Path:
+    """Write `fig` once per format, as `path` with that suffix; returns the file of the first format."""
+    bad = [f for f in formats if f not in ALLOWED_FORMATS]
+    if not formats or bad:
+        raise CxrError(f"figure formats must be a non-empty subset of {ALLOWED_FORMATS}, got {tuple(formats)!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     extra: dict[str, Any] = {"bbox_inches": "tight", "pad_inches": 0.25} if tight else {}
-    fig.savefig(path, format="png", dpi=DPI, facecolor="white", **extra)
-    log.debug("wrote %s", path)
-    return path
+    written = []
+    for fmt in formats:
+        target = path.with_suffix(f".{fmt}")
+        fig.savefig(target, format=fmt, dpi=DPI, facecolor="white", **extra)
+        written.append(target)
+        log.debug("wrote %s", target)
+    return written[0]
 
 
 def _number(value: Any) -> float:
@@ -53,11 +66,19 @@ def _number(value: Any) -> float:
         return float("nan")
 
 
-def training_curves(history: Sequence[Mapping[str, Any]], out_dir: str | Path) -> list[Path]:
+def training_curves(
+    history: Sequence[Mapping[str, Any]],
+    out_dir: str | Path,
+    best_epoch: int | None = None,
+    *,
+    formats: Sequence[str] = FIGURE_FORMATS,
+) -> list[Path]:
     """Write loss.png, accuracy.png, precision.png, recall.png: train vs val per epoch.
 
     `history` holds history.csv rows (keys `epoch`, `train_<metric>`, `val_<metric>`; values may be
     strings as read by csv). A metric with no train or val column is skipped with a log message.
+    `best_epoch` (metrics.json's, the checkpoint that was tested) is marked with a vertical line.
+    Returns the file of the first format per figure (the PNG by default; the SVG lies beside it).
     """
     rows = list(history)
     if not rows:
@@ -80,13 +101,15 @@ def training_curves(history: Sequence[Mapping[str, Any]], out_dir: str | Path) -
             label = "Training" if split == "train" else "Validation"
             color = TRAIN_COLOR if split == "train" else VAL_COLOR
             ax.plot(epochs, values, marker="o", markersize=3, color=color, label=f"{label} {metric}")
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color=BEST_COLOR, linestyle="--", linewidth=1.2, label=f"Best epoch ({best_epoch})")
         ax.set_title(f"Training and validation {metric}")
         ax.set_xlabel("Epoch")
         ax.set_ylabel(metric.capitalize())
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
-        written.append(_save(fig, out_dir / f"{metric}.png"))
+        written.append(_save(fig, out_dir / f"{metric}.png", formats=formats))
     return written
 
 
@@ -103,6 +126,8 @@ def confusion_matrix_figure(
     classes: Sequence[str],
     path: str | Path,
     normalize: str | None = "pred",
+    *,
+    formats: Sequence[str] = FIGURE_FORMATS,
 ) -> Path:
     """Draw a confusion matrix from counts ([true][pred]), like sklearn's ConfusionMatrixDisplay.
 
@@ -133,20 +158,28 @@ def confusion_matrix_figure(
     ax.set_ylabel("True label")
     subtitle = {
         "pred": "normalised by predicted label (columns sum to 1)",
-        "true": "normalised by true label (rows sum to 1)",
+        "true": "normalised by true label (rows sum to 1, diagonal = sensitivity)",
         "all": "normalised by all samples",
         None: "counts",
     }[normalize]
     ax.set_title(f"Confusion matrix\n{subtitle}, n={int(counts.sum())}")
-    return _save(fig, path)
+    return _save(fig, path, formats=formats)
 
 
-def roc_curves(y_true: Sequence[int], probs: Any, classes: Sequence[str], path: str | Path) -> Path:
-    """One-vs-rest ROC curve per class with its AUC; classes absent from y_true are listed, not drawn."""
+def _curve_inputs(y_true: Sequence[int], probs: Any, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(y_true).astype(np.int64)
     p = np.asarray(probs, dtype=np.float64)
     if p.ndim != 2 or p.shape != (len(y), len(classes)):
         raise CxrError(f"probs must have shape ({len(y)}, {len(classes)}), got {p.shape}")
+    return y, p
+
+
+def roc_curves(
+    y_true: Sequence[int], probs: Any, classes: Sequence[str], path: str | Path, *,
+    formats: Sequence[str] = FIGURE_FORMATS,
+) -> Path:
+    """One-vs-rest ROC curve per class with its AUC; classes absent from y_true are listed, not drawn."""
+    y, p = _curve_inputs(y_true, probs, classes)
     fig = _new_figure(6.4, 5.6)
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="Chance (AUC 0.500)")
@@ -166,10 +199,42 @@ def roc_curves(y_true: Sequence[int], probs: Any, classes: Sequence[str], path: 
     ax.set_title(f"ROC curves, one class vs rest (n={len(y)})")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=9)
-    return _save(fig, path)
+    return _save(fig, path, formats=formats)
 
 
-def reliability_diagram(y_true: Sequence[int], probs: Any, path: str | Path, bins: int = 15) -> Path:
+def pr_curves_figure(
+    y_true: Sequence[int], probs: Any, classes: Sequence[str], path: str | Path, *,
+    formats: Sequence[str] = FIGURE_FORMATS,
+) -> Path:
+    """One-vs-rest precision-recall curve per class, average precision in the legend, and each
+    class's prevalence (a chance classifier's precision) dotted; absent classes are listed, not drawn."""
+    y, p = _curve_inputs(y_true, probs, classes)
+    fig = _new_figure(6.4, 5.6)
+    ax = fig.add_subplot()
+    for c, name in enumerate(classes):
+        positives = y == c
+        if positives.all() or not positives.any():
+            ax.plot([], [], linestyle="none", label=f"{name}: no PR curve (class absent or the only class)")
+            continue
+        precision, recall, _ = precision_recall_curve(positives, p[:, c])
+        ap = float(average_precision_score(positives, p[:, c]))
+        (line,) = ax.step(recall, precision, where="post", linewidth=2, label=f"{name} (AP {ap:.3f})")
+        ax.axhline(float(positives.mean()), color=line.get_color(), linestyle=":", linewidth=1)
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel("Recall (sensitivity)")
+    ax.set_ylabel("Precision (positive predictive value)")
+    ax.set_title(f"Precision-recall curves, one class vs rest (n={len(y)})\ndotted: prevalence (chance)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=9)
+    return _save(fig, path, formats=formats)
+
+
+def reliability_diagram(
+    y_true: Sequence[int], probs: Any, path: str | Path, bins: int = 15, *,
+    formats: Sequence[str] = FIGURE_FORMATS,
+) -> Path:
     """Top-label reliability diagram: accuracy vs mean confidence per bin, sample histogram below."""
     table = calibration_bins(y_true, probs, bins)
     ece = expected_calibration_error(y_true, probs, bins)
@@ -199,10 +264,50 @@ def reliability_diagram(y_true: Sequence[int], probs: Any, path: str | Path, bin
     bottom.set_xlabel("Confidence (top predicted probability)")
     bottom.set_ylabel("Share of samples")
     bottom.grid(alpha=0.3)
-    return _save(fig, path)
+    return _save(fig, path, formats=formats)
 
 
-def classification_report_figure(report_text: str, path: str | Path) -> Path:
+def reliability_comparison(
+    y_true: Sequence[int],
+    probs_before: Any,
+    probs_after: Any,
+    path: str | Path,
+    bins: int = 15,
+    temperature: float | None = None,
+    *,
+    formats: Sequence[str] = FIGURE_FORMATS,
+) -> Path:
+    """Reliability before and after calibration on one figure: accuracy vs mean confidence per bin
+    for both (ECE in the legend, T when given), the share of samples per bin below."""
+    fig = _new_figure(6.0, 6.4)
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    top.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="Perfect calibration")
+    after_label = "After calibration" + (f" (T = {temperature:.3g})" if temperature is not None else "")
+    for probs, label, color in ((probs_before, "Before calibration", "#d62728"), (probs_after, after_label, TRAIN_COLOR)):
+        table = calibration_bins(y_true, probs, bins)
+        ece = expected_calibration_error(y_true, probs, bins)
+        filled = [i for i, n in enumerate(table["count"]) if n]
+        conf = [table["confidence"][i] for i in filled]
+        acc = [table["accuracy"][i] for i in filled]
+        top.plot(conf, acc, marker="o", markersize=4, color=color, linewidth=1.8, label=f"{label}, ECE {ece:.3f}")
+        edges = np.asarray(table["edges"])
+        count = np.asarray(table["count"], dtype=np.float64)
+        bottom.stairs(count / count.sum(), edges, color=color, linewidth=1.5)
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1.02)
+    top.set_ylabel("Accuracy")
+    top.grid(alpha=0.3)
+    top.legend(loc="upper left", fontsize=9)
+    top.set_title(f"Reliability before and after calibration (top label)\n{bins} equal-width bins, n={len(y_true)}")
+    bottom.set_xlabel("Confidence (top predicted probability)")
+    bottom.set_ylabel("Share of samples")
+    bottom.grid(alpha=0.3)
+    return _save(fig, path, formats=formats)
+
+
+def classification_report_figure(
+    report_text: str, path: str | Path, *, formats: Sequence[str] = FIGURE_FORMATS
+) -> Path:
     """Render sklearn's classification_report text as an image (the seed's classification_report.png)."""
     lines = report_text.rstrip("\n").splitlines() or ["(empty report)"]
     width_chars = max(len(line) for line in lines)
@@ -210,4 +315,4 @@ def classification_report_figure(report_text: str, path: str | Path) -> Path:
     fig = _new_figure(max(4.0, 0.1 * width_chars + 0.5), 0.22 * len(lines) + 0.8)
     fig.text(0.02, 0.98, "Classification report (test split)", fontsize=12, fontweight="bold", va="top")
     fig.text(0.02, 0.9, "\n".join(lines), family="monospace", fontsize=10, va="top", ha="left")
-    return _save(fig, path, tight=True)
+    return _save(fig, path, tight=True, formats=formats)
