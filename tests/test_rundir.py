@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from cxr import rundir
 from cxr.errors import CxrError
 from cxr.rundir import (
     HISTORY_COLUMNS,
@@ -38,10 +39,12 @@ def test_paths_and_artefacts(tmp_path: Path) -> None:
 
 def test_atomic_writers_use_the_umask_mode_and_leave_no_temp_file(tmp_path: Path) -> None:
     old = os.umask(0o022)
+    rundir._file_mode.cache_clear()
     try:
         path = write_json(tmp_path / "a" / "m.json", {"x": 1})
     finally:
         os.umask(old)
+        rundir._file_mode.cache_clear()
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert read_json(path) == {"x": 1}
     assert [p.name for p in path.parent.iterdir()] == ["m.json"]

@@ -13,9 +13,12 @@ usual mode (0666 minus the umask), not mkstemp's 0600.
 from __future__ import annotations
 
 import csv
+import fcntl
+import functools
 import io
 import json
 import os
+import socket
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +39,7 @@ HISTORY_COLUMNS = (
 PHASE_COLUMN = "phase"  # written after HISTORY_COLUMNS: 1 = the head (seed recipe), 2 = fine-tuning
 INT_HISTORY_COLUMNS = ("epoch", PHASE_COLUMN)
 
+RUN_MARKER = ".cxr-run"  # in every run folder: the writer's lock, and a sign to discovery that this is no data
 SplitCounts = dict[str, dict[str, int]]  # split -> class -> images: the one orientation used everywhere
 
 
@@ -120,6 +124,21 @@ class RunDir:
         return self.root / "report.html"
 
     @property
+    def marker(self) -> Path:
+        """.cxr-run: the lock file of the process writing the run (and a marker discovery skips)."""
+        return self.root / RUN_MARKER
+
+    @property
+    def provenance(self) -> Path:
+        """provenance.json: software, machine and data of every start of the run (resumes included)."""
+        return self.root / "provenance.json"
+
+    @property
+    def split_report(self) -> Path:
+        """split_report.json: how the split was made, what it excluded, so a resumed run still knows."""
+        return self.root / "split_report.json"
+
+    @property
     def log(self) -> Path:
         """log.txt: the run's log."""
         return self.root / "log.txt"
@@ -127,7 +146,7 @@ class RunDir:
     def artefacts(self) -> list[Path]:
         """The files and folders of a run that exist here (what protects a folder from being reused)."""
         candidates = (self.config, self.split, self.audit, self.last, self.best, self.history, self.metrics,
-                      self.predictions, self.report_md, self.report_html)
+                      self.predictions, self.report_md, self.report_html, self.provenance, self.split_report)
         return [p for p in candidates if p.exists()]
 
     @staticmethod
@@ -136,10 +155,52 @@ class RunDir:
         return RunDir(Path(ckpt).resolve().parent.parent)
 
 
+class RunLock:
+    """An exclusive lock on a run folder (`fcntl.flock` on its marker file), held by the writing process.
+
+    A second `cxr run` on the same folder fails at `acquire` with a message naming the holder, instead
+    of mixing two runs in one folder. The lock goes with the process (also when it is killed).
+    """
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.run.marker, os.O_RDWR | os.O_CREAT, 0o666)  # the umask applies
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "unknown"
+            os.close(fd)
+            raise CxrError(
+                f"{self.run.root} is in use by another cxr process ({holder}); wait for it to finish, "
+                "or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 # ------------------------------------------------------------------------------------------ writers
 
 
+@functools.cache
 def _file_mode() -> int:
+    """0666 minus the process umask (read once: setting it to read it is not thread-safe)."""
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask

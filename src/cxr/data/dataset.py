@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from cxr.errors import CxrError
+from cxr.errors import CxrError, ImageReadError
 from cxr.io import read_image
 from cxr.runtime import resolve_workers
 from cxr.transforms import Preprocessing, SeedAugment, resize_gray, to_input
@@ -29,11 +29,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+SKIPPED = -1  # the label of an item whose file could not be read (the loops drop such items)
+
+
 class SplitDataset(Dataset):
     """Images of one split as `(tensor (3, S, S) float32, class index)` pairs.
 
     `rows` need `.path` (relative to `root`, or absolute) and `.label`; the class index is the label's
     position in `classes`. `augment=None` (validation, test) only resizes and normalises.
+
+    A file that cannot be read (changed since the split, or never audited) does not stop the loader:
+    with `skip_unreadable` its item is a zero image labelled `SKIPPED`, which the training and
+    evaluation loops drop, and `unreadable()` names it afterwards (the flags live in shared memory, so
+    worker processes report to the main one). Without it the `ImageReadError` propagates.
     """
 
     def __init__(
@@ -44,6 +52,7 @@ class SplitDataset(Dataset):
         pre: Preprocessing,
         augment: SeedAugment | None = None,
         seed: int = 0,
+        skip_unreadable: bool = True,
     ) -> None:
         if int(seed) < 0:
             raise CxrError(f"the data seed must be >= 0, got {seed}")
@@ -55,6 +64,8 @@ class SplitDataset(Dataset):
         self.seed = int(seed)
         self._labels = _label_indices(self.rows, self.classes)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self.skip_unreadable = skip_unreadable
+        self._bad = torch.zeros(len(self.rows), dtype=torch.uint8).share_memory_()
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -78,11 +89,45 @@ class SplitDataset(Dataset):
         return resize_gray(img, self.pre.size)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        img = self.image(index)
+        try:
+            img = self.image(index)
+        except ImageReadError as exc:
+            if not self.skip_unreadable:
+                raise
+            if not self._bad[index]:
+                log.warning("skipped %s", exc)
+            self._bad[index] = 1
+            return torch.zeros(3, self.pre.size, self.pre.size), SKIPPED
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             img = self.augment(img, rng)
         return to_input(img, self.pre), int(self._labels[index])
+
+
+    def unreadable(self) -> list[tuple[SplitRow, str]]:
+        """The rows skipped so far because their file could not be read, with the reason."""
+        out = []
+        for index in torch.nonzero(self._bad).flatten().tolist():
+            try:
+                read_image(self.root / self.rows[index].path)
+                reason = "could not be read during the pass"
+            except ImageReadError as exc:
+                reason = exc.reason
+            out.append((self.rows[index], reason))
+        return out
+
+    def readable_rows(self) -> list[SplitRow]:
+        """The rows that were not skipped, in order (they pair with a pass's predictions)."""
+        bad = self._bad.tolist()
+        return [row for row, flag in zip(self.rows, bad, strict=True) if not flag]
+
+
+def drop_skipped(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch without its `SKIPPED` items (checked on the CPU, before the batch moves to a device)."""
+    keep = y != SKIPPED
+    if bool(keep.all()):
+        return x, y
+    return x[keep], y[keep]
 
 
 def _label_indices(rows: Sequence[SplitRow], classes: Sequence[str]) -> np.ndarray:

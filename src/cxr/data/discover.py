@@ -7,6 +7,10 @@ Recognised inputs:
 - any class-per-folder dataset (`<root>/<class>/**/<image>`);
 - a CSV manifest `path,label[,group]` (paths relative to the CSV's folder, or absolute).
 
+Folders that hold a cxr run (a `.cxr-run` marker, `cxr.rundir.RUN_MARKER`) are never searched, so a run
+written inside its data folder does not become a class of later runs. A folder that cannot be read
+and a symbolic link back into the tree are skipped with a warning.
+
 Class names of the COVID-19 database are normalised to `CANONICAL_CLASSES` whatever their spelling;
 other datasets keep their own names. The result is sorted, so it does not depend on the order in
 which the filesystem lists files.
@@ -18,11 +22,12 @@ import csv
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxr.errors import CxrError
 from cxr.io import IMAGE_EXTENSIONS
+from cxr.rundir import RUN_MARKER
 
 log = logging.getLogger(__name__)
 
@@ -135,14 +140,39 @@ class _Walk:
     files: list[Path]
     hidden: int = 0
     non_image: int = 0
+    seen: set[tuple[int, int]] = field(default_factory=set)  # (device, inode) of folders walked
+
+
+def _entries(folder: Path, walk: _Walk) -> list[os.DirEntry]:
+    """The entries of a folder not walked before; none (with a warning) for a loop or an unreadable folder."""
+    try:
+        stat = folder.stat()
+        if (stat.st_dev, stat.st_ino) in walk.seen:
+            log.warning("skipping %s: a symbolic link back into a folder already searched", folder)
+            return []
+        walk.seen.add((stat.st_dev, stat.st_ino))
+        if (folder / RUN_MARKER).exists():
+            log.info("skipping %s: it holds a cxr run, not data", folder)
+            return []
+        return _list_dir(folder)
+    except OSError as exc:
+        log.warning("skipping %s: cannot read it (%s)", folder, exc.strerror or exc)
+        return []
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # a broken or looping symbolic link
+        return False
 
 
 def _walk_images(folder: Path, walk: _Walk) -> None:
     """Collect image files below `folder`, skipping hidden entries, masks/ and non-image files."""
-    for entry in _list_dir(folder):
+    for entry in _entries(folder, walk):
         if entry.name.startswith("."):
             walk.hidden += 1
-        elif entry.is_dir():
+        elif _is_dir(entry):
             if entry.name not in IGNORED_FOLDERS:
                 _walk_images(Path(entry.path), walk)
         elif Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS:
@@ -158,11 +188,11 @@ def _discover_folder(path: Path) -> Discovery:
     unknown: list[str] = []
     raw_names: set[str] = set()
     has_images_subfolders = False
-    for entry in _list_dir(root):
+    for entry in _entries(root, walk):
         if entry.name.startswith("."):
             walk.hidden += 1
             continue
-        if not entry.is_dir():
+        if not _is_dir(entry):
             if Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS:
                 log.warning("ignoring %s: images directly in the root have no class folder", entry.name)
             continue  # README, *.metadata.xlsx ... beside the class folders

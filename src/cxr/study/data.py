@@ -21,6 +21,7 @@ from cxr.rundir import (
     RunDir,
     SplitCounts,
     SplitRow,
+    read_json,
     read_split_csv,
     split_counts,
     write_json,
@@ -74,6 +75,7 @@ def prepare_data(
         log.info("using the split in %s (%d images)", split_csv, len(rows))
     elif resume and run.split.is_file():
         rows = read_split_csv(run.split)
+        report = read_json(run.split_report) if run.split_report.is_file() else None
         log.info("resume: reusing %s (%d images)", run.split, len(rows))
     else:
         audited = audit(found, near_threshold=cfg.data.near_duplicate_threshold, progress=progress)
@@ -85,6 +87,8 @@ def prepare_data(
             found, ratios=tuple(cfg.data.ratios), seed=cfg.data.split_seed,
             near_threshold=cfg.data.near_duplicate_threshold, progress=progress, audit_report=audited,
         )
+        if is_main_process():
+            write_json(run.split_report, report)
     unknown = sorted({r.label for r in rows} - set(classes))
     if unknown:
         raise CxrError(f"split labels {unknown} are not classes of the data at {data}: {classes}")
@@ -97,7 +101,23 @@ def prepare_data(
                 f"the {name} split is empty ({len(rows)} images in all); add images or change data.ratios "
                 f"(now {list(cfg.data.ratios)})"
             )
+    warn_small_classes(prepared)
     return prepared
+
+
+def warn_small_classes(prepared: PreparedData) -> list[str]:
+    """A WARNING for each class too small to appear in every split (its metrics there are missing)."""
+    counts = prepared.counts()
+    warnings = []
+    for name in prepared.classes:
+        missing = [split for split, per_class in counts.items() if not per_class.get(name)]
+        if missing:
+            total = sum(per_class.get(name, 0) for per_class in counts.values())
+            warnings.append(f"class {name!r} has {total} image(s): none in the {' and '.join(missing)} split, so "
+                            f"its {'/'.join(missing)} metrics are missing; add images of it")
+    for text in warnings:
+        log.warning("data: %s", text)
+    return warnings
 
 
 def write_dataset_figures(prepared: PreparedData, cfg: RunConfig, run: RunDir) -> list[Path]:

@@ -8,8 +8,9 @@ from pathlib import Path
 from cxr.config import RunConfig
 from cxr.data.synthetic import CLASSES, generate_dataset
 from cxr.rundir import RunDir
+from cxr.study.folder import check_folder
 from cxr.study.presets import DEMO_DATA_SEED, DEMO_IMAGE_SIZE, DEMO_IMAGES_PER_CLASS, demo_config
-from cxr.study.run import StudyResult, check_folder, run_study
+from cxr.study.run import StudyResult, run_study
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,21 @@ log = logging.getLogger(__name__)
 EVALUATION_SPLITS = (*SPLITS, "all")
 
 
-def evaluate_best(run: TrainingRun) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """Classification metrics of best.pt on the test split (features when cached, images with TTA)."""
+def scored_rows(loader: Any, rows: list[SplitRow]) -> list[SplitRow]:
+    """The rows a pass over `loader` scored: all of them, less the unreadable ones it skipped (logged)."""
+    dataset = getattr(loader, "dataset", None)
+    if not hasattr(dataset, "unreadable"):
+        return rows
+    skipped = dataset.unreadable()
+    if skipped:
+        log.warning("%d unreadable image(s) skipped: %s", len(skipped),
+                    "; ".join(f"{row.path} ({reason})" for row, reason in skipped[:10]))
+    return dataset.readable_rows()
+
+
+def evaluate_best(run: TrainingRun) -> tuple[dict[str, Any], list[SplitRow], np.ndarray, np.ndarray]:
+    """Metrics of best.pt on the test split (features when cached, images with TTA), the rows scored,
+    their labels and probabilities."""
     cfg = run.cfg
     if not run.prepared.split("test"):
         raise CxrError(f"the test split is empty; change data.ratios (now {list(cfg.data.ratios)})")
@@ -45,7 +58,7 @@ def evaluate_best(run: TrainingRun) -> tuple[dict[str, Any], np.ndarray, np.ndar
                                          desc="test")
     metrics = classification_metrics(y_true, probs, run.prepared.classes, loss=loss, n_boot=cfg.eval.bootstrap,
                                      ece_bins=cfg.eval.ece_bins, seed=cfg.train.seed)
-    return metrics, y_true, probs
+    return metrics, scored_rows(loader, run.prepared.split("test")), y_true, probs
 
 
 def evaluate_checkpoint(
@@ -94,6 +107,10 @@ def evaluate_checkpoint(
                          num_workers=cfg.data.num_workers, seed=cfg.train.seed)
     loss, y_true, probs = evaluate_epoch(model, loader, nn.CrossEntropyLoss(), compute, tta=tta,
                                          desc=f"evaluate {split}")
+    skipped = [{"path": row.path, "reason": reason} for row, reason in dataset.unreadable()]
+    rows = scored_rows(loader, rows)
+    if not rows:
+        raise CxrError(f"none of the {len(skipped)} images of split {split!r} of {data} could be read")
     metrics = classification_metrics(y_true, probs, classes, loss=loss, n_boot=cfg.eval.bootstrap,
                                      ece_bins=cfg.eval.ece_bins, seed=cfg.train.seed)
     log.info("%s on %s (%s, %d images%s): accuracy %.4f, macro-F1 %.4f, loss %.4f", ckpt_path, data, split,
@@ -103,7 +120,7 @@ def evaluate_checkpoint(
         write_json(out.metrics, {
             split if split != "all" else "test": metrics, "classes": classes, "checkpoint": str(ckpt_path),
             "data": str(Path(data).resolve()), "split": split, "tta": tta,
-            "device": describe(compute.device, compute.precision),
+            "device": describe(compute.device, compute.precision), "skipped": skipped,
         })
         write_predictions_csv(rows, y_true, probs, classes, out.predictions)
         write_result_figures(None, metrics, y_true, probs, classes, out.figures, cfg.eval.ece_bins)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,10 +99,11 @@ def train_phases(
     cache_dir: Path,
     resume: bool,
     dist_ctx: DistributedContext | None,
+    on_save: Callable[[], None] | None = None,
 ) -> tuple[nn.Module, dict[str, DataLoader], bool, FitResult, list[dict[str, Any]]]:
     """Run phase 1 and, when configured, phase 2; returns (module, loaders, cached, result, phases)."""
     resume_phase = checkpoint_phase(run) if resume else 0
-    checkpointer = Checkpointer(run, classifier=model, config=cfg, classes=prepared.classes)
+    checkpointer = Checkpointer(run, classifier=model, config=cfg, classes=prepared.classes, on_save=on_save)
     common = dict(compute=compute, checkpointer=checkpointer, dist_ctx=dist_ctx)
     result: FitResult | None = None
     module, loaders, cached = model, {}, False

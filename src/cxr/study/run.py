@@ -8,27 +8,24 @@ evaluates the test split and writes the report.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import logging
-import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cxr import __version__
 from cxr.config import RunConfig, save_config
-from cxr.errors import CxrError
 from cxr.malloc import tune_malloc
 from cxr.models.build import count_parameters
+from cxr.provenance import Provenance
 from cxr.rank import is_main_process
 from cxr.report.document import write_report
 from cxr.rundir import RunDir, read_history_csv, read_json, write_json
 from cxr.runtime import Compute, describe, seed_everything, set_threads
 from cxr.study.data import prepare_data, write_augmented_samples, write_dataset_figures
 from cxr.study.evaluation import evaluate_best
+from cxr.study.folder import claim
 from cxr.study.inputs import build_classifier
 from cxr.study.logfile import run_log
 from cxr.study.phases import TrainingRun, train_phases
@@ -37,10 +34,6 @@ from cxr.study.summary import run_summary, write_predictions_csv, write_result_f
 from cxr.training.distributed import DistributedContext, distributed_session, run_on_main
 
 log = logging.getLogger(__name__)
-
-# What --force removes from a folder that holds a run (never anything else, e.g. the demo's data/).
-RUN_FOLDERS = ("checkpoints", "figures", "aug_images")
-
 
 @dataclass
 class StudyResult:
@@ -92,53 +85,6 @@ class StudyResult:
         return cls(run.root, metrics, history)
 
 
-def clear_run(run: RunDir) -> None:
-    """Remove a run's own files and folders (for --force); other files in the folder stay."""
-    for path in run.artefacts() + [run.log]:
-        if path.is_file():
-            path.unlink()
-    for name in RUN_FOLDERS:
-        shutil.rmtree(run.root / name, ignore_errors=True)
-
-
-def check_folder(run: RunDir, *, resume: bool, force: bool) -> None:
-    """Refuse a folder that holds a run (unless resuming it, or replacing it with `force`)."""
-    if resume and force:
-        raise CxrError("--resume continues the run in the folder and --force replaces it: give one of them")
-    if resume and not run.last.is_file():
-        raise CxrError(f"cannot resume: {run.last} does not exist (run without --resume to start)")
-    existing = run.artefacts()
-    if not resume and existing:
-        if not force:
-            raise CxrError(
-                f"{run.root} already holds a run ({', '.join(p.name for p in existing[:3])}); use --resume to "
-                "continue it, --force to replace it, or choose another --out"
-            )
-        log.warning("--force: replacing the run in %s", run.root)
-        clear_run(run)
-
-
-def start(cfg: RunConfig, data: Path, run: RunDir, *, resume: bool, force: bool) -> RunConfig:
-    """Check the inputs and the folder before anything is written; returns cfg with data.root set."""
-    if not data.exists():
-        raise CxrError(f"data not found: {data}")
-    check_folder(run, resume=resume, force=force)
-    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(data.resolve())))
-
-
-@contextlib.contextmanager
-def new_folder(run: RunDir) -> Iterator[None]:
-    """Create the run folder; if this call made it and fails before a checkpoint exists, remove it again."""
-    created = not run.root.exists()
-    run.root.mkdir(parents=True, exist_ok=True)
-    try:
-        yield
-    except BaseException:
-        if created and is_main_process() and not run.last.exists():
-            shutil.rmtree(run.root, ignore_errors=True)
-        raise
-
-
 def train_run(
     cfg: RunConfig,
     data: Path,
@@ -149,6 +95,7 @@ def train_run(
     cache_dir: Path | None,
     progress: bool,
     figures: bool,
+    provenance: Provenance,
     dist_ctx: DistributedContext | None = None,
 ) -> TrainingRun:
     """Split the data (rank 0), draw the data figures, build the model and run the training phases."""
@@ -160,14 +107,19 @@ def train_run(
     ranks = f", {dist_ctx.world_size} processes ({dist_ctx.backend})" if dist_ctx is not None else ""
     log.info("cxr %s: run %s in %s on %s%s", __version__, cfg.name, run.root,
              describe(compute.device, compute.precision), ranks)
-    if is_main_process():
+    main = is_main_process()
+    provenance.set_device(describe(compute.device, compute.precision))
+    if main:
         save_config(cfg, run.config)
     # under torchrun rank 0 audits and splits, and every rank gets its result (or its CxrError)
     prepared = run_on_main(lambda: prepare_data(cfg, data, run, resume=resume, split_csv=split_csv,
                                                 progress=progress))
     counts = prepared.counts()
     log.info("classes %s; %s", prepared.classes, ", ".join(f"{s} {sum(c.values())}" for s, c in counts.items()))
-    if figures and is_main_process():
+    if main:
+        provenance.record_data(data.resolve(), len(prepared.rows))
+        provenance.save()
+    if figures and main:
         write_dataset_figures(prepared, cfg, run)
         write_augmented_samples(prepared, cfg, run)
     model = build_classifier(cfg, len(prepared.classes))
@@ -176,7 +128,7 @@ def train_run(
              cfg.model.weights, cfg.model.freeze, f"{params['total']:,}", f"{params['trainable']:,}")
     module, loaders, cached, result, phases = train_phases(
         model, prepared, cfg, run, compute=compute, cache_dir=cache_dir or default_cache_dir(), resume=resume,
-        dist_ctx=dist_ctx)
+        dist_ctx=dist_ctx, on_save=provenance.save if main else None)
     return TrainingRun(cfg=cfg, prepared=prepared, model=model, module=module, loaders=loaders,
                        feature_cache=cached, compute=compute, result=result,
                        seconds=time.perf_counter() - started, info={"parameters": params, "phases": phases})
@@ -197,11 +149,11 @@ def train(
     tune_malloc()
     run = RunDir(out_dir)
     with distributed_session(cfg.train.device) as dist_ctx:  # no-op unless launched by torchrun
-        cfg = start(cfg, Path(data), run, resume=resume, force=force)
-        with new_folder(run), run_log(run, append=resume):
+        with claim(cfg, Path(data), run, resume=resume, force=force) as cfg, run_log(run, append=resume):
+            provenance = Provenance(run, resume=resume)
             trained = train_run(cfg, Path(data), run, resume=resume, split_csv=Path(split_csv) if split_csv else None,
                                 cache_dir=Path(cache_dir) if cache_dir else None, progress=progress, figures=False,
-                                dist_ctx=dist_ctx)
+                                provenance=provenance, dist_ctx=dist_ctx)
             log.info("training done in %.1f s: best epoch %d (val loss %.4f), checkpoints in %s", trained.seconds,
                      trained.result.best_epoch, trained.result.best_val_loss, trained.result.checkpoint_dir)
     return StudyResult(run.root, {}, trained.result.history)
@@ -225,26 +177,27 @@ def run_study(
     tune_malloc()
     run = RunDir(out_dir)
     with distributed_session(cfg.train.device) as dist_ctx:  # no-op unless launched by torchrun
-        started = time.perf_counter()
-        cfg = start(cfg, Path(data), run, resume=resume, force=force)
-        with new_folder(run), run_log(run, append=resume):
+        with claim(cfg, Path(data), run, resume=resume, force=force) as cfg, run_log(run, append=resume):
+            provenance = Provenance(run, resume=resume)
             trained = train_run(cfg, Path(data), run, resume=resume, split_csv=None,
                                 cache_dir=Path(cache_dir) if cache_dir else None, progress=progress, figures=True,
-                                dist_ctx=dist_ctx)
+                                provenance=provenance, dist_ctx=dist_ctx)
             if not is_main_process():
                 return StudyResult(run.root, {}, trained.result.history)
-            finish_study(trained, run, started, processes=dist_ctx.world_size if dist_ctx else 1)
+            finish_study(trained, run, provenance, processes=dist_ctx.world_size if dist_ctx else 1)
     return StudyResult.read(run.root)
 
 
-def finish_study(trained: TrainingRun, run: RunDir, started: float, *, processes: int) -> dict[str, Any]:
+def finish_study(trained: TrainingRun, run: RunDir, provenance: Provenance, *, processes: int) -> dict[str, Any]:
     """Evaluate best.pt on the test split, write predictions, figures, metrics.json and the report."""
-    metrics, y_true, probs = evaluate_best(trained)
+    metrics, rows, y_true, probs = evaluate_best(trained)
     classes = trained.prepared.classes
-    write_predictions_csv(trained.prepared.split("test"), y_true, probs, classes, run.predictions)
+    write_predictions_csv(rows, y_true, probs, classes, run.predictions)
     write_result_figures(read_history_csv(run.history), metrics, y_true, probs, classes, run.figures,
                          trained.cfg.eval.ece_bins)
-    summary = run_summary(trained, metrics, processes=processes, wall_seconds=time.perf_counter() - started)
+    summary = run_summary(trained, metrics, processes=processes, wall_seconds=provenance.wall_seconds())
+    summary["provenance"] = provenance.to_json()
+    provenance.save()
     write_json(run.metrics, summary)
     write_report(run.root)
     log.info("test: accuracy %.4f, macro-F1 %.4f, loss %.4f (n=%d); wall time %.1f s", metrics["accuracy"],

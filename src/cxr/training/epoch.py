@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cxr.data.dataset import drop_skipped
 from cxr.errors import CxrError
 from cxr.metrics import epoch_metrics
 from cxr.progress import Progress
@@ -80,8 +81,13 @@ def train_one_epoch(
     desc = f"epoch {epoch}/{epochs} train" if epochs else f"epoch {epoch} train"
     with Progress(_images(loader), desc, enabled=compute.progress) as bar:
         for i, (x, y) in enumerate(loader):
-            x, y = compute.to(x), y.to(compute.device, non_blocking=True)
             stepping = (i + 1) % grad_accum == 0 or (total_batches is not None and i + 1 == total_batches)
+            x, y = drop_skipped(x, y)
+            if not len(y):  # every image of the batch was unreadable
+                if stepping:
+                    _optimizer_step(optimizer, scaler, scheduler)
+                continue
+            x, y = compute.to(x), y.to(compute.device, non_blocking=True)
             # DDP: all-reduce the gradients only on the micro-batch that steps
             sync = model.no_sync() if not stepping and hasattr(model, "no_sync") else contextlib.nullcontext()
             with sync:
@@ -144,6 +150,9 @@ def evaluate_epoch(
     probs: list[torch.Tensor] = []
     with Progress(_images(loader), desc, enabled=compute.progress) as bar:
         for x, y in loader:
+            x, y = drop_skipped(x, y)
+            if not len(y):
+                continue
             x, y = compute.to(x), y.to(compute.device, non_blocking=True)
             if tta:
                 p = tta_probs(logits_of, x)

@@ -276,6 +276,11 @@ def _extract_split(job: _Extraction, split: str, rows: list[Any], n_views: int, 
         desc = f"features {split}" + (f" view {view + 1}/{n_views}" if n_views > 1 else "")
         feats = extract_features(job.model, loader, job.device, job.precision, desc=desc,
                                  channels_last=cfg.train.channels_last, forward=job.forward, progress=job.progress)
+        bad = dataset.unreadable()
+        if bad:
+            listed = "; ".join(f"{row.path}: {reason}" for row, reason in bad[:5])
+            raise CxrError(f"{len(bad)} image(s) of the {split} split can no longer be read ({listed}); they "
+                           "changed after the split: restore them, or start a new run (--force) to split again")
         if store is None:  # the first view tells the channel count
             store = np.lib.format.open_memmap(path, mode="w+", dtype=STORE_DTYPE, shape=(n_views, *feats.shape))
         if store.dtype != np.float32 and not fits_float16(feats):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,17 +80,19 @@ class Checkpointer:
 
     classifier: the full model stored in every checkpoint (it needs `.preprocessing`).
     config, classes: the run's, stored with it.
+    on_save: called after every save.
     Only the main process writes; every process can restore.
     """
 
     def __init__(self, run: RunDir | str | Path, *, classifier: nn.Module, config: RunConfig,
-                 classes: Sequence[str]) -> None:
+                 classes: Sequence[str], on_save: Callable[[], None] | None = None) -> None:
         if getattr(classifier, "preprocessing", None) is None:
             raise TypeError("Checkpointer: the classifier stored in checkpoints needs a .preprocessing record")
         self.run = run if isinstance(run, RunDir) else RunDir(run)
         self.classifier = classifier
         self.config = config
         self.classes = list(classes)
+        self.on_save = on_save  # called after each save (e.g. to record the run's wall time so far)
 
     def save(
         self,
@@ -122,6 +124,8 @@ class Checkpointer:
         }
         save_checkpoint(self.run.last, **common, extra=extra)
         write_history_csv(state.history, self.run.history)
+        if self.on_save is not None:
+            self.on_save()
 
     def restore(
         self,

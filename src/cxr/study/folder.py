@@ -1,0 +1,130 @@
+"""Claiming a run folder: one writer at a time, no run overwritten by accident, a resume that fits.
+
+Before anything is written, `claim` takes the folder's lock (`cxr.rundir.RunLock`), refuses a folder
+that already holds a run (unless `resume` continues it or `force` replaces it), and for a resume checks
+that the data and the settings are those of the run. A run that fails before its first checkpoint in
+a folder it created leaves no folder behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from cxr.config import RunConfig, load_config, to_dict
+from cxr.data.discover import discover
+from cxr.errors import CxrError
+from cxr.rank import is_main_process
+from cxr.rundir import RunDir, RunLock, read_split_csv
+from cxr.training.distributed import run_on_main
+
+log = logging.getLogger(__name__)
+
+RUN_FOLDERS = ("checkpoints", "figures", "aug_images")  # what --force removes besides the run's files
+# Settings a resumed run may change: how long it trains, where it computes, what it evaluates.
+RESUMABLE = ("name", "data.root", "data.num_workers", "train.epochs", "train.finetune_epochs", "train.device",
+             "train.compile", "train.early_stopping", "eval.")
+_LISTED = 5
+
+
+def clear_run(run: RunDir) -> None:
+    """Remove a run's own files and folders (for --force); other files in the folder stay."""
+    for path in [*run.artefacts(), run.log]:
+        if path.is_file():
+            path.unlink()
+    for name in RUN_FOLDERS:
+        shutil.rmtree(run.root / name, ignore_errors=True)
+
+
+def check_folder(run: RunDir, *, resume: bool, force: bool) -> None:
+    """Refuse a folder that holds a run (unless resuming it, or replacing it with `force`)."""
+    if resume and force:
+        raise CxrError("--resume continues the run in the folder and --force replaces it: give one of them")
+    if resume and not run.last.is_file():
+        raise CxrError(f"cannot resume: {run.last} does not exist (run without --resume to start)")
+    existing = run.artefacts()
+    if not resume and existing:
+        if not force:
+            raise CxrError(
+                f"{run.root} already holds a run ({', '.join(p.name for p in existing[:3])}); use --resume to "
+                "continue it, --force to replace it, or choose another --out"
+            )
+        log.warning("--force: replacing the run in %s", run.root)
+        clear_run(run)
+
+
+def _flat(mapping: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_resume(cfg: RunConfig, data: Path, run: RunDir) -> None:
+    """A resume must continue the same run: its data (path, files, labels) and its settings."""
+    if not run.config.is_file():
+        raise CxrError(f"cannot resume: {run.config} is missing, so the run's settings are unknown")
+    saved = load_config(run.config)
+    if saved.data.root is not None and Path(saved.data.root).resolve() != data.resolve():
+        raise CxrError(f"cannot resume: the run in {run.root} was trained on {saved.data.root}, not on {data}; "
+                       f"give --data {saved.data.root}")
+    before, now = _flat(to_dict(saved)), _flat(to_dict(cfg))
+    changed = sorted(k for k in before.keys() | now.keys()
+                     if before.get(k) != now.get(k) and not k.startswith(RESUMABLE))
+    if changed:
+        listed = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:_LISTED])
+        raise CxrError(f"cannot resume with other settings ({listed}); resume with the run's own config "
+                       "(leave out --config/--set), or start a new run")
+    if run.split.is_file():
+        found = {s.path: s.label for s in discover(data).samples}
+        gone = [r for r in read_split_csv(run.split) if found.get(r.path) != r.label]
+        if gone:
+            listed = ", ".join(r.path for r in gone[:_LISTED])
+            raise CxrError(f"cannot resume: {len(gone)} image(s) of the run's split are missing from {data} or "
+                           f"have another class there (first: {listed})")
+
+
+@contextlib.contextmanager
+def claim(cfg: RunConfig, data: Path, run: RunDir, *, resume: bool, force: bool) -> Iterator[RunConfig]:
+    """Hold the run folder for the block; yields cfg with data.root set (see the module docstring).
+
+    Under torchrun rank 0 claims, and its refusal (a CxrError) stops every rank.
+    """
+    if not data.exists():
+        raise CxrError(f"data not found: {data}")
+    created = not run.root.exists()
+    try:
+        run.root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CxrError(f"cannot create the run folder {run.root}: {exc.strerror or exc}") from None
+    lock = RunLock(run)
+
+    def take() -> None:
+        try:
+            lock.acquire()
+        except PermissionError as exc:
+            raise CxrError(f"cannot write in {run.root}: {exc.strerror}") from None
+        check_folder(run, resume=resume, force=force)
+        if resume:
+            check_resume(cfg, data, run)
+
+    try:
+        run_on_main(take)  # a refusal here leaves the folder as it was
+    except BaseException:
+        lock.release()
+        raise
+    try:
+        yield dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(data.resolve())))
+    except BaseException:
+        if created and is_main_process() and not run.last.exists():
+            shutil.rmtree(run.root, ignore_errors=True)
+        raise
+    finally:
+        lock.release()
