@@ -35,7 +35,7 @@ def calibrated_model():
     batches, so a tiny untrained model still gives non-uniform outputs. Leaves torch's RNG untouched."""
     import torch
 
-    from cxr.models import build_model
+    from cxr.models.build import build_model
 
     def make(model_cfg, num_classes: int, size: int):
         with torch.random.fork_rng():

@@ -40,7 +40,8 @@ from cxr.checkpoint import config_of, load_checkpoint, model_from_checkpoint
 from cxr.config import RunConfig, save_config
 from cxr.data.discover import Discovery, discover
 from cxr.errors import CxrError
-from cxr.rundir import SPLITS, SplitRow, read_split_csv, write_split_csv
+from cxr.logs import RESULT
+from cxr.rundir import SPLITS, RunDir, SplitRow, read_split_csv, write_split_csv
 from cxr.runtime import (
     describe,
     is_main_process,
@@ -481,16 +482,24 @@ def _checkpoint_phase(out_dir: Path) -> int:
     return int((state.get("extra") or {}).get("phase", 1))
 
 
-def _start(cfg: RunConfig, data: Path, out_dir: Path, resume: bool) -> RunConfig:
+def _start(cfg: RunConfig, data: Path, out_dir: Path, resume: bool, force: bool = False) -> RunConfig:
+    """Check data and out_dir before anything is written; with `force`, delete a previous run's outputs."""
     data = Path(data)
     if not data.exists():
         raise CxrError(f"data not found: {data}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if resume and force:
+        raise CxrError("--resume continues the run in --out and --force replaces it: give one of them")
     last = out_dir / "checkpoints" / "last.pt"
     if resume and not last.is_file():
         raise CxrError(f"cannot resume: {last} does not exist (run without --resume to start)")
-    if not resume and last.is_file():
-        raise CxrError(f"{out_dir} already holds a run ({last}); use --resume to continue it or choose another --out")
+    if not resume and not force and last.is_file():
+        raise CxrError(f"{out_dir} already holds a run ({last}); use --resume to continue it, --force to "
+                       "replace it, or choose another --out")
+    if force and is_main_process():
+        removed = RunDir(out_dir).clear()
+        if removed:
+            log.info("--force: deleted the previous run's %s", ", ".join(p.name for p in removed))
+    out_dir.mkdir(parents=True, exist_ok=True)
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(data.resolve())))
 
 
@@ -508,11 +517,15 @@ def train(
     split_csv: str | Path | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> Path:
-    """Train only: config.yaml, split.csv, history.csv, checkpoints/ and log.txt in `out_dir`; returns it."""
+    """Train only: config.yaml, split.csv, history.csv, checkpoints/ and log.txt in `out_dir`; returns it.
+    `force` first deletes a previous run's outputs in `out_dir` (`RunDir.clear`) instead of refusing it."""
     out_dir = Path(out_dir)
+    if force and split_csv is not None and Path(split_csv).resolve() == RunDir(out_dir).split.resolve():
+        raise CxrError(f"--force would delete {split_csv}, the --split-csv to train on: copy it out of {out_dir} first")
     with distributed_session(cfg.train.device) as dist_ctx:  # no-op unless launched by torchrun
-        cfg = _start(cfg, Path(data), out_dir, resume)
+        cfg = _start(cfg, Path(data), out_dir, resume, force)
         with run_log(out_dir, append=resume):
             run = _train(cfg, Path(data), out_dir, resume=resume, use_feature_cache=use_feature_cache,
                          split_csv=Path(split_csv) if split_csv else None,
@@ -532,17 +545,19 @@ def run_study(
     use_feature_cache: bool | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> Path:
     """The whole study: split, figures, training, test evaluation of best.pt, figures and report.
 
     use_feature_cache: None follows the config (cache with freeze=base and train.feature_cache),
-    False forces the direct image path. Returns the run directory. Under torchrun every rank trains;
-    rank 0 alone evaluates and writes the report.
+    False forces the direct image path. `force` first deletes a previous run's outputs in `out_dir`
+    (`RunDir.clear`) instead of refusing the folder. Returns the run directory. Under torchrun every
+    rank trains; rank 0 alone evaluates and writes the report.
     """
     out_dir = Path(out_dir)
     with distributed_session(cfg.train.device) as dist_ctx:  # no-op unless launched by torchrun
         return _run_study(cfg, Path(data), out_dir, resume=resume, use_feature_cache=use_feature_cache,
-                          cache_dir=cache_dir, progress=progress, dist_ctx=dist_ctx)
+                          cache_dir=cache_dir, progress=progress, dist_ctx=dist_ctx, force=force)
 
 
 def _run_study(
@@ -555,9 +570,10 @@ def _run_study(
     cache_dir: str | Path | None,
     progress: bool,
     dist_ctx: DistributedContext | None,
+    force: bool = False,
 ) -> Path:
     started = time.perf_counter()
-    cfg = _start(cfg, data, out_dir, resume)
+    cfg = _start(cfg, data, out_dir, resume, force)
     with run_log(out_dir, append=resume):
         run = _train(cfg, data, out_dir, resume=resume, use_feature_cache=use_feature_cache,
                      split_csv=None, cache_dir=Path(cache_dir) if cache_dir else None, progress=progress,
@@ -598,8 +614,9 @@ def _run_study(
         log.info(
             "test: accuracy %.4f, macro-F1 %.4f, loss %.4f (n=%d); wall time %.1f s",
             metrics["accuracy"], metrics["macro_f1"], metrics["loss"], metrics["n"], summary["wall_seconds"],
+            extra=RESULT,  # the command prints these two itself
         )
-        log.info("report: %s", html)
+        log.info("report: %s", html, extra=RESULT)
     return out_dir
 
 
@@ -681,7 +698,7 @@ def evaluate_checkpoint(
     metrics = classification_metrics(y_true, probs, classes, loss=loss, n_boot=cfg.eval.bootstrap,
                                      ece_bins=cfg.eval.ece_bins, seed=cfg.train.seed)
     log.info("%s on %s (%s, %d images%s): accuracy %.4f, macro-F1 %.4f, loss %.4f", ckpt_path, data, split,
-             len(rows), ", TTA" if tta else "", metrics["accuracy"], metrics["macro_f1"], metrics["loss"])
+             len(rows), ", TTA" if tta else "", metrics["accuracy"], metrics["macro_f1"], metrics["loss"], extra=RESULT)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -789,13 +806,16 @@ def run_demo(
     cfg: RunConfig | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> Path:
-    """Generate the synthetic dataset into out_dir/data (once) and run the demo study in out_dir."""
+    """Generate the synthetic dataset into out_dir/data (once) and run the demo study in out_dir.
+    `force` replaces a previous demo run there (its outputs are deleted, out_dir/data is kept)."""
     from cxr.data.synthetic import CLASSES, generate_dataset
 
     out = Path(out_dir)
-    if (out / "checkpoints" / "last.pt").is_file():
-        raise CxrError(f"{out} already holds a demo run; choose another --out or delete that folder")
+    if not force and (out / "checkpoints" / "last.pt").is_file():
+        raise CxrError(f"{out} already holds a demo run; use --force to replace it (its data/ is kept) "
+                       "or choose another --out")
     data = out / "data"
     expected = len(CLASSES) * n_per_class
     existing = sum(1 for _ in data.glob("*/*.png")) if data.is_dir() else 0
@@ -804,4 +824,4 @@ def run_demo(
         generate_dataset(data, n_per_class=n_per_class, size=DEMO_IMAGE_SIZE, seed=DEMO_DATA_SEED)
     else:
         log.info("reusing the %d synthetic images in %s", existing, data)
-    return run_study(cfg or demo_config(), data, out, cache_dir=cache_dir, progress=progress)
+    return run_study(cfg or demo_config(), data, out, cache_dir=cache_dir, progress=progress, force=force)

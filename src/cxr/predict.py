@@ -27,6 +27,7 @@ from cxr.checkpoint import config_of, load_checkpoint, model_from_checkpoint
 from cxr.errors import CxrError
 from cxr.io import read_image, read_image_bytes
 from cxr.runtime import autocast, resolve_device, resolve_precision
+from cxr.suggest import did_you_mean
 from cxr.transforms import Preprocessing, resize_gray, to_input
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,10 @@ class Predictor:
     def class_index(self, name: str) -> int:
         """Position of class `name`; a CxrError lists the allowed names."""
         if name not in self._classes:
-            raise CxrError(f"unknown class {name!r}; this model's classes: {', '.join(self._classes)}")
+            raise CxrError(
+                f"unknown class {name!r}; this model's classes: {', '.join(self._classes)}"
+                f"{did_you_mean(name, self._classes)}"
+            )
         return self._classes.index(name)
 
     # ----------------------------------------------------------------------------------- inputs

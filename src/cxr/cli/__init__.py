@@ -13,8 +13,9 @@ import sys
 from collections.abc import Sequence
 
 from cxr import __version__
-from cxr.cli._common import add_logging_flags
+from cxr.cli._common import Parser, add_logging_flags
 from cxr.errors import CxrError
+from cxr.logs import HideResults
 
 log = logging.getLogger("cxr")
 
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, with every subcommand group registered."""
     from cxr.cli import data, model, predict, run
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="cxr",
         description=(
             "Chest X-ray classification: inspect and split a dataset, train and evaluate a "
@@ -39,17 +40,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"cxr {__version__}")
     add_logging_flags(parser)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", help="what to do (cxr COMMAND --help: its options)")
     for module in (data, model, run, predict):
         module.register(sub)
     return parser
 
 
 def setup_logging(verbose: int = 0, quiet: int = 0) -> None:
-    """Log to stderr at INFO by default; -v adds DEBUG, -q keeps WARNING and above."""
+    """Log to stderr at INFO by default; -v adds DEBUG, -q keeps WARNING and above. Results the
+    commands print on stdout (records logged with `cxr.logs.RESULT`) are not repeated on stderr."""
     level = logging.INFO - 10 * verbose + 10 * quiet
     level = min(max(level, logging.DEBUG), logging.ERROR)
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(HideResults())
     handler.setFormatter(logging.Formatter("%(message)s" if level > logging.DEBUG else "%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("cxr")
     root.handlers[:] = [handler]

@@ -24,6 +24,7 @@ from urllib.parse import quote
 import yaml
 
 from cxr.errors import CxrError
+from cxr.logs import RESULT
 
 log = logging.getLogger(__name__)
 
@@ -686,5 +687,5 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     html_path = run_dir / "report.html"
     md_path.write_text(render_markdown(blocks), encoding="utf-8")
     html_path.write_text(render_html(title, blocks), encoding="utf-8")
-    log.info("wrote %s and %s", md_path, html_path)
+    log.info("wrote %s and %s", md_path, html_path, extra=RESULT)  # `cxr run` prints the path itself
     return md_path, html_path

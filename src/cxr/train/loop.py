@@ -33,7 +33,7 @@ from torch import nn
 from tqdm import tqdm
 
 from cxr.checkpoint import load_checkpoint, save_checkpoint
-from cxr.config import RunConfig, TrainConfig
+from cxr.config import CLASS_WEIGHTS, OPTIMIZERS, SCHEDULES, RunConfig, TrainConfig
 from cxr.errors import CxrError
 from cxr.evaluate import epoch_metrics
 from cxr.runtime import (
@@ -58,9 +58,6 @@ HISTORY_COLUMNS = (
 )
 PHASE_COLUMN = "phase"  # written after HISTORY_COLUMNS: 1 = the head (seed recipe), 2 = fine-tuning
 METRIC_NAMES = ("loss", "accuracy", "precision", "recall", "macro_f1")
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("none", "step", "cosine")
-CLASS_WEIGHTS = ("none", "balanced")
 SGD_MOMENTUM = 0.9
 PROGRESS_EVERY = 5  # batches between progress-bar updates (each reads the running loss back from the device)
 
