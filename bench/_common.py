@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr.cli import reexec_with_malloc_tunables
 from cxr.data.discover import discover
+from cxr.malloc import reexec_with_malloc_tunables
 
 
 def start(script: str, argv: list[str], args: argparse.Namespace, prefix: str, subset_seed: int) -> tuple[Path, Path]:

@@ -2,91 +2,119 @@
 
 A run's configuration is built from these defaults, then a YAML file, then command-line overrides
 (dotted keys such as `train.epochs=3`), and the fully resolved result is saved in the run directory.
+The allowed values of each field sit beside it (`setting(default, check)`, checks from `cxr.checks`;
+backbones and weights from `cxr.models.catalog`), and `load_config`/`from_dict` check every field
+once, before any work starts. Torch-free.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from cxr.checks import FRACTION, Check, Choice, Each, NonEmpty, Ratios, Span, above, at_least
 from cxr.errors import CxrError
+from cxr.models import catalog
+from cxr.suggest import did_you_mean
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("none", "step", "cosine")
+CLASS_WEIGHTS = ("none", "balanced")  # balanced: sklearn's compute_class_weight('balanced')
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: bf16 where native, fp16 on older GPUs, else fp32
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+FREEZE_MODES = ("base", "stages:N", "none")  # N's upper bound is the backbone's stage count (models.build)
+FINETUNE_FREEZE_MODES = ("stages:N", "none")
+FILL_MODES = ("nearest", "constant", "reflect", "wrap")  # Keras fill_mode values (SciPy modes)
+MIN_IMAGE_SIZE = 32  # the backbones downsample 32x: a smaller input leaves no feature map
+
+
+def setting(default: Any, check: Check | None = None, *, describe: Callable[[], str] | None = None) -> Any:
+    """A config field with its allowed values: `check` runs at load (`validate_config`); `describe`
+    (or the check's own description) says what is allowed in --help."""
+    metadata: dict[str, Any] = {}
+    if check is not None:
+        metadata["check"] = check
+    if describe is not None:
+        metadata["describe"] = describe
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class DataConfig:
     root: str | None = None  # data folder or CSV manifest; None means "given on the command line"
-    ratios: tuple[float, float, float] = (0.7, 0.1, 0.2)  # train/val/test fractions (seed: 70/10/20)
-    split_seed: int = 123  # seed of the split (seed: splitfolders seed 123)
-    near_duplicate_threshold: int = 28  # max Hamming distance of 256-bit pHashes joined into one group
-    image_size: int = 224  # side of the square network input (seed: 224)
-    num_workers: int = -1  # DataLoader decoding workers; -1 = one per core, capped at 8
+    ratios: tuple[float, float, float] = setting((0.7, 0.1, 0.2), Ratios())  # train/val/test fractions (seed: 70/10/20)
+    split_seed: int = setting(123, at_least(0))  # seed of the split (seed: splitfolders seed 123)
+    near_duplicate_threshold: int = setting(28, at_least(0))  # max Hamming distance of 256-bit pHashes joined into one group
+    image_size: int = setting(224, at_least(MIN_IMAGE_SIZE))  # side of the square network input (seed: 224)
+    num_workers: int = setting(-1, at_least(-1))  # DataLoader decoding workers; -1 = one per core, capped at 8
 
 
 @dataclass
 class AugmentConfig:
     enabled: bool = True  # apply the training augmentation below (val/test are never augmented)
-    rotation: float = 5.0  # max rotation in degrees, uniform in [-r, r] (seed: rotation_range=5)
-    width_shift: float = 0.05  # max horizontal shift as a fraction of width (seed: 0.05)
-    height_shift: float = 0.05  # max vertical shift as a fraction of height (seed: 0.05)
-    brightness: tuple[float, float] = (0.9, 1.1)  # multiplicative brightness range (seed: [0.9, 1.1])
-    zoom: tuple[float, float] = (0.9, 1.1)  # zoom range, independent per axis as in Keras (seed)
+    rotation: float = setting(5.0, at_least(0))  # max rotation in degrees, uniform in [-r, r] (seed: rotation_range=5)
+    width_shift: float = setting(0.05, FRACTION)  # max horizontal shift as a fraction of width (seed: 0.05)
+    height_shift: float = setting(0.05, FRACTION)  # max vertical shift as a fraction of height (seed: 0.05)
+    brightness: tuple[float, float] = setting((0.9, 1.1), Span())  # multiplicative brightness range (seed: [0.9, 1.1])
+    zoom: tuple[float, float] = setting((0.9, 1.1), Span())  # zoom range, independent per axis as in Keras (seed)
     horizontal_flip: bool = True  # flip left-right with p=0.5 (seed: horizontal_flip=True)
-    fill_mode: str = "nearest"  # how pixels outside the image are filled: nearest|constant|reflect|wrap
+    fill_mode: str = setting("nearest", Choice(FILL_MODES))  # how pixels outside the image are filled
 
 
 @dataclass
 class ModelConfig:
-    backbone: str = "resnet50"  # resnet50 | resnet50-keras | efficientnet_lite0
-    weights: str = "random"  # imagenet | imagenet-v1 | keras-imagenet:PATH | file:PATH | lite0-imagenet | random
-    freeze: str = "base"  # base | stages:N | none
-    head: tuple[int, ...] = (2048, 512, 128)  # hidden widths of the MLP head (seed: 2048, 512, 128)
-    dropout: float = 0.0  # dropout before each hidden Linear of the head (seed: none)
+    backbone: str = setting("resnet50", describe=catalog.backbones_help)  # a name of cxr.models.catalog
+    weights: str = setting("random", describe=catalog.weights_help)  # a weights spec of that backbone (catalog)
+    freeze: str = setting("base", Choice(FREEZE_MODES))  # base: head only | stages:N: also the last N stages | none
+    head: tuple[int, ...] = setting((2048, 512, 128), Each(at_least(1)))  # hidden widths of the MLP head (seed: 2048, 512, 128)
+    dropout: float = setting(0.0, FRACTION)  # dropout before each hidden Linear of the head (seed: none)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 20  # passes over the training split (seed: 20)
-    batch_size: int = 32  # global batch size (seed: 32)
-    optimizer: str = "adam"  # adam | adamw | sgd (seed: adam)
-    lr: float = 1e-4  # learning rate of the head (seed: 1e-4)
-    backbone_lr_ratio: float = 0.1  # backbone lr = lr * ratio, for unfrozen stages
-    weight_decay: float = 0.0  # decoupled for adamw, L2 for adam/sgd
-    schedule: str = "none"  # none | step | cosine
-    step_epochs: int = 20  # step schedule: multiply lr by step_gamma every step_epochs epochs
-    step_gamma: float = 0.1  # step schedule factor (notebook: 10x drop after epoch 20)
-    warmup_epochs: float = 0.0  # linear warmup before the cosine schedule, in epochs
-    label_smoothing: float = 0.0  # cross-entropy label smoothing
-    class_weights: str = "none"  # none | balanced (sklearn's compute_class_weight('balanced'))
-    grad_accum: int = 1  # micro-batches accumulated per optimizer step
-    early_stopping: int = 0  # stop after this many epochs without val-loss improvement; 0 = off
-    seed: int = 123  # seeds Python, NumPy and torch for the run
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16 where native, fp16 on older GPUs)
+    epochs: int = setting(20, at_least(1))  # passes over the training split (seed: 20)
+    batch_size: int = setting(32, at_least(1))  # global batch size (seed: 32)
+    optimizer: str = setting("adam", Choice(OPTIMIZERS, ignore_case=True))  # optimizer of every trained parameter (seed: adam)
+    lr: float = setting(1e-4, above(0))  # learning rate of the head (seed: 1e-4)
+    backbone_lr_ratio: float = setting(0.1, at_least(0))  # backbone lr = lr * ratio, for unfrozen stages
+    weight_decay: float = setting(0.0, at_least(0))  # decoupled for adamw, L2 for adam/sgd
+    schedule: str = setting("none", Choice(SCHEDULES))  # lr schedule, per optimizer step
+    step_epochs: int = setting(20, at_least(1))  # step schedule: multiply lr by step_gamma every step_epochs epochs
+    step_gamma: float = setting(0.1, above(0))  # step schedule factor (notebook: 10x drop after epoch 20)
+    warmup_epochs: float = setting(0.0, at_least(0))  # linear warmup before the cosine schedule, in epochs
+    label_smoothing: float = setting(0.0, FRACTION)  # cross-entropy label smoothing
+    class_weights: str = setting("none", Choice(CLASS_WEIGHTS))  # loss weight per class
+    grad_accum: int = setting(1, at_least(1))  # micro-batches accumulated per optimizer step
+    early_stopping: int = setting(0, at_least(0))  # stop after this many epochs without val-loss improvement; 0 = off
+    seed: int = setting(123, at_least(0))  # seeds Python, NumPy and torch for the run
+    device: str = setting("auto", Choice(DEVICES, ignore_case=True))  # where to compute; auto: the first GPU, else the CPU
+    precision: str = setting("auto", Choice(PRECISIONS, ignore_case=True))  # compute precision
     channels_last: bool = True  # NHWC memory format for convolutions
     compile: bool = False  # torch.compile the model
     feature_cache: bool = True  # with freeze=base, train the head on cached backbone features
-    feature_views: int = 2  # augmented views per training image in the feature cache (2: measured, bench/README.md)
-    finetune_epochs: int = 0  # after the head phase, unfreeze (finetune_freeze) and train this many epochs
-    finetune_freeze: str = "none"  # freeze mode of the fine-tuning phase: stages:N | none
-    finetune_lr: float = 1e-4  # head lr in the fine-tuning phase
+    feature_views: int = setting(2, at_least(1))  # augmented views per training image in the feature cache (2: measured, bench/README.md)
+    finetune_epochs: int = setting(0, at_least(0))  # after the head phase, unfreeze (finetune_freeze) and train this many epochs
+    finetune_freeze: str = setting("none", Choice(FINETUNE_FREEZE_MODES))  # freeze mode of the fine-tuning phase
+    finetune_lr: float = setting(1e-4, above(0))  # head lr in the fine-tuning phase
 
 
 @dataclass
 class EvalConfig:
     tta: bool = False  # test-time augmentation: average over flip and small shifts
-    bootstrap: int = 1000  # bootstrap resamples for the 95% confidence intervals
-    ece_bins: int = 15  # bins of the expected calibration error
-    aug_samples: int = 20  # augmented training images saved to aug_images/
-    grid_per_class: int = 5  # images per class in the sample grid
+    bootstrap: int = setting(1000, at_least(0))  # bootstrap resamples for the 95% confidence intervals
+    ece_bins: int = setting(15, at_least(1))  # bins of the expected calibration error
+    aug_samples: int = setting(20, at_least(0))  # augmented training images saved to aug_images/
+    grid_per_class: int = setting(5, at_least(1))  # images per class in the sample grid
 
 
 @dataclass
 class RunConfig:
-    name: str = "seed"  # run name; the run directory defaults to runs/<name>
+    name: str = setting("seed", NonEmpty())  # run name; the run directory defaults to runs/<name>
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -107,16 +135,26 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def from_dict(data: dict[str, Any], cls: type = RunConfig, where: str = "") -> Any:
-    """Build a (nested) config dataclass from a dict, refusing unknown keys by name."""
+def from_dict(data: dict[str, Any], *, check_files: bool = True) -> RunConfig:
+    """Build a RunConfig from a (partial) nested dict and validate it (`validate_config`).
+
+    Unknown keys are refused by name, with the closest known key. `check_files=False` skips the
+    existence check of weights files (a checkpoint's config, read on another machine).
+    """
+    cfg = _build(data, RunConfig, "")
+    return validate_config(cfg, check_files=check_files)
+
+
+def _build(data: Any, cls: type, where: str) -> Any:
     if not isinstance(data, dict):
-        raise CxrError(f"config section '{where or 'top'}' must be a mapping, got {type(data).__name__}")
+        raise CxrError(f"config section '{where.rstrip('.') or 'top'}' must be a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key not in fields:
             raise CxrError(
-                f"unknown config key '{where + key}'; allowed: {', '.join(sorted(fields))}"
+                f"unknown config key '{where}{key}'{did_you_mean(where + str(key), [where + name for name in fields])}; "
+                f"allowed: {', '.join(sorted(fields))}"
             )
         kwargs[key] = _coerce(fields[key], value, where + key)
     return cls(**kwargs)
@@ -125,7 +163,7 @@ def from_dict(data: dict[str, Any], cls: type = RunConfig, where: str = "") -> A
 def _coerce(f: dataclasses.Field, value: Any, where: str) -> Any:
     default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
     if dataclasses.is_dataclass(default):
-        return from_dict(value, type(default), where + ".")
+        return _build(value, type(default), where + ".")
     if value is None or default is None:
         return value
     if isinstance(default, tuple):
@@ -151,8 +189,104 @@ def _scalar(kind: type, value: Any, where: str) -> Any:
         raise CxrError(f"config key '{where}' must be {kind.__name__}, got {value!r}") from None
 
 
+# ------------------------------------------------------------------------------------ validation
+
+
+def validate_config(cfg: RunConfig, *, check_files: bool = True) -> RunConfig:
+    """Check every field of `cfg` against its allowed values, and the backbone and weights against
+    the model catalog; the first problem is a CxrError naming the key, the value and what is allowed.
+    Returns `cfg`. `check_files=False` skips the existence check of a weights PATH."""
+    check_section(cfg, check_files=check_files)
+    return cfg
+
+
+def check_section(section: Any, prefix: str = "", *, check_files: bool = True) -> None:
+    """`validate_config` for one (nested) section, its keys named `prefix.field`; library code that
+    takes a section from any caller (e.g. `SeedAugment`) checks it with the same table."""
+    for f in dataclasses.fields(section):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            check_section(value, key, check_files=check_files)
+        elif "check" in f.metadata:
+            f.metadata["check"](key, value)
+    if isinstance(section, ModelConfig):
+        _check_model(section, prefix or "model", check_files=check_files)
+
+
+def _check_model(model: ModelConfig, prefix: str, *, check_files: bool) -> None:
+    """The backbone must be in the catalog and the weights must be one of its specs (a PATH must exist)."""
+    for key, check in (
+        ("backbone", lambda: catalog.get_backbone(model.backbone)),
+        ("weights", lambda: catalog.check_weights(model.weights, model.backbone, check_files=check_files)),
+    ):
+        try:
+            check()
+        except CxrError as exc:
+            raise CxrError(f"{prefix}.{key}: {exc}") from None
+
+
+def field_of(key: str) -> dataclasses.Field:
+    """The dataclass field of a dotted key ('train.epochs'); a CxrError names an unknown key."""
+    cls: Any = RunConfig
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if part not in fields:
+            where = ".".join(parts[:i])
+            known = [f"{where}.{name}" if where else name for name in fields]
+            raise CxrError(f"unknown config key {key!r}{did_you_mean(key, known)}")
+        found = fields[part]
+        if i == len(parts) - 1:
+            return found
+        cls = type(found.default_factory()) if found.default_factory is not dataclasses.MISSING else None
+        if cls is None or not dataclasses.is_dataclass(cls):
+            raise CxrError(f"config key {'.'.join(parts[: i + 1])!r} has no sub-keys (got {key!r})")
+    raise CxrError(f"empty config key {key!r}")
+
+
+def allowed_values(key: str) -> str | None:
+    """What a key allows, for help texts ('adam | adamw | sgd', '>= 1'); None when unconstrained."""
+    metadata = field_of(key).metadata
+    if "describe" in metadata:
+        return metadata["describe"]()
+    return metadata["check"].describe() if "check" in metadata else None
+
+
+def get_value(cfg: Any, key: str) -> Any:
+    """The value of a dotted key in a config ('train.epochs' -> cfg.train.epochs)."""
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------- files
+
+
+def merge_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """Set dotted-key `overrides` ({'train.epochs': 3}) in the nested dict `data` (changed in place);
+    None values are skipped."""
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        node = data
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise CxrError(f"config key {'.'.join(parts[: i + 1])!r} has no sub-keys (got {key!r})")
+        node[parts[-1]] = value
+    return data
+
+
+def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """A validated copy of `cfg` with dotted-key `overrides` applied (e.g. the demo's settings plus flags)."""
+    return from_dict(merge_overrides(to_dict(cfg), overrides))
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Defaults, then the YAML file at `path`, then dotted-key `overrides` (e.g. {'train.epochs': 3})."""
+    """Defaults, then the YAML file at `path`, then dotted-key `overrides` (e.g. {'train.epochs': 3});
+    the result is validated (`validate_config`) before anything else happens."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -165,15 +299,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         data = loaded or {}
         if not isinstance(data, dict):
             raise CxrError(f"config file {p} must hold a mapping, got {type(data).__name__}")
-    for key, value in (overrides or {}).items():
-        if value is None:
-            continue
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    return from_dict(data)
+    return from_dict(merge_overrides(data, overrides))
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:

@@ -25,6 +25,7 @@ from cxr.checkpoint import config_of, load_checkpoint, model_from_checkpoint
 from cxr.data.discover import discover
 from cxr.errors import CxrError
 from cxr.io import IMAGE_EXTENSIONS, read_image
+from cxr.logs import RESULT
 from cxr.predict import Predictor
 from cxr.transforms import Preprocessing, resize_gray, to_input
 
@@ -117,7 +118,7 @@ def export_onnx(
     proto.doc_string = "cxr chest X-ray classifier. " + meta["input"]
     onnx.checker.check_model(proto)
     onnx.save(proto, str(out))
-    log.info("wrote %s (opset %d, %d classes)", out, opset, len(ckpt["classes"]))
+    log.info("wrote %s (opset %d, %d classes)", out, opset, len(ckpt["classes"]), extra=RESULT)
     if check:
         diff = check_onnx(model, out, pre)
         _require_parity(diff, out)
@@ -171,7 +172,7 @@ def export_torchscript(checkpoint: str | Path | dict[str, Any], out: str | Path,
         meta = describe_input(ckpt["classes"], pre)
         meta["backbone"] = config_of(ckpt).model.backbone
         torch.jit.save(traced, str(out), _extra_files={TORCHSCRIPT_META: json.dumps(meta)})
-    log.info("wrote %s (TorchScript, %d classes)", out, len(ckpt["classes"]))
+    log.info("wrote %s (TorchScript, %d classes)", out, len(ckpt["classes"]), extra=RESULT)
     if check:
         diff = check_torchscript(model, out, pre)
         _require_parity(diff, out)
@@ -213,7 +214,7 @@ def check_onnx(model: nn.Module, path: str | Path, pre: Preprocessing, n: int = 
     session = ort_session(path)
     onnx_probs = session.run([OUTPUT_NAMES[0]], {INPUT_NAME: x.numpy()})[0]
     diff = float(np.abs(onnx_probs - _torch_probs(model.float().eval(), x)).max())
-    log.info("ONNX Runtime vs PyTorch: max abs probability difference %.3g on %d images", diff, n)
+    log.info("ONNX Runtime vs PyTorch: max abs probability difference %.3g on %d images", diff, n, extra=RESULT)
     return diff
 
 
@@ -227,7 +228,7 @@ def check_torchscript(model: nn.Module, path: str | Path, pre: Preprocessing, n:
     with torch.no_grad():
         ts_probs = loaded(x)[0].numpy()
     diff = float(np.abs(ts_probs - _torch_probs(model.float().eval(), x)).max())
-    log.info("TorchScript vs PyTorch: max abs probability difference %.3g on %d images", diff, n)
+    log.info("TorchScript vs PyTorch: max abs probability difference %.3g on %d images", diff, n, extra=RESULT)
     return diff
 
 
@@ -286,7 +287,7 @@ def quantize_onnx_int8(onnx_path: str | Path, out: str | Path, calibration: torc
     proto = onnx.load(str(out))
     _set_metadata(proto, meta)
     onnx.save(proto, str(out))
-    log.info("wrote %s (int8, calibrated on %d images)", out, calibration.shape[0])
+    log.info("wrote %s (int8, calibrated on %d images)", out, calibration.shape[0], extra=RESULT)
     return out
 
 

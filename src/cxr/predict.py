@@ -27,6 +27,7 @@ from cxr.hashing import file_sha256
 from cxr.io import pil_to_gray, read_image, read_image_bytes
 from cxr.malloc import tune_malloc
 from cxr.runtime import autocast, resolve_device, resolve_precision
+from cxr.suggest import did_you_mean
 from cxr.transforms import Preprocessing, resize_gray, to_input, tta_probs
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,10 @@ class Predictor:
     def class_index(self, name: str) -> int:
         """Position of class `name`; a CxrError lists the allowed names."""
         if name not in self._classes:
-            raise CxrError(f"unknown class {name!r}; this model's classes: {', '.join(self._classes)}")
+            raise CxrError(
+                f"unknown class {name!r}; this model's classes: {', '.join(self._classes)}"
+                f"{did_you_mean(name, self._classes)}"
+            )
         return self._classes.index(name)
 
     # ----------------------------------------------------------------------------------- inputs

@@ -18,6 +18,7 @@ import functools
 import io
 import json
 import os
+import shutil
 import socket
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -148,6 +149,22 @@ class RunDir:
         candidates = (self.config, self.split, self.audit, self.last, self.best, self.history, self.metrics,
                       self.predictions, self.report_md, self.report_html, self.provenance, self.split_report)
         return [p for p in candidates if p.exists()]
+
+    def outputs(self) -> list[Path]:
+        """Every file and folder a study writes here, present or not (what `clear` removes)."""
+        return [self.checkpoints, self.history, self.metrics, self.predictions, self.split, self.audit,
+                self.split_report, self.provenance, self.config, self.report_md, self.report_html, self.figures,
+                self.aug_images, self.log]
+
+    def clear(self) -> list[Path]:
+        """Delete the study's outputs (`outputs`), never anything else in the folder; returns what was deleted."""
+        removed = [p for p in self.outputs() if p.exists() or p.is_symlink()]
+        for path in removed:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        return removed
 
     @staticmethod
     def of_checkpoint(ckpt: str | Path) -> RunDir:

@@ -25,13 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from cxr.config import DEVICES, PRECISIONS
 from cxr.errors import CxrError
 from cxr.rank import is_main_process, local_world_size, world_size
+from cxr.suggest import did_you_mean
 
 log = logging.getLogger(__name__)
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
-PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
 CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 CPUINFO = Path("/proc/cpuinfo")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -51,12 +51,12 @@ def resolve_device(spec: str = "auto") -> torch.device:
         index_text = spec.partition(":")[2]
         if index_text:
             if not index_text.isdigit():
-                raise CxrError(f"bad device {spec!r}; allowed: {', '.join(DEVICE_CHOICES)}")
+                raise CxrError(f"bad device {spec!r}; allowed: {', '.join(DEVICES)}{did_you_mean(spec, DEVICES)}")
             count = torch.cuda.device_count()
             if int(index_text) >= count:
                 raise CxrError(f"device {spec!r} does not exist; this machine has cuda:0..cuda:{count - 1}")
         return torch.device(spec)
-    raise CxrError(f"unknown device {spec!r}; allowed: {', '.join(DEVICE_CHOICES)}")
+    raise CxrError(f"unknown device {spec!r}; allowed: {', '.join(DEVICES)}{did_you_mean(spec, DEVICES)}")
 
 
 def cpu_flags() -> set[str]:
@@ -82,8 +82,8 @@ def cpu_has_native_bf16() -> bool:
 def resolve_precision(spec: str, device: torch.device) -> str:
     """Map 'auto' | 'fp32' | 'bf16' | 'fp16' to the precision the loop runs with on `device`."""
     spec = (spec or "auto").strip().lower()
-    if spec not in PRECISION_CHOICES:
-        raise CxrError(f"unknown precision {spec!r}; allowed: {', '.join(PRECISION_CHOICES)}")
+    if spec not in PRECISIONS:
+        raise CxrError(f"unknown precision {spec!r}; allowed: {', '.join(PRECISIONS)}{did_you_mean(spec, PRECISIONS)}")
     if device.type == "cuda":
         bf16_ok = torch.cuda.is_bf16_supported()
         if spec == "auto":

@@ -21,11 +21,10 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
 
-from cxr.config import AugmentConfig
+from cxr.config import AugmentConfig, check_section
 from cxr.errors import CxrError
 
 PREPROCESSING_MODES = ("caffe", "imagenet", "half")
-FILL_MODES = ("nearest", "constant", "reflect", "wrap")  # Keras fill_mode values (SciPy modes)
 TTA_SHIFT_FRACTION = 0.04  # shift of the four shifted TTA views, as a fraction of the input side
 
 
@@ -112,7 +111,7 @@ class SeedAugment:
     """
 
     def __init__(self, cfg: AugmentConfig) -> None:
-        _check_config(cfg)
+        check_section(cfg, "augment")  # as at config load: configs are also made in code
         self.cfg = cfg
 
     def __repr__(self) -> str:
@@ -144,21 +143,6 @@ class SeedAugment:
         if not self.cfg.enabled:
             return img.astype(np.float32)
         return self.apply(img, self.sample_params(rng, img.shape))
-
-
-def _check_config(cfg: AugmentConfig) -> None:
-    if cfg.fill_mode not in FILL_MODES:
-        raise CxrError(f"unknown augment.fill_mode {cfg.fill_mode!r}; allowed: {', '.join(FILL_MODES)}")
-    if cfg.rotation < 0:
-        raise CxrError(f"augment.rotation must be >= 0 degrees, got {cfg.rotation}")
-    for name in ("width_shift", "height_shift"):
-        value = getattr(cfg, name)
-        if not 0 <= value < 1:
-            raise CxrError(f"augment.{name} must be a fraction in [0, 1), got {value}")
-    for name in ("zoom", "brightness"):
-        low, high = getattr(cfg, name)
-        if not 0 < low <= high:
-            raise CxrError(f"augment.{name} must be [low, high] with 0 < low <= high, got {[low, high]}")
 
 
 def affine_matrix(params: dict[str, Any], shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from cxr.cli import MALLOC_TUNABLES, MALLOC_TUNED_FLAG
+from cxr.malloc import MALLOC_TUNABLES, MALLOC_TUNED_FLAG
 
 CHILD = """
 import os, sys
-from cxr.cli import reexec_with_malloc_tunables
+from cxr.malloc import reexec_with_malloc_tunables
 if len(sys.argv) > 1:
     print(os.environ.get("GLIBC_TUNABLES"), os.environ.get("{flag}"), sys.argv[1])
 else:

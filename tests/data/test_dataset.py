@@ -11,7 +11,7 @@ from PIL import Image
 from torch.utils.data import SequentialSampler, TensorDataset
 
 from cxr.config import AugmentConfig
-from cxr.data.dataset import SplitDataset, make_loader
+from cxr.data.dataset import SKIPPED, SplitDataset, drop_skipped, make_loader
 from cxr.errors import CxrError
 from cxr.rundir import SplitRow
 from cxr.transforms import Preprocessing, SeedAugment, resize_gray, to_input
@@ -84,8 +84,21 @@ def test_unknown_label_and_negative_seed_are_user_errors(tmp_path: Path, rows: l
 
 def test_unreadable_image_names_the_file(tmp_path: Path, rows: list[SplitRow]) -> None:
     (tmp_path / rows[0].path).write_bytes(b"not a png")
+    strict = SplitDataset(tmp_path, rows, CLASSES, Preprocessing(size=SIZE), skip_unreadable=False)
     with pytest.raises(CxrError, match="0.png"):
-        _dataset(tmp_path, rows)[0]
+        strict[0]
+
+
+def test_unreadable_images_are_skipped_in_loader_workers_and_named(tmp_path: Path, rows: list[SplitRow]) -> None:
+    (tmp_path / rows[0].path).write_bytes(b"not a png")
+    dataset = _dataset(tmp_path, rows)
+    x, y = dataset[0]
+    assert y == SKIPPED and x.shape == (3, SIZE, SIZE)
+    loader = make_loader(dataset, batch_size=4, shuffle=False, num_workers=2, seed=0)
+    labels = [y for _, batch in loader for y in drop_skipped(torch.zeros(len(batch), 1), batch)[1].tolist()]
+    assert len(labels) == len(rows) - 1  # the worker's flag reached the main process
+    assert [(row.path, "not a recognised" in reason) for row, reason in dataset.unreadable()] == [(rows[0].path, True)]
+    assert dataset.readable_rows() == rows[1:]
 
 
 def _order(loader) -> list[int]:

@@ -94,7 +94,7 @@ def test_imagenet_from_hub_cache(
     torch.save(resnet_state, staging)
     prefix = hashlib.sha256(staging.read_bytes()).hexdigest()[:8]
     url = f"https://download.pytorch.org/models/resnet50-{prefix}.pth"
-    monkeypatch.setitem(W.TORCHVISION_RESNET50, "imagenet", W.HubFile(url, prefix, "test"))
+    monkeypatch.setitem(W.HUB_FILES, "imagenet", W.HubFile(url, prefix, "test"))
     cached = torch_home / "hub" / "checkpoints" / f"resnet50-{prefix}.pth"
     cached.parent.mkdir(parents=True)
     staging.rename(cached)

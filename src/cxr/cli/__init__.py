@@ -7,28 +7,22 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import platform
 import sys
 from collections.abc import Sequence
 
 from cxr import __version__
-from cxr.cli._common import add_logging_flags
+from cxr.cli._common import Parser, add_logging_flags
 from cxr.errors import CxrError
+from cxr.logs import HideResults
+from cxr.malloc import reexec_with_malloc_tunables
 
 log = logging.getLogger("cxr")
-
-# glibc returns large freed blocks to the OS and faults them in again on every iteration, which
-# makes PyTorch on CPU 2-4x slower in some VMs. These thresholds keep the memory in the process.
-MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184"
-MALLOC_TUNED_FLAG = "CXR_MALLOC_TUNED"  # set in the re-executed process
-
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, with every subcommand group registered."""
     from cxr.cli import compare, data, model, predict, run
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="cxr",
         description=(
             "Chest X-ray classification: inspect and split a dataset, train and evaluate a "
@@ -39,39 +33,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"cxr {__version__}")
     add_logging_flags(parser)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", help="what to do (cxr COMMAND --help: its options)")
     for module in (data, model, run, predict, compare):
         module.register(sub)
     return parser
 
 
 def setup_logging(verbose: int = 0, quiet: int = 0) -> None:
-    """Log to stderr at INFO by default; -v adds DEBUG, -q keeps WARNING and above."""
+    """Log to stderr at INFO by default; -v adds DEBUG, -q keeps WARNING and above. Results the
+    commands print on stdout (records logged with `cxr.logs.RESULT`) are not repeated on stderr."""
     level = logging.INFO - 10 * verbose + 10 * quiet
     level = min(max(level, logging.DEBUG), logging.ERROR)
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(HideResults())
     handler.setFormatter(logging.Formatter("%(message)s" if level > logging.DEBUG else "%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("cxr")
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
-
-
-def reexec_with_malloc_tunables(command: Sequence[str]) -> None:
-    """Re-execute `command` (a full argv) once with glibc malloc tunables set; no-op where not glibc,
-    already tuned, or GLIBC_TUNABLES is set by the user. Also used by the benchmark scripts."""
-    if (
-        sys.platform != "linux"
-        or platform.libc_ver()[0] != "glibc"
-        or os.environ.get(MALLOC_TUNED_FLAG)
-        or "GLIBC_TUNABLES" in os.environ
-    ):
-        return
-    env = dict(os.environ, GLIBC_TUNABLES=MALLOC_TUNABLES, **{MALLOC_TUNED_FLAG: "1"})
-    try:
-        os.execve(sys.executable, list(command), env)
-    except OSError:  # pragma: no cover - exec not permitted: run untuned
-        return
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,10 +1,82 @@
-"""Small helpers shared by the subcommand modules."""
+"""Small helpers shared by the subcommand modules: the parser class, its help format, argparse types."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
+
+from cxr.suggest import did_you_mean
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Appends "(default: X)" where an option has a real default and its help does not name one.
+
+    An action may carry `default_text` (a string, or a callable evaluated only when help is shown)
+    to show instead of its argparse default, e.g. the config's value of the key it sets.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = shown_default(action)
+        if default and "(default" not in text:
+            text += f" (default: {default.replace('%', '%%')})"
+        return text
+
+
+def shown_default(action: argparse.Action) -> str | None:
+    """The default an option's help shows, or None (no value, a switch, a count, or unset)."""
+    custom = getattr(action, "default_text", None)
+    if custom is not None:
+        return custom() if callable(custom) else custom
+    value = action.default
+    if isinstance(action, argparse._CountAction) or value is None or value is False or value == argparse.SUPPRESS:
+        return None
+    if isinstance(value, list | tuple):
+        return " ".join(map(str, value)) if value else None
+    return str(value)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and "did you mean" for mistyped subcommands, choices and options.
+
+    Abbreviated options are off: `--epoch` is a mistake to point out (did you mean --epochs?), not a
+    prefix to guess from.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """One line on stderr and exit status 2 (argparse prints the whole usage first)."""
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if action.choices is not None and value not in action.choices:
+            choices = [str(c) for c in action.choices]
+            raise argparse.ArgumentError(
+                action,
+                f"invalid choice: {value!r}{did_you_mean(str(value), choices)}; choose from {', '.join(choices)}",
+            )
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        """As argparse, but unknown arguments are an error here, where this (sub)command's options are known."""
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(self._unrecognized(extras))
+        return parsed, extras
+
+    def _unrecognized(self, extras: list[str]) -> str:
+        message = f"unrecognized arguments: {' '.join(extras)}"
+        option = next((e.partition("=")[0] for e in extras if e.startswith("-")), None)
+        if option is not None:
+            message += did_you_mean(option, [o for o in self._option_string_actions if o.startswith("--")])
+        return message
 
 
 def add_logging_flags(parser: argparse.ArgumentParser, *, top: bool = True) -> None:
@@ -22,12 +94,7 @@ def add_command(
     description: str | None = None,
 ) -> argparse.ArgumentParser:
     """Add a subcommand that runs `func(args)`; `func=None` for a group that only holds subcommands."""
-    parser = sub.add_parser(
-        name,
-        help=help,
-        description=description or help,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = sub.add_parser(name, help=help, description=description or help, formatter_class=HelpFormatter)
     add_logging_flags(parser, top=False)
     if func is not None:
         parser.set_defaults(func=func)

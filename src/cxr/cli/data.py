@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from cxr.cli._common import add_command, positive_int
-from cxr.config import DataConfig, EvalConfig, load_config
+from cxr.config import DataConfig, EvalConfig, allowed_values, load_config
 from cxr.data.audit import AuditReport
 from cxr.data.hashes import DEFAULT_NEAR_THRESHOLD, NEAR_METHOD, PHASH_BITS
 from cxr.errors import CxrError
@@ -22,7 +22,7 @@ _SHOWN_SIZES = 3  # most common image sizes printed per class
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `cxr data {inspect,split,augment-samples}` to the `cxr` parser."""
     group = add_command(sub, "data", None, "inspect, split and preview a dataset")
-    data_sub = group.add_subparsers(dest="data_command", metavar="COMMAND")
+    data_sub = group.add_subparsers(dest="data_command", metavar="COMMAND", help="what to do with the dataset")
 
     p = add_command(
         data_sub,
@@ -58,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         nargs="+",
         default=list(DataConfig().ratios),
         metavar="R",
-        help="train, val and test fractions (3 positive numbers summing to 1)",
+        help=f"train, val and test fractions: {allowed_values('data.ratios')}",
     )
     p.add_argument("--seed", type=int, default=DataConfig().split_seed, help="seed of the split")
     p.add_argument("--report", type=Path, metavar="FILE", help="also write the split report as JSON")

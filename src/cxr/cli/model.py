@@ -8,8 +8,10 @@ import sys
 from typing import TYPE_CHECKING
 
 from cxr.cli._common import add_command, positive_int
-from cxr.config import ModelConfig
+from cxr.cli.flags import MODEL_FLAGS, add_flags, flag_overrides
+from cxr.config import ModelConfig, RunConfig, apply_overrides
 from cxr.errors import CxrError
+from cxr.models import catalog
 
 if TYPE_CHECKING:
     from torch import nn
@@ -25,29 +27,21 @@ def _emit(text: str = "") -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's subcommands to the `cxr` parser."""
     group = add_command(sub, "model", None, "inspect model architectures and pretrained weights")
-    model_sub = group.add_subparsers(dest="model_command", metavar="SUBCOMMAND")
+    model_sub = group.add_subparsers(dest="model_command", metavar="SUBCOMMAND", help="what to show")
     summary = add_command(
         model_sub, "summary", run_summary, "layer table with output shapes and parameter counts"
     )
-    summary.add_argument("--backbone", default=DEFAULTS.backbone, help="resnet50 | resnet50-keras | efficientnet_lite0")
-    summary.add_argument("--weights", default=DEFAULTS.weights, help="random | imagenet | imagenet-v1 | keras-imagenet:PATH | file:PATH | lite0-imagenet (see `cxr model weights`)")
-    summary.add_argument("--freeze", default=DEFAULTS.freeze, help="base | stages:N | none")
-    summary.add_argument("--classes", type=positive_int, default=4, help="number of output classes")
+    add_flags(summary, MODEL_FLAGS)
+    summary.add_argument("--classes", type=positive_int, default=4, metavar="N", help="number of output classes")
     summary.add_argument(
-        "--head", default=",".join(map(str, DEFAULTS.head)), help="hidden widths of the head, comma-separated"
-    )
-    summary.add_argument("--dropout", type=float, default=DEFAULTS.dropout, help="head dropout")
-    summary.add_argument(
-        "--input-size",
-        type=positive_int,
-        default=None,
-        help="side of the dummy input (default: the weights' size)",
+        "--head", default=",".join(map(str, DEFAULTS.head)), metavar="W,...",
+        help="hidden widths of the head, comma-separated",
     )
     summary.add_argument(
-        "--depth",
-        type=positive_int,
-        default=None,
-        help="show modules down to this depth (default: every leaf)",
+        "--input-size", type=positive_int, metavar="N", help="side of the dummy input (default: the weights' size)"
+    )
+    summary.add_argument(
+        "--depth", type=positive_int, metavar="N", help="show modules down to this depth (default: every leaf)"
     )
     summary.add_argument("--json", action="store_true", help="print only the parameter counts as JSON")
     weights = add_command(
@@ -68,13 +62,8 @@ def run_summary(args: argparse.Namespace) -> int:
     """Build the model (loading its weights) and print the layer table and parameter counts."""
     from cxr.models.build import build_model, count_parameters
 
-    cfg = ModelConfig(
-        backbone=args.backbone,
-        weights=args.weights,
-        freeze=args.freeze,
-        head=_parse_head(args.head),
-        dropout=args.dropout,
-    )
+    overrides = {**flag_overrides(args, MODEL_FLAGS), "model.head": list(_parse_head(args.head))}
+    cfg = apply_overrides(RunConfig(), overrides).model  # validated: backbone, weights, freeze, head
     model = build_model(cfg, num_classes=args.classes)
     counts = count_parameters(model)
     if args.json:
@@ -84,7 +73,9 @@ def run_summary(args: argparse.Namespace) -> int:
     rows = layer_table(model, size, args.depth)
     _emit(format_table(rows))
     _emit()
+    entry, _ = catalog.find_weights(cfg.weights, cfg.backbone)
     _emit(f"backbone {cfg.backbone}, weights {cfg.weights}, freeze {cfg.freeze}, input 1x3x{size}x{size}")
+    _emit(f"backbone: {catalog.get_backbone(cfg.backbone).description}; weights: {entry.help}")
     _emit(f"preprocessing: {model.preprocessing.mode}")
     for key, label in (("total", "Total"), ("trainable", "Trainable"), ("non_trainable", "Non-trainable")):
         _emit(f"{label} params: {counts[key]:,}")
@@ -168,14 +159,23 @@ def format_table(rows: list[dict[str, str]]) -> str:
 
 
 def run_weights(args: argparse.Namespace) -> int:
-    """Which weight specs fit which backbone, and whether the torchvision files are in the hub cache."""
-    from cxr.models.backbones import BACKBONES
-    from cxr.models.weights import TORCHVISION_RESNET50, allowed_for, hub_checkpoint_path
+    """The catalog: which weight specs fit which backbone, and whether the hub files are in the cache."""
+    from cxr.models.weights import HUB_FILES, hub_checkpoint_path
 
     info = {
         "backbones": {
-            name: {"weights": allowed_for(name), "description": spec.description}
-            for name, spec in BACKBONES.items()
+            name: {
+                "weights": catalog.allowed_for(name),
+                "description": bb.description,
+                "variant": bb.variant,
+                "preprocessing": bb.preprocessing,
+                "entries": [
+                    {"spec": e.spec, "kind": e.kind, "preprocessing": e.preprocessing or bb.preprocessing,
+                     "help": e.help}
+                    for e in bb.weights
+                ],
+            }
+            for name, bb in catalog.BACKBONES.items()
         },
         "torchvision": {
             spec: {
@@ -183,14 +183,16 @@ def run_weights(args: argparse.Namespace) -> int:
                 "path": str(hub_checkpoint_path(hub)),
                 "cached": hub_checkpoint_path(hub).is_file(),
             }
-            for spec, hub in TORCHVISION_RESNET50.items()
+            for spec, hub in HUB_FILES.items()
         },
     }
     if args.json:
         _emit(json.dumps(info, indent=2))
         return 0
     for name, entry in info["backbones"].items():
-        _emit(f"{name:20s} {entry['description']}\n{'':20s} weights: {entry['weights']}")
+        _emit(f"{name}: {entry['description']} (variant {entry['variant']}, preprocessing {entry['preprocessing']})")
+        for w in entry["entries"]:
+            _emit(f"  {w['spec']:21s} {w['kind']:8s} {w['help']} [{w['preprocessing']}]")
     _emit()
     for spec, entry in info["torchvision"].items():
         state = "cached" if entry["cached"] else "not cached: download the URL to that path"

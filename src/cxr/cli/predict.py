@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from cxr.cli._common import add_command, existing_path, positive_int
+from cxr.config import DEVICES
 from cxr.errors import CxrError, ImageReadError
 
 log = logging.getLogger(__name__)
 
 OUTPUT_SUFFIXES = (".csv", ".json")
+EXPORT_FORMATS = ("onnx", "torchscript")
+DEVICE_HELP = f"where to compute: {' | '.join(DEVICES)}"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,42 +31,45 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "status is 1 when any were skipped, 0 otherwise.")
     p.add_argument("checkpoint", type=existing_path, help="a cxr checkpoint (.pt), e.g. runs/NAME/checkpoints/best.pt")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
-    p.add_argument("--out", type=Path, help="write predictions to this .csv or .json file (default: a table on stdout)")
+    p.add_argument("--out", type=Path, metavar="FILE",
+                   help="write predictions to this .csv or .json file (default: a table on stdout)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average over flip and small shifts")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="images per forward pass")
+    p.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
 
     p = add_command(sub, "explain", cmd_explain, "Grad-CAM heatmap of one image, overlaid on the X-ray")
     p.add_argument("checkpoint", type=existing_path, help="a cxr checkpoint (.pt)")
     p.add_argument("image", type=existing_path, help="the image file")
-    p.add_argument("--out", type=Path, required=True, help="output PNG")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE", help="output PNG")
     p.add_argument("--class", dest="class_name", metavar="NAME", help="class to explain (default: the predicted one)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
 
     p = add_command(sub, "export", cmd_export, "export a checkpoint to ONNX or TorchScript",
                     description="Export the classifier (input: the normalised tensor, output: class probabilities; "
                     "the preprocessing is recorded in the file's metadata). --check compares the export with "
                     "PyTorch on 16 images and exits 1 when probabilities differ by 1e-4 or more.")
     p.add_argument("checkpoint", type=existing_path, help="a cxr checkpoint (.pt)")
-    p.add_argument("--format", dest="fmt", choices=("onnx", "torchscript"), required=True, help="export format")
-    p.add_argument("--out", type=Path, required=True, help="output file (.onnx or .pt)")
+    p.add_argument("--format", dest="fmt", choices=EXPORT_FORMATS, required=True, metavar="FORMAT",
+                   help=f"export format: {' | '.join(EXPORT_FORMATS)}")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE", help="output file (.onnx or .pt)")
     p.add_argument("--check", action="store_true", help="verify parity with PyTorch after exporting")
-    p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset version")
+    p.add_argument("--opset", type=positive_int, default=17, metavar="N", help="ONNX opset version")
     p.add_argument("--int8", type=existing_path, metavar="CALIB_DIR",
                    help="onnx only: also write OUT with suffix .int8.onnx, ONNX Runtime static int8 quantization "
                    "calibrated on up to 64 images of CALIB_DIR (use training images)")
     p.add_argument("--eval", type=existing_path, metavar="DATA_DIR",
                    help="onnx only: measure the accuracy of PyTorch and of each ONNX file on this labelled folder")
-    p.add_argument("--eval-limit", type=positive_int, help="with --eval: use this many images (evenly spaced)")
+    p.add_argument("--eval-limit", type=positive_int, metavar="N",
+                   help="with --eval: use this many images, evenly spaced (default: all)")
 
     p = add_command(sub, "serve", cmd_serve, "serve a checkpoint over HTTP (API + web page)",
                     description="Start the HTTP API (POST /v1/predict, POST /v1/explain, GET /v1/health, "
                     "GET /v1/model) and the web page at / with uvicorn. Needs the `serve` extra.")
     p.add_argument("checkpoint", type=existing_path, help="a cxr checkpoint (.pt)")
-    p.add_argument("--host", default="127.0.0.1", help="interface to listen on")
-    p.add_argument("--port", type=int, default=8000, help="TCP port")
-    p.add_argument("--max-body-mb", type=float, default=20.0, help="largest accepted request body, in MB")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--host", default="127.0.0.1", metavar="ADDRESS", help="interface to listen on")
+    p.add_argument("--port", type=int, default=8000, metavar="N", help="TCP port")
+    p.add_argument("--max-body-mb", type=float, default=20.0, metavar="MB", help="largest accepted request body, in MB")
+    p.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
 
 
 def _echo(text: str) -> None:

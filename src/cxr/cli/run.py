@@ -11,20 +11,14 @@ from typing import Any
 import yaml
 
 from cxr.cli._common import add_command, positive_int
+from cxr.cli.flags import DEMO_FLAGS, RUN_FLAGS, add_flags, flag_overrides
+from cxr.config import DEVICES, PRECISIONS
 from cxr.errors import CxrError
 from cxr.rank import is_main_process
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Show a flag's default only where it has one (flags that override the config default to None)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default in (None, False, []):
-            return action.help or ""
-        return super()._get_help_string(action)
-
-
-FREEZE_HELP = "base (train the head only, the seed) | stages:N (also train the last N backbone stages) | none"
+DEVICE_HELP = " | ".join(DEVICES)
+FORCE_HELP = ("replace the run in --out: its checkpoints, history, metrics, predictions, split, audit, "
+              "config, report, figures, aug_images and log.txt are deleted first (nothing else is)")
 
 
 def _say(text: object) -> None:
@@ -76,9 +70,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--tta", action="store_true",
                           help="test-time augmentation: average the horizontal flip and four small shifts")
     evaluate.add_argument("--batch-size", type=positive_int, metavar="N", help="batch size (default: the run's)")
-    evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    evaluate.add_argument("--precision", default="auto", choices=PRECISIONS,
-                          help="compute precision; auto = bf16 where native, else fp32 (fp16 on older GPUs)")
+    evaluate.add_argument("--device", default="auto", metavar="DEVICE", help=f"where to compute: {DEVICE_HELP}")
+    evaluate.add_argument("--precision", default="auto", choices=PRECISIONS, metavar="MODE",
+                          help="compute precision: auto (bf16 where native, else fp32; fp16 on older GPUs) | "
+                               + " | ".join(PRECISIONS[1:]))
 
     demo = add_command(
         sub, "demo", cmd_demo, "the main job on built-in synthetic images (a few minutes on a CPU)",
@@ -89,12 +84,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR", help="run directory")
-    demo.add_argument("--n-per-class", type=positive_int, metavar="N", help="synthetic images per class")
-    demo.add_argument("--epochs", type=positive_int, metavar="N", help="training epochs")
-    demo.add_argument("--no-feature-cache", action="store_true", help="train on images every epoch")
-    demo.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    for parser in (run, train, evaluate, demo):
-        parser.formatter_class = _HelpFormatter
+    demo.add_argument("--force", action="store_true", help=FORCE_HELP.replace("--out", "DIR") + "; DIR/data is kept")
+    n_per_class = demo.add_argument("--n-per-class", type=positive_int, metavar="N", help="synthetic images per class")
+    n_per_class.default_text = _demo_images_per_class  # type: ignore[attr-defined]
+    add_flags(demo, DEMO_FLAGS, base=_demo_config, whose="the demo's")
+
+
+def _demo_config() -> Any:
+    from cxr.study.presets import demo_config  # imports torch: only called when the demo's help is shown
+
+    return demo_config()
+
+
+def _demo_images_per_class() -> str:
+    from cxr.study.presets import DEMO_IMAGES_PER_CLASS
+
+    return str(DEMO_IMAGES_PER_CLASS)
 
 
 def _training_flags(parser: argparse.ArgumentParser) -> None:
@@ -102,25 +107,11 @@ def _training_flags(parser: argparse.ArgumentParser) -> None:
                         help="data folder (Kaggle COVID-19 Radiography layout, class-per-folder) or CSV manifest")
     parser.add_argument("--config", type=Path, metavar="FILE",
                         help="YAML config (e.g. configs/seed.yaml); with --resume the run's config.yaml by default")
-    parser.add_argument("--backbone", help="resnet50 | resnet50-keras | efficientnet_lite0")
-    parser.add_argument("--weights",
-                        help="imagenet | imagenet-v1 | keras-imagenet:PATH | file:PATH | lite0-imagenet | random")
-    parser.add_argument("--freeze", help=FREEZE_HELP)
-    parser.add_argument("--epochs", type=positive_int, metavar="N", help="training epochs (seed: 20)")
-    parser.add_argument("--batch-size", type=positive_int, metavar="N", help="batch size (seed: 32)")
-    parser.add_argument("--lr", type=float, metavar="X", help="head learning rate (seed: 1e-4)")
-    parser.add_argument("--seed", type=int, metavar="N",
-                        help="seed of the split and of training (use --set train.seed=N to vary training only)")
     parser.add_argument("--out", type=Path, metavar="DIR", help="run directory (default: runs/<name>)")
-    parser.add_argument("--name", help="run name (default: the --out folder's name, else the config's name)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from checkpoints/last.pt (same split, same result)")
-    parser.add_argument("--no-feature-cache", action="store_true",
-                        help="with freeze=base, still run the backbone on images every epoch (the direct path)")
-    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--precision", choices=PRECISIONS,
-                        help="compute precision; auto = bf16 where native, else fp32 (fp16 on older GPUs)")
-    parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the trained module")
+    parser.add_argument("--force", action="store_true", help=FORCE_HELP)
+    add_flags(parser, RUN_FLAGS)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key, e.g. --set train.schedule=cosine --set data.image_size=128 "
                              "(repeatable; values are parsed as YAML)")
@@ -145,24 +136,9 @@ def resolve_config(args: argparse.Namespace) -> tuple[Any, Path]:
     from cxr.config import load_config
 
     overrides = parse_overrides(args.overrides)
-    flags = {
-        "model.backbone": args.backbone,
-        "model.weights": args.weights,
-        "model.freeze": args.freeze,
-        "train.epochs": args.epochs,
-        "train.batch_size": args.batch_size,
-        "train.lr": args.lr,
-        "train.seed": args.seed,
-        "data.split_seed": args.seed,
-        "train.device": args.device,
-        "train.precision": args.precision,
-        "train.compile": args.compile,
-        "train.feature_cache": False if args.no_feature_cache else None,
-        "name": args.name,
-    }
+    overrides.update(flag_overrides(args, RUN_FLAGS))
     if args.out is not None and args.name is None:
-        flags["name"] = args.out.name
-    overrides.update({k: v for k, v in flags.items() if v is not None})
+        overrides["name"] = args.out.name
     config_file = args.config
     if config_file is None and args.resume and args.out is not None and (args.out / "config.yaml").is_file():
         config_file = args.out / "config.yaml"
@@ -175,7 +151,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from cxr.study import run_study
 
     cfg, out = resolve_config(args)
-    run_dir = run_study(cfg, args.data, out, resume=args.resume).run_dir
+    run_dir = run_study(cfg, args.data, out, resume=args.resume, force=args.force).run_dir
     _print_summary(run_dir)
     _say(run_dir / "report.html")
     return 0
@@ -185,7 +161,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from cxr.study import train
 
     cfg, out = resolve_config(args)
-    run_dir = train(cfg, args.data, out, resume=args.resume, split_csv=args.split_csv).run_dir
+    run_dir = train(cfg, args.data, out, resume=args.resume, force=args.force, split_csv=args.split_csv).run_dir
     _say(run_dir / "checkpoints" / "best.pt")
     return 0
 
@@ -204,18 +180,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from cxr.config import apply_overrides
     from cxr.study import demo_config, run_demo
     from cxr.study.presets import DEMO_IMAGES_PER_CLASS
 
-    cfg = demo_config()
-    if args.epochs:
-        cfg.train.epochs = args.epochs
-    if args.device:
-        cfg.train.device = args.device
-    if args.no_feature_cache:
-        cfg.train.feature_cache = False
-    cfg.name = args.out.name or cfg.name
-    run_dir = run_demo(args.out, n_per_class=args.n_per_class or DEMO_IMAGES_PER_CLASS, cfg=cfg).run_dir
+    overrides = flag_overrides(args, DEMO_FLAGS)
+    overrides["name"] = args.out.name or "demo"
+    cfg = apply_overrides(demo_config(), overrides)
+    run_dir = run_demo(args.out, n_per_class=args.n_per_class or DEMO_IMAGES_PER_CLASS, cfg=cfg,
+                       force=args.force).run_dir
     _print_summary(run_dir)
     _say(run_dir / "report.html")
     return 0

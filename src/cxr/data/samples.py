@@ -19,6 +19,7 @@ from cxr.config import AugmentConfig
 from cxr.data.discover import Sample
 from cxr.errors import CxrError
 from cxr.io import read_image
+from cxr.logs import RESULT
 from cxr.transforms import SeedAugment, resize_gray
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def write_augmented_samples(
         path = _free_name(out_dir, index, rng)
         Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8)).save(path)
         paths.append(path)
-    log.info("wrote %d augmented samples to %s", len(paths), out_dir)
+    log.info("wrote %d augmented samples to %s", len(paths), out_dir, extra=RESULT)  # commands print it
     return paths
 
 

@@ -26,28 +26,15 @@ from typing import Any
 
 import numpy as np
 
+from cxr.checks import validate_ratios
 from cxr.data.audit import AuditReport, audit
 from cxr.data.discover import Discovery
 from cxr.data.hashes import DEFAULT_NEAR_THRESHOLD, NEAR_METHOD, PHASH_BITS, UnionFind
-from cxr.errors import CxrError
 from cxr.rundir import SPLITS, SplitRow, split_counts
 
 log = logging.getLogger(__name__)
 
-_RATIO_TOLERANCE = 1e-6
 _GROUP_ID_HEX = 10  # hex digits of the group id (40 bits: collisions are negligible)
-
-
-def validate_ratios(ratios: tuple[float, ...] | list[float]) -> tuple[float, float, float]:
-    """Three positive numbers (train, val, test) summing to 1; the error names what was given."""
-    values = tuple(float(r) for r in ratios)
-    if len(values) != len(SPLITS) or any(not math.isfinite(r) or r <= 0 for r in values):
-        raise CxrError(
-            f"split ratios must be 3 positive numbers (train val test) summing to 1, got {list(ratios)}"
-        )
-    if abs(sum(values) - 1.0) > _RATIO_TOLERANCE:
-        raise CxrError(f"split ratios must sum to 1, got {list(ratios)} (sum {sum(values):g})")
-    return values  # type: ignore[return-value]
 
 
 def largest_remainder(n: int, ratios: tuple[float, ...]) -> list[int]:

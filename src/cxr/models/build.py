@@ -14,7 +14,7 @@ import logging
 import torch
 from torch import nn
 
-from cxr.config import ModelConfig
+from cxr.config import FREEZE_MODES, ModelConfig
 from cxr.errors import CxrError
 from cxr.models.backbones import create_backbone
 from cxr.models.head import Head
@@ -22,9 +22,6 @@ from cxr.models.weights import resolve_weights
 from cxr.transforms import Preprocessing
 
 log = logging.getLogger(__name__)
-
-FREEZE_MODES = "base, stages:N, none"
-
 
 class Classifier(nn.Module):
     """A backbone with ``forward_features`` and the MLP head; frozen BatchNorms stay in eval mode."""
@@ -74,7 +71,9 @@ def parse_freeze(mode: str, num_stages: int) -> int:
     kind, _, count = str(mode).partition(":")
     if kind == "stages" and count.isdigit() and 0 <= int(count) <= num_stages:
         return int(count)
-    raise CxrError(f"unknown freeze mode {mode!r}; allowed: {FREEZE_MODES} with N in 0..{num_stages}")
+    raise CxrError(
+        f"unknown freeze mode {mode!r}; allowed: {', '.join(FREEZE_MODES)} with N in 0..{num_stages}"
+    )
 
 
 def frozen_stages(model: Classifier) -> list[nn.Module]:

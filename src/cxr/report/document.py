@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 from cxr.errors import CxrError
+from cxr.logs import RESULT
 from cxr.report.htmlpage import render_html
 from cxr.report.markdown import render_markdown
 from cxr.report.runfiles import read_run
@@ -33,5 +34,5 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     title, blocks = build_blocks(files)
     write_text(run.report_md, render_markdown(blocks))
     write_text(run.report_html, render_html(title, blocks))
-    log.info("wrote %s and %s", run.report_md, run.report_html)
+    log.info("wrote %s and %s", run.report_md, run.report_html, extra=RESULT)  # `cxr run` prints the path itself
     return run.report_md, run.report_html

@@ -14,6 +14,7 @@ from cxr.config import RunConfig
 from cxr.data.dataset import SplitDataset, make_loader
 from cxr.data.discover import Discovery, discover
 from cxr.errors import CxrError
+from cxr.logs import RESULT
 from cxr.malloc import tune_malloc
 from cxr.metrics import classification_metrics
 from cxr.rundir import SPLITS, RunDir, SplitRow, read_split_csv, write_json
@@ -114,7 +115,8 @@ def evaluate_checkpoint(
     metrics = classification_metrics(y_true, probs, classes, loss=loss, n_boot=cfg.eval.bootstrap,
                                      ece_bins=cfg.eval.ece_bins, seed=cfg.train.seed)
     log.info("%s on %s (%s, %d images%s): accuracy %.4f, macro-F1 %.4f, loss %.4f", ckpt_path, data, split,
-             len(rows), ", TTA" if tta else "", metrics["accuracy"], metrics["macro_f1"], metrics["loss"])
+             len(rows), ", TTA" if tta else "", metrics["accuracy"], metrics["macro_f1"], metrics["loss"],
+             extra=RESULT)  # the command prints its own summary
     if out_dir is not None:
         out = RunDir(out_dir)
         write_json(out.metrics, {

@@ -15,7 +15,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from cxr.config import RunConfig, load_config, to_dict
+from cxr.config import RunConfig, load_config, to_dict, validate_config
 from cxr.data.discover import discover
 from cxr.errors import CxrError
 from cxr.rank import is_main_process
@@ -24,20 +24,10 @@ from cxr.training.distributed import run_on_main
 
 log = logging.getLogger(__name__)
 
-RUN_FOLDERS = ("checkpoints", "figures", "aug_images")  # what --force removes besides the run's files
 # Settings a resumed run may change: how long it trains, where it computes, what it evaluates.
 RESUMABLE = ("name", "data.root", "data.num_workers", "train.epochs", "train.finetune_epochs", "train.device",
              "train.compile", "train.early_stopping", "eval.")
 _LISTED = 5
-
-
-def clear_run(run: RunDir) -> None:
-    """Remove a run's own files and folders (for --force); other files in the folder stay."""
-    for path in [*run.artefacts(), run.log]:
-        if path.is_file():
-            path.unlink()
-    for name in RUN_FOLDERS:
-        shutil.rmtree(run.root / name, ignore_errors=True)
 
 
 def check_folder(run: RunDir, *, resume: bool, force: bool) -> None:
@@ -53,8 +43,8 @@ def check_folder(run: RunDir, *, resume: bool, force: bool) -> None:
                 f"{run.root} already holds a run ({', '.join(p.name for p in existing[:3])}); use --resume to "
                 "continue it, --force to replace it, or choose another --out"
             )
-        log.warning("--force: replacing the run in %s", run.root)
-        clear_run(run)
+        removed = run.clear()
+        log.warning("--force: replaced the run in %s (deleted %s)", run.root, ", ".join(p.name for p in removed))
 
 
 def _flat(mapping: dict, prefix: str = "") -> dict[str, object]:
@@ -97,6 +87,7 @@ def claim(cfg: RunConfig, data: Path, run: RunDir, *, resume: bool, force: bool)
 
     Under torchrun rank 0 claims, and its refusal (a CxrError) stops every rank.
     """
+    validate_config(cfg)  # a config built in code is checked like a loaded one, before any file is written
     if not data.exists():
         raise CxrError(f"data not found: {data}")
     created = not run.root.exists()
@@ -108,18 +99,20 @@ def claim(cfg: RunConfig, data: Path, run: RunDir, *, resume: bool, force: bool)
 
     def take() -> None:
         try:
-            lock.acquire()
+            lock.acquire()  # refused: another process owns the folder, which stays as it is
         except PermissionError as exc:
             raise CxrError(f"cannot write in {run.root}: {exc.strerror}") from None
-        check_folder(run, resume=resume, force=force)
-        if resume:
-            check_resume(cfg, data, run)
+        try:
+            check_folder(run, resume=resume, force=force)
+            if resume:
+                check_resume(cfg, data, run)
+        except BaseException:
+            if created:  # ours (we hold its lock) and still empty: a refused run leaves no folder
+                shutil.rmtree(run.root, ignore_errors=True)
+            lock.release()
+            raise
 
-    try:
-        run_on_main(take)  # a refusal here leaves the folder as it was
-    except BaseException:
-        lock.release()
-        raise
+    run_on_main(take)
     try:
         yield dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(data.resolve())))
     except BaseException:

@@ -16,6 +16,8 @@ from typing import Any
 
 from cxr import __version__
 from cxr.config import RunConfig, save_config
+from cxr.errors import CxrError
+from cxr.logs import RESULT
 from cxr.malloc import tune_malloc
 from cxr.models.build import count_parameters
 from cxr.provenance import Provenance
@@ -148,6 +150,8 @@ def train(
     """Train only: config.yaml, split.csv, history.csv, checkpoints/ and log.txt in `out_dir`."""
     tune_malloc()
     run = RunDir(out_dir)
+    if force and split_csv is not None and Path(split_csv).resolve() == run.split.resolve():
+        raise CxrError(f"--force would delete {split_csv}, the --split-csv to train on: copy it out of {out_dir} first")
     with distributed_session(cfg.train.device) as dist_ctx:  # no-op unless launched by torchrun
         with claim(cfg, Path(data), run, resume=resume, force=force) as cfg, run_log(run, append=resume):
             provenance = Provenance(run, resume=resume)
@@ -201,6 +205,7 @@ def finish_study(trained: TrainingRun, run: RunDir, provenance: Provenance, *, p
     write_json(run.metrics, summary)
     write_report(run.root)
     log.info("test: accuracy %.4f, macro-F1 %.4f, loss %.4f (n=%d); wall time %.1f s", metrics["accuracy"],
-             metrics["macro_f1"], metrics["loss"], metrics["n"], summary["wall_seconds"])
-    log.info("report: %s", run.report_html)
+             metrics["macro_f1"], metrics["loss"], metrics["n"], summary["wall_seconds"],
+             extra=RESULT)  # the command prints these two itself
+    log.info("report: %s", run.report_html, extra=RESULT)
     return summary

@@ -11,13 +11,10 @@ import torch
 from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 
-from cxr.config import TrainConfig
+from cxr.config import CLASS_WEIGHTS, OPTIMIZERS, SCHEDULES, TrainConfig
 from cxr.errors import CxrError
 from cxr.training.ddp import train_loss, unwrap
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("none", "step", "cosine")
-CLASS_WEIGHTS = ("none", "balanced")
 SGD_MOMENTUM = 0.9
 
 

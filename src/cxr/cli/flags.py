@@ -1,0 +1,107 @@
+"""The command-line flags that set config keys, in one table: each record yields its parser entry,
+its part of the overrides dict and its --help text (allowed values from the config and the model
+catalog, the real default from the config the command starts from).
+
+Torch-free: `cxr --help` builds every parser without loading PyTorch. A command whose base config
+needs torch to build (`cxr demo`) passes it as a callable, evaluated only when its help is shown.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from cxr.config import RunConfig, allowed_values, get_value
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One option and the config keys it sets."""
+
+    option: str  # "--epochs"
+    keys: tuple[str, ...]  # config keys it sets; the first one's allowed values are shown
+    help: str  # what it does; the allowed values and the default are appended
+    metavar: str | None = None
+    sets: Any = None  # a switch (takes no value): what it sets the keys to when given
+    default: str | None = None  # the default to show instead of the config's values
+    allowed: bool = True  # append the key's allowed values to the help
+
+    @property
+    def dest(self) -> str:
+        return self.option.lstrip("-").replace("-", "_")
+
+
+FLAGS: dict[str, Flag] = {
+    f.option: f
+    for f in (
+        Flag("--backbone", ("model.backbone",), "backbone network", "NAME"),
+        Flag("--weights", ("model.weights",),
+             "pretrained weights, which fix the preprocessing (`cxr model weights` lists them)", "SPEC"),
+        Flag("--freeze", ("model.freeze",), "what trains besides the head: base = nothing (the seed), "
+             "stages:N = the last N backbone stages, none = the whole backbone", "MODE", allowed=False),
+        Flag("--epochs", ("train.epochs",), "training epochs", "N"),
+        Flag("--batch-size", ("train.batch_size",), "global batch size", "N"),
+        Flag("--lr", ("train.lr",), "head learning rate", "X"),
+        Flag("--seed", ("train.seed", "data.split_seed"),
+             "seed of the split and of training (--set train.seed=N varies training only)", "N"),
+        Flag("--name", ("name",), "run name", "NAME", default="the --out folder's name, else the config's name",
+             allowed=False),
+        Flag("--device", ("train.device",), "where to compute", "DEVICE"),
+        Flag("--precision", ("train.precision",),
+             "compute precision (auto: bf16 where native, else fp32; fp16 on older GPUs)", "MODE"),
+        Flag("--compile", ("train.compile",), "torch.compile the trained module", sets=True),
+        Flag("--no-feature-cache", ("train.feature_cache",),
+             "with freeze=base, still run the backbone on images every epoch (the direct path)", sets=False),
+        Flag("--dropout", ("model.dropout",), "dropout before each hidden layer of the head", "P"),
+    )
+}
+RUN_FLAGS = tuple(FLAGS[o] for o in (
+    "--backbone", "--weights", "--freeze", "--epochs", "--batch-size", "--lr", "--seed", "--name", "--device",
+    "--precision", "--compile", "--no-feature-cache",
+))
+DEMO_FLAGS = tuple(FLAGS[o] for o in ("--epochs", "--no-feature-cache", "--device"))
+MODEL_FLAGS = tuple(FLAGS[o] for o in ("--backbone", "--weights", "--freeze", "--dropout"))
+
+
+def add_flags(
+    parser: argparse.ArgumentParser,
+    flags: Iterable[Flag],
+    base: Callable[[], RunConfig] = RunConfig,
+    whose: str = "the seed's",
+) -> None:
+    """Add `flags` to `parser`; their help shows the defaults of `base()` ("(default: 20, the seed's)")."""
+    for flag in flags:
+        if flag.sets is not None:
+            action = parser.add_argument(flag.option, action="store_true", help=flag.help)
+            continue
+        kind = type(get_value(RunConfig(), flag.keys[0]))
+        allowed = allowed_values(flag.keys[0]) if flag.allowed else None
+        action = parser.add_argument(
+            flag.option, type=kind, metavar=flag.metavar, help=f"{flag.help}: {allowed}" if allowed else flag.help
+        )
+        action.default_text = _default_text(flag, base, whose)  # type: ignore[attr-defined]
+
+
+def _default_text(flag: Flag, base: Callable[[], RunConfig], whose: str) -> Callable[[], str]:
+    def text() -> str:
+        if flag.default is not None:
+            return flag.default
+        cfg = base()
+        values = list(dict.fromkeys(str(get_value(cfg, key)) for key in flag.keys))
+        return f"{', '.join(values)}, {whose}"
+
+    return text
+
+
+def flag_overrides(args: argparse.Namespace, flags: Iterable[Flag]) -> dict[str, Any]:
+    """The dotted-key overrides of the flags given on the command line (flags not given set nothing)."""
+    out: dict[str, Any] = {}
+    for flag in flags:
+        value = getattr(args, flag.dest, None)
+        if flag.sets is not None:
+            value = flag.sets if value else None
+        if value is not None:
+            out.update(dict.fromkeys(flag.keys, value))
+    return out
