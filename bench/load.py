@@ -1,4 +1,5 @@
-"""Bounded load test of `cxr serve` on this machine: p50/p99 latency and requests/s per concurrency.
+"""Bounded load test of `cxr serve` on this machine: p50/p99 latency, requests/s and the server's peak
+RSS per concurrency level.
 
     python bench/load.py --url http://127.0.0.1:8000                 # a server that is running
     python bench/load.py --checkpoint runs/demo/checkpoints/best.pt  # starts one, stops it after
@@ -7,6 +8,10 @@ Only loopback addresses are accepted (127.0.0.1, localhost, ::1): this is not a 
 other people's servers. Each concurrency level sends at most --requests requests and stops after
 --time-cap seconds, whichever comes first; the whole run always ends by itself. The result is one
 JSON document on stdout (progress on stderr).
+
+The server's memory is read from /proc (Linux): for a server this script starts, or one named with
+--server-pid. Before each level its peak RSS is reset (/proc/PID/clear_refs), so `server_peak_rss_mb`
+is that level's peak; where the reset is not allowed it is the peak since the server started.
 """
 
 from __future__ import annotations
@@ -103,6 +108,32 @@ async def run_level(url: str, image: bytes, name: str, concurrency: int, total: 
     }
 
 
+def server_memory(pid: int | None) -> dict[str, float] | None:
+    """{'rss_mb', 'peak_rss_mb'} of process `pid` from /proc, or None when it cannot be read."""
+    if pid is None:
+        return None
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return None
+    values = {k: int(v.split()[0]) / 1024 for k, v in (line.split(":", 1) for line in lines if ":" in line)
+              if k in ("VmRSS", "VmHWM")}
+    if len(values) != 2:
+        return None
+    return {"rss_mb": round(values["VmRSS"], 1), "peak_rss_mb": round(values["VmHWM"], 1)}
+
+
+def reset_peak_rss(pid: int | None) -> bool:
+    """Reset the peak RSS of `pid` (Linux >= 4.0, same user); False where that is not possible."""
+    if pid is None:
+        return False
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -145,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", type=int, nargs="+", default=list(DEFAULT_LEVELS), help="concurrency levels")
     parser.add_argument("--requests", type=int, default=200, help="requests per level (at most)")
     parser.add_argument("--time-cap", type=float, default=30.0, help="seconds per level (at most)")
+    parser.add_argument("--server-pid", type=int, help="with --url: the server's process id, to report its RSS")
     args = parser.parse_args(argv)
     if min(args.levels) < 1 or args.requests < 1 or args.time_cap <= 0:
         parser.error("levels and --requests must be >= 1 and --time-cap > 0")
@@ -161,19 +193,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"starting cxr serve on 127.0.0.1:{port}", file=sys.stderr)
         proc = start_server(args.checkpoint, port)
         url = f"http://127.0.0.1:{port}"
+    pid = proc.pid if proc is not None else args.server_pid
+    per_level = True
     try:
         health = httpx.get(url + "/v1/health", timeout=10).json()
         asyncio.run(run_level(url, image, name, 1, WARMUP_REQUESTS, args.time_cap))
+        idle = server_memory(pid)
         levels = []
         for level in args.levels:
             print(f"concurrency {level}: up to {args.requests} requests / {args.time_cap:g} s", file=sys.stderr)
-            levels.append(asyncio.run(run_level(url, image, name, level, args.requests, args.time_cap)))
+            per_level = reset_peak_rss(pid) and per_level
+            row = asyncio.run(run_level(url, image, name, level, args.requests, args.time_cap))
+            memory = server_memory(pid)
+            row["server_peak_rss_mb"] = memory["peak_rss_mb"] if memory else None
+            row["server_rss_mb"] = memory["rss_mb"] if memory else None
+            levels.append(row)
     finally:
         if proc is not None:
             stop_server(proc)
     result = {"url": url, "model": health.get("model"), "device": health.get("device"), "image": name,
               "image_bytes": len(image), "requests_per_level": args.requests, "time_cap_s": args.time_cap,
-              "cpu_count": os.cpu_count(), "levels": levels}
+              "cpu_count": os.cpu_count(), "server_pid": pid,
+              "server_idle_rss_mb": idle["rss_mb"] if idle else None,
+              "peak_rss_scope": ("per level" if per_level else "since server start") if idle else None,
+              "levels": levels}
     print(json.dumps(result, indent=2))
     return 0
 

@@ -40,8 +40,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxr.malloc import MALLOC_TUNABLES, MALLOC_TUNED_FLAG, reexec_with_malloc_tunables
 from cxr.config import ModelConfig
+from cxr.malloc import MALLOC_TUNABLES, MALLOC_TUNED_FLAG, reexec_with_malloc_tunables
 from cxr.models.build import build_model
 from cxr.runtime import available_cores, cpu_flags, cpu_has_native_bf16, set_threads
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import struct
 import zlib
 from pathlib import Path
@@ -222,3 +223,81 @@ def test_dicom_truncated(tmp_path):
     data = (tmp_path / "ok.dcm").read_bytes()
     (tmp_path / "cut.dcm").write_bytes(data[: len(data) - 2000])
     _read_error(tmp_path / "cut.dcm")
+
+
+# ---------------------------------------------------------------------------- decode cost and memory
+
+
+def test_decoded_bytes_limit_is_checked_from_the_header():
+    from cxr.io import DecodeLimits, decode_image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((H, W, 4), np.uint8)).save(buf, format="PNG")  # RGBA: 4 bytes a pixel decoded
+    limits = DecodeLimits(max_pixels=H * W, max_bytes=2 * H * W)
+    with pytest.raises(ImageReadError, match=r"decoding needs .* MB .*RGBA.* 4 bytes per pixel.*MB limit"):
+        decode_image(buf.getvalue(), "rgba.png", limits=limits)
+    with pytest.raises(ImageReadError, match="megapixel limit"):
+        decode_image(buf.getvalue(), "rgba.png", limits=DecodeLimits(max_pixels=H * W - 1))
+    gray = io.BytesIO()
+    Image.fromarray(gradient()).save(gray, format="PNG")
+    assert decode_image(gray.getvalue(), "gray.png", limits=limits)[0].shape == (H, W)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_min_side_shrinks_early_and_keeps_the_picture(fmt):
+    from cxr.io import decode_image
+    from cxr.transforms import resize_gray
+
+    big = np.tile(np.linspace(0, 255, 800).round().astype(np.uint8), (640, 1))
+    buf = io.BytesIO()
+    Image.fromarray(big).save(buf, format=fmt)
+    full = read_image_bytes(buf.getvalue(), "x")
+    small, info = decode_image(buf.getvalue(), "x", min_side=100)
+    assert (info.width, info.height) == (800, 640)  # the file's size, not the output's
+    assert min(small.shape) >= 100 and small.shape[0] < full.shape[0]
+    a, b = resize_gray(full, 64).astype(int), resize_gray(small, 64).astype(int)
+    assert np.abs(a - b).mean() < 2
+
+
+def test_16_bit_shrink_scales_by_the_full_images_bit_range():
+    twelve = np.full((400, 400), 4095, np.uint16)
+    twelve[:, :200] = 0
+    buf = io.BytesIO()
+    Image.fromarray(twelve).save(buf, format="PNG")
+    small = read_image_bytes(buf.getvalue(), "x", min_side=50)
+    assert small.shape == (50, 50) and small.max() == 255 and small.min() == 0
+
+
+PEAK_RSS_SCRIPT = """
+import json, sys
+from cxr.io import read_image
+def status(key):
+    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(key)) / 1024
+open('/proc/self/clear_refs', 'w').write('5')  # reset the peak RSS
+base = status('VmRSS:')
+out = read_image(sys.argv[1])
+print(json.dumps({"shape": out.shape, "dtype": str(out.dtype), "rise_mb": status('VmHWM:') - base}))
+"""
+
+
+def big_16_bit_png(path: Path, side: int = 7000) -> Path:
+    """A 16-bit side x side gradient PNG (about 100 KB on disk, 98 MB decoded)."""
+    row = np.linspace(0, 4095, side).astype(np.uint16)
+    Image.fromarray(np.ascontiguousarray(np.broadcast_to(row, (side, side)))).save(path, compress_level=9)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc peak-RSS reset")
+def test_16_bit_7000_square_decodes_without_float64_temporaries(tmp_path):
+    """Decoding used ~1.3 GB of float64 temporaries for this 98 MB image; now its peak RSS rise is
+    the decoded image, the 49 MB output and a few strips."""
+    import subprocess
+    import sys
+
+    png = big_16_bit_png(tmp_path / "big.png")
+    run = subprocess.run([sys.executable, "-c", PEAK_RSS_SCRIPT, str(png)], capture_output=True, text=True,
+                         timeout=120, check=True)
+    result = json.loads(run.stdout)
+    assert result["shape"] == [7000, 7000] and result["dtype"] == "uint8"
+    assert result["rise_mb"] < 300, result

@@ -74,8 +74,10 @@ def describe_input(classes: list[str], pre: Preprocessing) -> dict[str, Any]:
 
 
 def _load(checkpoint: str | Path | dict[str, Any]) -> tuple[dict[str, Any], nn.Module]:
-    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
-    return ckpt, model_from_checkpoint(ckpt).float().eval()
+    if isinstance(checkpoint, dict):
+        return checkpoint, model_from_checkpoint(checkpoint).float().eval()
+    ckpt = load_checkpoint(checkpoint)
+    return ckpt, model_from_checkpoint(ckpt, source=checkpoint).float().eval()
 
 
 def export_onnx(

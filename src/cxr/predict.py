@@ -99,7 +99,7 @@ class Predictor:
         tune_malloc()
         path = Path(path)
         ckpt = load_checkpoint(path)
-        model = model_from_checkpoint(ckpt)
+        model = model_from_checkpoint(ckpt, source=path)
         pre = Preprocessing.from_dict(ckpt["preprocessing"])
         cfg = config_of(ckpt)
         sha = file_sha256(path)

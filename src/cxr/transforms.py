@@ -12,7 +12,7 @@ prediction use this one function.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,7 @@ from cxr.errors import CxrError
 
 PREPROCESSING_MODES = ("caffe", "imagenet", "half")
 TTA_SHIFT_FRACTION = 0.04  # shift of the four shifted TTA views, as a fraction of the input side
+INPUT_SIZES = range(16, 4097)  # input sides a stored record may give; others mean a corrupt or crafted file
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,17 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
+        """The record as stored (in a checkpoint): keys and the input size are checked, since a
+        crafted size would make every prediction allocate gigabytes."""
+        if not isinstance(data, dict):
+            raise CxrError(f"preprocessing record must be a mapping, got {type(data).__name__}")
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise CxrError(f"preprocessing record has unknown keys {unknown}; allowed: mode, size")
+        size = data.get("size", cls.size)
+        if isinstance(size, bool) or not isinstance(size, int) or size not in INPUT_SIZES:
+            raise CxrError(f"preprocessing size must be an integer in {INPUT_SIZES.start}..{INPUT_SIZES.stop - 1}, "
+                           f"got {size!r}")
         return cls(**data)
 
     def mean_std(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:

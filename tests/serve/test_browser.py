@@ -87,3 +87,40 @@ def test_bad_upload_shows_error(page, live_server: ServerThread, tmp_path: Path)
     page.wait_for_function("document.getElementById('error').textContent.length > 0")
     assert "415" in page.inner_text("#error")
     assert page.inner_text("#label") == ""
+
+
+API_KEY = "browser-test-key-0123456789"
+
+
+def test_page_sends_the_api_key(page, predictor, xray, tmp_path: Path) -> None:
+    from cxr.serve.app import create_app
+
+    image = tmp_path / "chest.png"
+    Image.fromarray(xray).save(image)
+    with ServerThread(create_app(predictor, api_key=API_KEY)) as server:
+        page.goto(server.url + "/")
+        page.wait_for_function("document.getElementById('model').textContent.includes('needs an API key')")
+        page.fill("#api-key", API_KEY)
+        page.dispatch_event("#api-key", "change")
+        page.wait_for_function("document.getElementById('model').textContent.includes('classes:')")
+        page.set_input_files("#file", str(image))
+        page.wait_for_function("document.getElementById('label').textContent.length > 0")
+        assert page.inner_text("#label") in CLASSES and page.inner_text("#error") == ""
+
+
+def test_docs_render_from_local_assets(page, live_server: ServerThread, tmp_path: Path) -> None:
+    from cxr.serve.docs import swagger_assets
+
+    if swagger_assets() is None:
+        pytest.skip("swagger-ui-bundle is not installed")
+    urls: list[str] = []
+    page.on("request", lambda request: urls.append(request.url))
+    page.goto(live_server.url + "/docs")
+    page.wait_for_selector("#operations-default-predict_batch_v1_predict_batch_post")
+    page.click("#operations-default-predict_v1_predict_post .opblock-summary")
+    page.wait_for_selector("#operations-default-predict_v1_predict_post input[type=file]")  # /docs can upload
+    page.screenshot(path=str(tmp_path / "docs.png"), full_page=True)
+    shot_dir = os.environ.get("CXR_SCREENSHOT_DIR")
+    if shot_dir:
+        shutil.copy(tmp_path / "docs.png", Path(shot_dir) / "serve_docs.png")
+    assert urls and all(url.startswith(live_server.url) for url in urls), urls  # no CDN

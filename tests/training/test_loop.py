@@ -77,7 +77,7 @@ class Tiny(nn.Module):
         super().__init__()
         self.backbone = Backbone()
         self.head = Head()
-        self.preprocessing = Preprocessing("imagenet", size=6)
+        self.preprocessing = Preprocessing("imagenet", size=16)
 
     def forward(self, x):
         return self.head(self.backbone(x))
@@ -149,7 +149,7 @@ def test_best_checkpoint_follows_the_lowest_val_loss(tmp_path):
     best = load_checkpoint(result.best_path)
     assert best["epoch"] == result.best_epoch == int(np.argmin(losses)) + 1
     assert load_checkpoint(result.last_path)["epoch"] == 4
-    assert best["classes"] == CLASSES and best["preprocessing"] == {"mode": "imagenet", "size": 6}
+    assert best["classes"] == CLASSES and best["preprocessing"] == {"mode": "imagenet", "size": 16}
 
 
 def _strip_seconds(history):

@@ -1,297 +1,76 @@
 """HTTP API and web page for a trained checkpoint (FastAPI).
 
 Endpoints: POST /v1/predict and POST /v1/explain (the image as multipart field `file`, or as the raw
-body with an image content type), GET /v1/health, GET /v1/model (model card), GET / (web page).
+body with an image content type), POST /v1/predict/batch (one multipart `file` part per image, one
+result per file in order), GET /v1/health, GET /v1/model (model card), GET / (web page) and, with
+the `swagger-ui-bundle` package, GET /docs (served locally).
 
 Bad input is a 4xx, never a 500: a body over the limit is 413 (the Content-Length header is checked
-first, and the bytes are counted while they arrive, so an unannounced large body is cut off too),
-a type or extension that is not an image is 415, an image that does not decode is 422.
-
-Inference runs in one worker thread that owns the model: requests are decoded and preprocessed in
-the thread pool, queued, and the worker runs whatever has queued up as one batch (no waiting when
-the queue is empty, so a lone request is not delayed). The event loop never blocks on the model.
+first, and the bytes are counted while they arrive, so an unannounced large body is cut off too), a
+body that arrives too slowly is 408, a type or extension that is not an image is 415, an image that
+does not decode or is over the pixel limit is 422, a full queue is 503 with Retry-After, and with an
+API key a /v1/* request without it is 401. The limits are a `ServeLimits` (`cxr serve` options).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import dataclasses
 import logging
-import queue
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cxr import __version__
-from cxr.errors import CxrError, ImageReadError
-from cxr.explain import Explanation, explain
-from cxr.io import IMAGE_EXTENSIONS, read_image_bytes
-from cxr.predict import Prediction, Predictor
+from cxr.errors import CxrError
+from cxr.predict import Predictor
+from cxr.serve import docs
+from cxr.serve.guard import API_PREFIX, ApiKeyMiddleware, BodyGuardMiddleware
+from cxr.serve.limits import ServeLimits
 from cxr.serve.modelcard import NOT_A_MEDICAL_DEVICE, build_model_card
+from cxr.serve.uploads import CLASS_FIELD, Upload, decode, read_batch, read_upload
+from cxr.serve.worker import MAX_BATCH, Admission, InferenceWorker
 
 log = logging.getLogger(__name__)
 
-MB = 1024 * 1024
-DEFAULT_MAX_BODY_MB = 20.0
-MAX_BATCH = 16  # most requests the worker runs as one batch
-IMAGE_FIELD = "file"
-CLASS_FIELD = "class"
-RAW_IMAGE_TYPES = frozenset({"application/octet-stream", "application/dicom"})
-_MULTIPART = "multipart/form-data"
-_MAX_FORM_FIELDS = 8
-
-
-# ------------------------------------------------------------------------------------ body limit
-
-
-class BodyLimitMiddleware:
-    """Refuse request bodies over `max_bytes` with 413, from the header or while reading.
-
-    A declared Content-Length over the limit is answered before any byte is read. Otherwise the
-    bytes are counted as the app receives them, and the read that crosses the limit raises a 413
-    HTTPException (answered by FastAPI's handler), so at most `max_bytes` are ever buffered.
-    """
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = _content_length(scope)
-        if declared is not None and declared < 0:
-            await _send_json(send, 400, {"detail": "invalid Content-Length header"})
-            return
-        if declared is not None and declared > self.max_bytes:
-            await _send_json(send, 413, {"detail": self._message(declared)})
-            return
-        received = 0
-
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise HTTPException(413, self._message(received, partial=True))
-            return message
-
-        await self.app(scope, counting_receive, send)
-
-    def _message(self, size: int, partial: bool = False) -> str:
-        amount = f"{'more than ' if partial else ''}{size / MB:.1f} MB"
-        return f"request body is {amount}, over the {self.max_bytes / MB:g} MB limit"
-
-
-def _content_length(scope: Scope) -> int | None:
-    for key, value in scope.get("headers", []):
-        if key == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return -1
-    return None
-
-
-async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
-    response = JSONResponse(body, status_code=status, headers={"Connection": "close"})
-    await send({"type": "http.response.start", "status": status, "headers": response.raw_headers})
-    await send({"type": "http.response.body", "body": response.body})
-
-
-# -------------------------------------------------------------------------------- inference worker
-
-
-@dataclass
-class _Job:
-    kind: str  # "predict" | "explain"
-    payload: Any
-    future: concurrent.futures.Future
-
-
-_STOP = _Job("stop", None, concurrent.futures.Future())
-
-
-class InferenceWorker:
-    """One thread that owns the model; predict jobs queued meanwhile run together as a batch."""
-
-    def __init__(self, predictor: Predictor, max_batch: int = MAX_BATCH) -> None:
-        self.predictor = predictor
-        self.max_batch = max_batch
-        self._queue: queue.Queue[_Job] = queue.Queue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self.batches = 0
-        self.images = 0
-
-    def start(self) -> None:
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="cxr-inference", daemon=True)
-                self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        with self._lock:
-            thread, self._thread = self._thread, None
-        if thread is not None and thread.is_alive():
-            self._queue.put(_STOP)
-            thread.join(timeout)
-
-    @property
-    def pending(self) -> int:
-        return self._queue.qsize()
-
-    def submit(self, kind: str, payload: Any) -> concurrent.futures.Future:
-        self.start()
-        job = _Job(kind, payload, concurrent.futures.Future())
-        self._queue.put(job)
-        return job.future
-
-    async def predict(self, x: torch.Tensor) -> Prediction:
-        """Prediction for one normalised input (3, S, S)."""
-        return await asyncio.wrap_future(self.submit("predict", x))
-
-    async def explain(self, gray: np.ndarray, class_name: str | None) -> Explanation:
-        return await asyncio.wrap_future(self.submit("explain", (gray, class_name)))
-
-    def _run(self) -> None:
-        carry: _Job | None = None
-        while True:
-            job = carry or self._queue.get()
-            carry = None
-            if job is _STOP:
-                return
-            if job.kind != "predict":
-                self._execute([job], self._explain)
-                continue
-            batch = [job]
-            while len(batch) < self.max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt.kind != "predict":
-                    carry = nxt
-                    break
-                batch.append(nxt)
-            self._execute(batch, self._predict)
-
-    def _execute(self, jobs: list[_Job], fn: Callable[[list[Any]], list[Any]]) -> None:
-        live = [j for j in jobs if j.future.set_running_or_notify_cancel()]  # skip abandoned requests
-        if not live:
-            return
-        try:
-            results = fn([j.payload for j in live])
-        except Exception as exc:  # noqa: BLE001 - handed to the waiting request, which answers it
-            for j in live:
-                j.future.set_exception(exc)
-            return
-        for j, result in zip(live, results, strict=True):
-            j.future.set_result(result)
-
-    def _predict(self, tensors: list[torch.Tensor]) -> list[Prediction]:
-        probs = self.predictor.predict_tensor(torch.stack(tensors))
-        self.batches += 1
-        self.images += len(tensors)
-        return [self.predictor.to_prediction(p) for p in probs]
-
-    def _explain(self, payloads: list[tuple[np.ndarray, str | None]]) -> list[Explanation]:
-        return [explain(self.predictor, gray, class_name) for gray, class_name in payloads]
-
-
-# ------------------------------------------------------------------------------------------ uploads
-
-
-@dataclass
-class Upload:
-    data: bytes
-    name: str
-    fields: dict[str, str]
-
-
-def _media_type(value: str | None) -> str:
-    return (value or "").split(";", 1)[0].strip().lower()
-
-
-def _check_image_type(name: str, content_type: str) -> None:
-    """415 unless the file name's extension (when it has one) and the content type look like an image."""
-    suffix = PurePath(name).suffix.lower()
-    allowed_ext = ", ".join(sorted(IMAGE_EXTENSIONS))
-    if suffix and suffix not in IMAGE_EXTENSIONS:
-        raise HTTPException(415, f"unsupported file type {suffix!r} ({name}); allowed: {allowed_ext}")
-    if content_type and not (content_type.startswith("image/") or content_type in RAW_IMAGE_TYPES):
-        raise HTTPException(
-            415, f"unsupported content type {content_type!r}; send an image (image/*, application/dicom)"
-        )
-
-
-async def read_upload(request: Request) -> Upload:
-    """The uploaded image: multipart field `file`, or the whole body when it has an image type."""
-    content_type = _media_type(request.headers.get("content-type"))
-    if content_type == _MULTIPART:
-        form = await request.form(max_files=1, max_fields=_MAX_FORM_FIELDS)
-        try:
-            part = form.get(IMAGE_FIELD)
-            if not isinstance(part, UploadFile):
-                raise HTTPException(422, f"multipart field {IMAGE_FIELD!r} with the image file is missing")
-            name = part.filename or "<upload>"
-            _check_image_type(name, _media_type(part.content_type))
-            data = await part.read()
-            fields = {**request.query_params, **{k: v for k, v in form.items() if isinstance(v, str)}}
-        finally:
-            await form.close()
-        return Upload(data=data, name=name, fields=fields)
-    if content_type.startswith("image/") or content_type in RAW_IMAGE_TYPES:
-        data = await request.body()
-        return Upload(data=data, name="<upload>", fields=dict(request.query_params))
-    shown = content_type or "none"
-    raise HTTPException(
-        415, f"unsupported content type {shown!r}; post multipart/form-data with field {IMAGE_FIELD!r} or an image body"
-    )
-
-
-def _decode(upload: Upload) -> np.ndarray:
-    try:
-        return read_image_bytes(upload.data, upload.name)
-    except ImageReadError as exc:
-        raise HTTPException(422, f"cannot decode the image: {exc}") from None
-
-
-# --------------------------------------------------------------------------------------------- app
+DEFAULT_MAX_BODY_MB = ServeLimits.max_body_mb
+SHRINK_MARGIN = 2  # uploads may be shrunk early while both sides stay >= this x the model's input side
 
 
 def create_app(
     checkpoint_or_predictor: str | Path | Predictor,
-    max_body_mb: float = DEFAULT_MAX_BODY_MB,
+    max_body_mb: float | None = None,
     max_batch: int = MAX_BATCH,
+    *,
+    limits: ServeLimits | None = None,
+    api_key: str | None = None,
+    docs_ui: bool = True,
 ) -> FastAPI:
-    """The FastAPI app serving one model. Accepts a checkpoint path or a ready `Predictor`."""
-    if max_body_mb <= 0:
-        raise CxrError(f"max_body_mb must be > 0, got {max_body_mb}")
+    """The FastAPI app serving one model. Accepts a checkpoint path or a ready `Predictor`.
+
+    `limits` default to `ServeLimits()`; `max_body_mb`, when given, replaces its body limit. With
+    `api_key`, every /v1/* request needs it. `docs_ui`: serve /docs when swagger-ui-bundle is installed.
+    """
+    limits = limits or ServeLimits()
+    if max_body_mb is not None:
+        limits = dataclasses.replace(limits, max_body_mb=max_body_mb)
+    if api_key is not None and not api_key:
+        raise CxrError("api_key must not be empty")
     predictor = (
         checkpoint_or_predictor
         if isinstance(checkpoint_or_predictor, Predictor)
         else Predictor.from_checkpoint(checkpoint_or_predictor)
     )
     worker = InferenceWorker(predictor, max_batch=max_batch)
-    card = build_model_card(predictor)
-    page = _static_text("index.html")
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -299,15 +78,65 @@ def create_app(
         yield
         await run_in_threadpool(worker.stop)
 
-    app = FastAPI(
-        title="cxr",
-        summary="Chest X-ray classifier (research use only; not a medical device).",
-        version=__version__,
-        lifespan=lifespan,
-    )
+    app = FastAPI(title="cxr", summary="Chest X-ray classifier (research use only; not a medical device).",
+                  version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.predictor = predictor
     app.state.worker = worker
-    app.add_middleware(BodyLimitMiddleware, max_bytes=int(max_body_mb * MB))
+    app.state.limits = limits
+    app.add_middleware(BodyGuardMiddleware, max_bytes=limits.max_bytes, timeout_s=limits.timeout_s,
+                       idle_timeout_s=limits.idle_timeout_s)
+    if api_key is not None:
+        app.add_middleware(ApiKeyMiddleware, api_key=api_key)
+        docs.add_security(app, API_PREFIX)
+    if docs_ui:
+        docs.add_docs(app, "cxr")
+    _add_routes(app, predictor, worker, limits)
+    return app
+
+
+class Inference:
+    """What the upload endpoints share: admission to the queue, bounded decoding, the worker."""
+
+    def __init__(self, predictor: Predictor, worker: InferenceWorker, limits: ServeLimits) -> None:
+        self.predictor = predictor
+        self.worker = worker
+        self.limits = limits
+        self.admission = Admission(limits.max_queue, lambda: worker.seconds_per_image)
+        self._decoders = asyncio.Semaphore(limits.decoders)
+        self._min_side = SHRINK_MARGIN * predictor.preprocessing.size
+
+    async def decoded(self, upload: Upload, then: Callable[[np.ndarray], Any] | None = None) -> Any:
+        """The upload decoded (and passed through `then`) in the thread pool, `limits.decoders` at a time."""
+        def work() -> Any:
+            gray = decode(upload, self.limits.decode, self._min_side)
+            return then(gray) if then is not None else gray
+
+        async with self._decoders:
+            return await run_in_threadpool(work)
+
+    async def predicted(self, upload: Upload) -> dict[str, Any]:
+        prediction = await self.worker.predict(await self.decoded(upload, self.predictor.preprocess))
+        return {"label": prediction.label, "probabilities": prediction.probabilities}
+
+    async def batch_result(self, upload: Upload) -> dict[str, Any]:
+        """One file's entry of a batch answer: its prediction, or its error (status and detail)."""
+        error = upload.error
+        if error is None:
+            try:
+                return {"file": upload.name, **await self.predicted(upload)}
+            except HTTPException as exc:
+                error = exc
+        return {"file": upload.name, "error": {"status": error.status_code, "detail": error.detail}}
+
+
+_UPLOAD_ERRORS = docs.error_responses(401, 408, 413, 415, 422, 503)
+
+
+def _add_routes(app: FastAPI, predictor: Predictor, worker: InferenceWorker, limits: ServeLimits) -> None:
+    card = build_model_card(predictor)
+    page = _static_text("index.html")
+    run = Inference(predictor, worker, limits)
+    app.state.admission = run.admission
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
@@ -316,26 +145,33 @@ def create_app(
     @app.get("/v1/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": predictor.name, "classes": predictor.classes,
-                "device": str(predictor.device), "queued": worker.pending}
+                "device": str(predictor.device), "queued": run.admission.used}
 
     @app.get("/v1/model")
     async def model_card() -> dict[str, Any]:
         return card
 
-    @app.post("/v1/predict")
+    @app.post("/v1/predict", openapi_extra=docs.upload_body(), response_model=None,
+              responses={**docs.json_response(docs.PREDICTION, "the prediction"), **_UPLOAD_ERRORS})
     async def predict(request: Request) -> dict[str, Any]:
         start = time.perf_counter()
         upload = await read_upload(request)
-        x = await run_in_threadpool(lambda: predictor.preprocess(_decode(upload)))
-        prediction = await worker.predict(x)
-        return {
-            "label": prediction.label,
-            "probabilities": prediction.probabilities,
-            "model": predictor.name,
-            "latency_ms": round(1000 * (time.perf_counter() - start), 2),
-        }
+        with run.admission.hold(1):
+            result = await run.predicted(upload)
+        return {**result, "model": predictor.name, "latency_ms": _ms_since(start)}
 
-    @app.post("/v1/explain")
+    @app.post("/v1/predict/batch", openapi_extra=docs.upload_body(batch=True), response_model=None,
+              responses={**docs.json_response(docs.BATCH, "one result per file, in order"), **_UPLOAD_ERRORS})
+    async def predict_batch(request: Request) -> dict[str, Any]:
+        start = time.perf_counter()
+        uploads = await read_batch(request, limits.max_files)
+        with run.admission.hold(sum(u.error is None for u in uploads)):
+            results = await asyncio.gather(*(run.batch_result(u) for u in uploads))
+        return {"model": predictor.name, "results": results, "latency_ms": _ms_since(start)}
+
+    @app.post("/v1/explain", openapi_extra=docs.upload_body(with_class=True), responses={
+        200: {"description": "the X-ray with the Grad-CAM heatmap overlaid", "content": {"image/png": {
+            "schema": docs.BINARY}}}, **_UPLOAD_ERRORS})
     async def explain_endpoint(request: Request) -> Response:
         start = time.perf_counter()
         upload = await read_upload(request)
@@ -344,19 +180,21 @@ def create_app(
             raise HTTPException(
                 422, f"unknown class {class_name!r}; this model's classes: {', '.join(predictor.classes)}"
             )
-        gray = await run_in_threadpool(_decode, upload)
-        result = await worker.explain(gray, class_name)
+        with run.admission.hold(1):
+            result = await worker.explain(await run.decoded(upload), class_name)
         png = await run_in_threadpool(result.to_png)
         headers = {
             "X-Cxr-Class": result.class_name,
             "X-Cxr-Label": result.prediction.label,
             "X-Cxr-Model": predictor.name,
-            "X-Cxr-Latency-Ms": f"{1000 * (time.perf_counter() - start):.2f}",
+            "X-Cxr-Latency-Ms": f"{_ms_since(start):.2f}",
             "Cache-Control": "no-store",
         }
         return Response(png, media_type="image/png", headers=headers)
 
-    return app
+
+def _ms_since(start: float) -> float:
+    return round(1000 * (time.perf_counter() - start), 2)
 
 
 def _static_text(name: str) -> str:
@@ -367,14 +205,36 @@ def serve(
     checkpoint_or_predictor: str | Path | Predictor,
     host: str = "127.0.0.1",
     port: int = 8000,
-    max_body_mb: float = DEFAULT_MAX_BODY_MB,
-    limit_concurrency: int = 64,
+    max_body_mb: float | None = None,
+    limit_concurrency: int | None = None,
+    *,
+    limits: ServeLimits | None = None,
+    api_key: str | None = None,
+    docs_ui: bool = True,
 ) -> None:
-    """Run the app with uvicorn until interrupted (blocking)."""
+    """Run the app with uvicorn until interrupted (blocking), with the header deadline of `limits`."""
     import uvicorn
 
-    app = create_app(checkpoint_or_predictor, max_body_mb=max_body_mb)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("listening on %s: reachable from other machines. %s", host, NOT_A_MEDICAL_DEVICE)
-    uvicorn.run(app, host=host, port=port, log_level="info", limit_concurrency=limit_concurrency,
-                timeout_keep_alive=5)
+    from cxr.serve.protocol import protocol_class
+
+    limits = limits or ServeLimits()
+    if limit_concurrency is not None:
+        limits = dataclasses.replace(limits, limit_concurrency=limit_concurrency)
+    app = create_app(checkpoint_or_predictor, max_body_mb=max_body_mb, limits=limits, api_key=api_key,
+                     docs_ui=docs_ui)
+    warn_exposure(host, api_key is not None)
+    uvicorn.run(app, host=host, port=port, log_level="info", limit_concurrency=limits.limit_concurrency,
+                timeout_keep_alive=5, http=protocol_class(limits.timeout_s), ws="none")
+
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def warn_exposure(host: str, has_key: bool) -> None:
+    """WARNINGs for a server reachable from other machines (and more so without an API key)."""
+    if host in LOOPBACK_HOSTS:
+        return
+    log.warning("listening on %s: reachable from other machines. %s", host, NOT_A_MEDICAL_DEVICE)
+    if not has_key:
+        log.warning("listening on %s without an API key: anyone who can reach this port can use the model; "
+                    "give --api-key-file FILE", host)
