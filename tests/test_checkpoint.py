@@ -13,7 +13,7 @@ from cxr.cli import main
 from cxr.config import ModelConfig, RunConfig
 from cxr.data.synthetic import CLASSES
 from cxr.errors import CxrError
-from cxr.models import build_model
+from cxr.models.build import build_model
 from cxr.predict import Predictor
 from cxr.transforms import Preprocessing
 

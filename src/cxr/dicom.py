@@ -22,6 +22,7 @@ from PIL import Image
 
 from cxr.errors import ImageReadError
 from cxr.pixels import (
+    RGB_LUMA,
     UINT8_MAX,
     DecodeLimits,
     ImageInfo,
@@ -36,7 +37,6 @@ log = logging.getLogger(__name__)
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_420", "YBR_ICT", "YBR_RCT")  # decoded to RGB
 PALETTE = "PALETTE COLOR"
-_RGB_LUMA = np.array([0.299, 0.587, 0.114])
 _LUT_BITS = range(8, 17)  # bits per LUT entry the standard allows
 _BYTE = 8
 
@@ -111,7 +111,7 @@ def dicom_to_gray(arr: np.ndarray, ds: Any, photometric: str, name: str) -> np.n
 
 
 def _luma(rgb: np.ndarray) -> np.ndarray:
-    return rgb[..., :3].astype(np.float64) @ _RGB_LUMA
+    return rgb[..., :3].astype(np.float64) @ RGB_LUMA
 
 
 # --------------------------------------------------------------------------------- modality, VOI

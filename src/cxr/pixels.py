@@ -19,6 +19,7 @@ MAX_PIXELS = 50_000_000  # larger images are refused as possible decompression b
 MAX_BYTES_PER_PIXEL = 4  # the widest pixel PIL decodes to (RGB, RGBA, I and F are stored in 4 bytes)
 STRIP_PIXELS = 1 << 20  # pixels converted to 8 bits at a time (temporaries stay near 8 MB)
 UINT8_MAX = 255
+RGB_LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601 luma, the weights of PIL's convert("L")
 
 Scaler = Callable[[np.ndarray], np.ndarray]  # one strip of values -> uint8
 

@@ -26,6 +26,7 @@ from cxr.errors import CxrError
 from cxr.hashing import file_sha256
 from cxr.io import pil_to_gray, read_image, read_image_bytes
 from cxr.malloc import tune_malloc
+from cxr.pixels import RGB_LUMA
 from cxr.runtime import autocast, resolve_device, resolve_precision
 from cxr.suggest import did_you_mean
 from cxr.transforms import Preprocessing, resize_gray, to_input, tta_probs
@@ -33,7 +34,6 @@ from cxr.transforms import Preprocessing, resize_gray, to_input, tta_probs
 log = logging.getLogger(__name__)
 
 ImageInput = str | Path | bytes | np.ndarray | Image.Image
-_RGB_LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601 luma, the same weights PIL's convert("L") uses
 
 
 @dataclass(frozen=True)
@@ -208,7 +208,7 @@ def as_gray_uint8(image: np.ndarray) -> np.ndarray:
     if image.ndim == 2:
         return image
     if image.ndim == 3 and image.shape[2] in (3, 4):
-        return np.clip(np.rint(image[..., :3] @ _RGB_LUMA), 0, 255).astype(np.uint8)
+        return np.clip(np.rint(image[..., :3] @ RGB_LUMA), 0, 255).astype(np.uint8)
     raise CxrError(f"image arrays must have shape (H, W) or (H, W, 3|4), got {image.shape}")
 
 
