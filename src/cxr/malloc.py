@@ -23,12 +23,12 @@ from collections.abc import Sequence
 log = logging.getLogger(__name__)
 
 TRIM_THRESHOLD = 17179869184  # 16 GiB: freed memory stays in the process
-MMAP_THRESHOLD = 4294967296  # 4 GiB asked for; glibc caps what it accepts (see tune_malloc)
+MMAP_THRESHOLD = 4294967296  # 4 GiB: large tensor buffers come from the heap, not fresh mmaps
 MALLOC_TUNABLES = f"glibc.malloc.mmap_threshold={MMAP_THRESHOLD}:glibc.malloc.trim_threshold={TRIM_THRESHOLD}"
 MALLOC_TUNED_FLAG = "CXR_MALLOC_TUNED"  # set once the process runs with the settings
 _M_TRIM_THRESHOLD = -1  # mallopt parameters (malloc.h)
 _M_MMAP_THRESHOLD = -3
-_MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # the largest mmap threshold glibc accepts on 64-bit (HEAP_MAX_SIZE / 2)
+_INT_MAX = 2**31 - 1  # mallopt takes an int
 _applied = False  # tune_malloc ran in this process (not inherited by child processes, which tune themselves)
 
 
@@ -55,18 +55,17 @@ def reexec_with_malloc_tunables(command: Sequence[str]) -> None:
 def tune_malloc() -> bool:
     """Apply the thresholds to this running process with mallopt; True when they were applied.
 
-    glibc refuses mmap thresholds above 32 MiB through mallopt, so that is what is set here (it also
-    stops glibc from moving the threshold on its own); the trim threshold is the same as the
-    re-executed command's. Does nothing when not glibc, or when GLIBC_TUNABLES or an earlier call
-    already decided.
+    mallopt takes an int, so both thresholds are capped at 2 GiB (the command's GLIBC_TUNABLES say
+    4 and 16 GiB; the difference matters only for single buffers over 2 GiB). Does nothing when not
+    glibc, or when GLIBC_TUNABLES or an earlier call already decided.
     """
     global _applied
     if _applied or not _glibc() or _user_chose():
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        ok = libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(min(TRIM_THRESHOLD, 2**31 - 1)))
-        ok &= libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(_MMAP_THRESHOLD_MAX))
+        ok = libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(min(TRIM_THRESHOLD, _INT_MAX)))
+        ok &= libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(min(MMAP_THRESHOLD, _INT_MAX)))
     except (OSError, AttributeError):  # pragma: no cover - no libc to talk to
         return False
     _applied = True
