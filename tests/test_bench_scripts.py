@@ -20,9 +20,10 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 pytestmark = pytest.mark.slow
 
 
-def run_script(name: str, *args: str, timeout: float = 420) -> dict:
+def run_script(name: str, *args: str, timeout: float = 420, malloc_flag: bool = True) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    out = subprocess.run([sys.executable, str(BENCH / name), *args, "--no-malloc-tune"], env=env,
+    out = subprocess.run([sys.executable, str(BENCH / name), *args, *(["--no-malloc-tune"] if malloc_flag else [])],
+                         env=env,
                          capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout)
@@ -70,3 +71,12 @@ def test_seed_recipe_times_the_cached_and_the_direct_path(data, tmp_path):
     assert result["speed_ratios"]["k1"]["direct_over_cached"] > 0
     assert result["numerics_bf16_vs_fp32"]["images"] == 4
     assert 0.5 < result["numerics_bf16_vs_fp32"]["cosine_mean"] <= 1.0 + 1e-6
+
+
+def test_input_pipeline_times_both_paths_and_training_fed_by_each(data, tmp_path):
+    result = run_script("input_pipeline.py", str(data), "--size", "64", "--batch", "4", "--images", "16",
+                        "--steps", "2", "--workers", "0", "--train", "--cache", str(tmp_path), malloc_flag=False)
+    assert result["images"] == 16 and result["device"] == "cpu"
+    for table in (result["input_images_per_s"], result["train_images_per_s"]):
+        assert set(table) == {"per_image_workers", "decoded_cache_device_augment"}
+        assert all(value > 0 for value in table.values())

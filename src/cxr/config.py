@@ -31,6 +31,7 @@ FREEZE_MODES = ("base", "stages:N", "none")  # N's upper bound is the backbone's
 FINETUNE_FREEZE_MODES = ("stages:N", "none")
 FILL_MODES = ("nearest", "constant", "reflect", "wrap")  # Keras fill_mode values (SciPy modes)
 MIN_IMAGE_SIZE = 32  # the backbones downsample 32x: a smaller input leaves no feature map
+SWITCHES = ("auto", "on", "off")  # auto: on where it helps (see the field)
 
 
 def setting(default: Any, check: Check | None = None, *, describe: Callable[[], str] | None = None) -> Any:
@@ -51,7 +52,10 @@ class DataConfig:
     split_seed: int = setting(123, at_least(0))  # seed of the split (seed: splitfolders seed 123)
     near_duplicate_threshold: int = setting(28, at_least(0))  # max Hamming distance of 256-bit pHashes joined into one group
     image_size: int = setting(224, at_least(MIN_IMAGE_SIZE))  # side of the square network input (seed: 224)
-    num_workers: int = setting(-1, at_least(-1))  # DataLoader decoding workers; -1 = one per core, capped at 8
+    num_workers: int = setting(-1, at_least(-1))  # DataLoader decoding workers; -1 = one per core, capped at 32
+    # training on images: decode each image once into a uint8 memory map and augment whole batches on the
+    # compute device (the GPU input pipeline); auto = on for CUDA, off on the CPU
+    decoded_cache: str = setting("auto", Choice(SWITCHES))
 
 
 @dataclass

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 CPUINFO = Path("/proc/cpuinfo")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-MAX_AUTO_WORKERS = 8  # data.num_workers=-1 never starts more DataLoader workers than this
+MAX_AUTO_WORKERS = 32  # data.num_workers=-1 never starts more DataLoader workers than this
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -108,13 +108,20 @@ class Compute:
     precision: str = "fp32"  # resolved: fp32 | bf16 | fp16 (see resolve_precision)
     channels_last: bool = False  # NHWC inputs and weights for convolutions
     progress: bool = True  # progress bars on a terminal, periodic log lines elsewhere
+    # what turns a loader's batch into network input once on the device (e.g. DeviceAugment for
+    # {"image": uint8, "params": ...} batches); None: batches are network input already
+    input_transform: Callable[[Any], torch.Tensor] | None = None
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         return autocast(self.device, self.precision)
 
-    def to(self, x: torch.Tensor) -> torch.Tensor:
-        """An input batch on this device, NHWC when asked."""
-        return batch_to(x, self.device, self.channels_last)
+    def to(self, x: Any) -> torch.Tensor:
+        """An input batch on this device as network input, NHWC when asked."""
+        if isinstance(x, dict):
+            x = {key: value.to(self.device, non_blocking=True) for key, value in x.items()}
+        else:
+            x = batch_to(x, self.device, self.channels_last)
+        return self.input_transform(x) if self.input_transform is not None else x
 
     @classmethod
     def resolve(cls, device: str = "auto", precision: str = "auto", **kwargs: Any) -> Compute:

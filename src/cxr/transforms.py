@@ -184,10 +184,12 @@ def warp_affine(img: np.ndarray, params: dict[str, Any], fill_mode: str = "neare
     return ndimage.affine_transform(img, matrix, offset, order=1, mode=fill_mode, cval=0.0)
 
 
-def _grid_sample_border(img: np.ndarray, matrix: np.ndarray, offset: np.ndarray) -> np.ndarray:
-    """`affine_transform(order=1, mode='nearest')` via grid_sample with border padding."""
-    height, width = img.shape
-    # grid_sample works in normalised (x, y) in [-1, 1] with align_corners=True: pixel = (n + 1) * half.
+def grid_theta(matrix: np.ndarray, offset: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The (2, 3) `affine_grid` matrix of a (row, col) pixel warp `matrix @ o + offset` on `shape`.
+
+    grid_sample works in normalised (x, y) in [-1, 1] with align_corners=True: pixel = (n + 1) * half.
+    """
+    height, width = shape[:2]
     half = np.array([(height - 1) / 2, (width - 1) / 2])
     scale = np.where(half > 0, half, 1.0)
     norm_matrix = matrix * half[None, :] / scale[:, None]
@@ -195,7 +197,13 @@ def _grid_sample_border(img: np.ndarray, matrix: np.ndarray, offset: np.ndarray)
     theta = np.empty((2, 3))
     theta[:, :2] = norm_matrix[::-1, ::-1]  # (row, col) -> (x, y)
     theta[:, 2] = norm_offset[::-1]
-    theta_t = torch.from_numpy(theta).to(torch.float32).unsqueeze(0)
+    return theta
+
+
+def _grid_sample_border(img: np.ndarray, matrix: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """`affine_transform(order=1, mode='nearest')` via grid_sample with border padding."""
+    height, width = img.shape
+    theta_t = torch.from_numpy(grid_theta(matrix, offset, img.shape)).to(torch.float32).unsqueeze(0)
     grid = F.affine_grid(theta_t, [1, 1, height, width], align_corners=True)
     pixels = torch.from_numpy(np.ascontiguousarray(img)).view(1, 1, height, width)
     out = F.grid_sample(pixels, grid, mode="bilinear", padding_mode="border", align_corners=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -122,11 +122,14 @@ class SplitDataset(Dataset):
         return [row for row, flag in zip(self.rows, bad, strict=True) if not flag]
 
 
-def drop_skipped(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch without its `SKIPPED` items (checked on the CPU, before the batch moves to a device)."""
+def drop_skipped(x: Any, y: torch.Tensor) -> tuple[Any, torch.Tensor]:
+    """A batch (a tensor or a dict of tensors) without its `SKIPPED` items, checked on the CPU before the
+    batch moves to a device."""
     keep = y != SKIPPED
     if bool(keep.all()):
         return x, y
+    if isinstance(x, dict):
+        return {key: value[keep] for key, value in x.items()}, y[keep]
     return x[keep], y[keep]
 
 

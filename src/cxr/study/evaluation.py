@@ -19,7 +19,7 @@ from cxr.malloc import tune_malloc
 from cxr.metrics import classification_metrics
 from cxr.rundir import SPLITS, RunDir, SplitRow, read_split_csv, write_json
 from cxr.runtime import Compute, describe, set_threads
-from cxr.study.inputs import image_loaders
+from cxr.study.inputs import decoded_cache_of, image_loaders
 from cxr.study.phases import TrainingRun
 from cxr.study.summary import write_predictions_csv, write_result_figures
 from cxr.training.epoch import evaluate_epoch
@@ -53,7 +53,9 @@ def evaluate_best(run: TrainingRun) -> tuple[dict[str, Any], list[SplitRow], np.
         module, loader = run.module, run.loaders["test"]
     else:
         module = run.model
-        loader = image_loaders(run.prepared, run.model.preprocessing, cfg, ("test",))["test"]
+        decoded = decoded_cache_of(run.compute, run.cache_dir) if run.cache_dir is not None else None
+        loader = image_loaders(run.prepared, run.model.preprocessing, cfg, ("test",), decoded_cache=decoded,
+                               progress=run.compute.progress)["test"]
     module.to(run.compute.device)
     loss, y_true, probs = evaluate_epoch(module, loader, nn.CrossEntropyLoss(), run.compute, tta=cfg.eval.tta,
                                          desc="test")

@@ -13,6 +13,8 @@ from torch.utils.data import DataLoader
 
 from cxr.config import RunConfig
 from cxr.data.dataset import SplitDataset, make_loader
+from cxr.data.image_cache import DecodedImages, build_image_cache
+from cxr.device_augment import DEVICE_FILL_MODES, DeviceAugment
 from cxr.models.build import build_model
 from cxr.rundir import SPLITS
 from cxr.runtime import Compute, main_process_first
@@ -31,15 +33,47 @@ def build_classifier(cfg: RunConfig, num_classes: int, *, load_weights: bool = T
     return model
 
 
+def with_device_augment(cfg: RunConfig, pre: Preprocessing, compute: Compute) -> Compute:
+    """`compute` with a DeviceAugment input transform when `data.decoded_cache` is on for its device
+    (auto: CUDA only), so image batches are augmented where the model runs; else `compute` as is."""
+    mode = cfg.data.decoded_cache
+    if mode == "off" or (mode == "auto" and compute.device.type != "cuda"):
+        return compute
+    if cfg.augment.fill_mode not in DEVICE_FILL_MODES:
+        if mode == "on":
+            DeviceAugment(pre, cfg.augment.fill_mode)  # raises, naming the fill modes the device supports
+        log.info("augment.fill_mode %r runs on the CPU: decoded cache off", cfg.augment.fill_mode)
+        return compute
+    log.info("decoded image cache and augmentation on %s", compute.device)
+    return dataclasses.replace(compute, input_transform=DeviceAugment(pre, cfg.augment.fill_mode,
+                                                                      compute.channels_last))
+
+
+def decoded_cache_of(compute: Compute, cache_dir: Path) -> Path | None:
+    """Where decoded images live when `compute` augments on the device (see `with_device_augment`)."""
+    return cache_dir if isinstance(compute.input_transform, DeviceAugment) else None
+
+
 def image_loaders(
-    prepared: PreparedData, pre: Preprocessing, cfg: RunConfig, splits: Sequence[str] = SPLITS
+    prepared: PreparedData, pre: Preprocessing, cfg: RunConfig, splits: Sequence[str] = SPLITS, *,
+    decoded_cache: Path | None = None, progress: bool = True,
 ) -> dict[str, DataLoader]:
-    """Image loaders per split: train shuffled and augmented, val/test in split.csv order, clean."""
+    """Image loaders per split: train shuffled and augmented, val/test in split.csv order, clean.
+
+    With `decoded_cache` the items are uint8 images from that cache plus the augmentation draws,
+    for a `DeviceAugment` input transform; else decoded, augmented and normalised in the workers.
+    """
     augment = SeedAugment(cfg.augment) if cfg.augment.enabled else None
     loaders = {}
     for name in splits:
-        dataset = SplitDataset(prepared.root, prepared.split(name), prepared.classes, pre,
-                               augment if name == "train" else None, seed=cfg.train.seed)
+        rows = prepared.split(name)
+        aug = augment if name == "train" else None
+        if decoded_cache is not None:
+            images = build_image_cache(prepared.root, rows, pre.size, decoded_cache, progress=progress)
+            index = {c: i for i, c in enumerate(prepared.classes)}
+            dataset = DecodedImages(images, [index[r.label] for r in rows], aug, cfg.train.seed)
+        else:
+            dataset = SplitDataset(prepared.root, rows, prepared.classes, pre, aug, seed=cfg.train.seed)
         loaders[name] = make_loader(dataset, batch_size=cfg.train.batch_size, shuffle=name == "train",
                                     num_workers=cfg.data.num_workers, seed=cfg.train.seed)
     return loaders
@@ -61,7 +95,9 @@ def head_phase_inputs(
     """(module to train, loaders, cached?) of phase 1: the head on cached features, or the model on images."""
     if not wants_feature_cache(cfg):
         log.info("training on images (direct path)")
-        return model, image_loaders(prepared, model.preprocessing, cfg), False
+        loaders = image_loaders(prepared, model.preprocessing, cfg, decoded_cache=decoded_cache_of(compute, cache_dir),
+                                progress=compute.progress)
+        return model, loaders, False
     model.to(compute.device)
     with main_process_first():  # under torchrun rank 0 extracts, then the others read its entry
         loaders = feature_loaders(model, prepared.root, prepared.rows, prepared.classes, cfg, cache_dir,

@@ -25,7 +25,7 @@ from cxr.models.build import FrozenNormStats, apply_freeze, count_parameters
 from cxr.rundir import RunDir
 from cxr.runtime import Compute
 from cxr.study.data import PreparedData
-from cxr.study.inputs import head_phase_inputs, image_loaders, to_device
+from cxr.study.inputs import decoded_cache_of, head_phase_inputs, image_loaders, to_device
 from cxr.study.presets import finetune_config
 from cxr.training.ddp import shard_loaders, wrap_ddp
 from cxr.training.distributed import DistributedContext, barrier
@@ -48,6 +48,7 @@ class TrainingRun:
     feature_cache: bool
     compute: Compute
     result: FitResult
+    cache_dir: Path | None = None  # the feature (and decoded image) cache of the run
     seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -121,7 +122,8 @@ def train_phases(
         log.info("fine-tuning (freeze %s, %s trainable parameters) for %d epochs at lr %g",
                  ft.model.freeze, f"{phases[-1]['trainable']:,}", ft.train.epochs, ft.train.lr)
         module, cached = model, False
-        loaders = image_loaders(prepared, model.preprocessing, cfg)
+        loaders = image_loaders(prepared, model.preprocessing, cfg, decoded_cache=decoded_cache_of(compute, cache_dir),
+                                progress=compute.progress)
         result = run_phase(FrozenNormStats(model), loaders, prepared, cfg=ft, resume=resume_phase == 2, phase=2,
                            prior=result, **common)
     if result is None:

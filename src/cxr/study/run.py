@@ -28,7 +28,7 @@ from cxr.runtime import Compute, describe, seed_everything, set_threads
 from cxr.study.data import prepare_data, write_augmented_samples, write_dataset_figures
 from cxr.study.evaluation import evaluate_best
 from cxr.study.folder import claim
-from cxr.study.inputs import build_classifier
+from cxr.study.inputs import build_classifier, with_device_augment
 from cxr.study.logfile import run_log
 from cxr.study.phases import TrainingRun, train_phases
 from cxr.study.presets import default_cache_dir
@@ -125,14 +125,16 @@ def train_run(
         write_dataset_figures(prepared, cfg, run)
         write_augmented_samples(prepared, cfg, run)
     model = build_classifier(cfg, len(prepared.classes))
+    compute = with_device_augment(cfg, model.preprocessing, compute)
     params = count_parameters(model)
     log.info("model %s (%s weights, freeze %s): %s parameters, %s trainable", cfg.model.backbone,
              cfg.model.weights, cfg.model.freeze, f"{params['total']:,}", f"{params['trainable']:,}")
+    cache_dir = cache_dir or default_cache_dir()
     module, loaders, cached, result, phases = train_phases(
-        model, prepared, cfg, run, compute=compute, cache_dir=cache_dir or default_cache_dir(), resume=resume,
+        model, prepared, cfg, run, compute=compute, cache_dir=cache_dir, resume=resume,
         dist_ctx=dist_ctx, on_save=provenance.save if main else None)
     return TrainingRun(cfg=cfg, prepared=prepared, model=model, module=module, loaders=loaders,
-                       feature_cache=cached, compute=compute, result=result,
+                       feature_cache=cached, compute=compute, result=result, cache_dir=cache_dir,
                        seconds=time.perf_counter() - started, info={"parameters": params, "phases": phases})
 
 
