@@ -32,6 +32,8 @@ FINETUNE_FREEZE_MODES = ("stages:N", "none")
 FILL_MODES = ("nearest", "constant", "reflect", "wrap")  # Keras fill_mode values (SciPy modes)
 MIN_IMAGE_SIZE = 32  # the backbones downsample 32x: a smaller input leaves no feature map
 SWITCHES = ("auto", "on", "off")  # auto: on where it helps (see the field)
+TASKS = ("auto", "multiclass", "multilabel")  # auto: multilabel for a manifest with '|' labels or 0/1/-1 columns
+UNCERTAIN_POLICIES = ("ignore", "zeros", "ones")  # what a CheXpert-style -1 (uncertain) finding becomes
 
 
 def setting(default: Any, check: Check | None = None, *, describe: Callable[[], str] | None = None) -> Any:
@@ -56,6 +58,8 @@ class DataConfig:
     # training on images: decode each image once into a uint8 memory map and augment whole batches on the
     # compute device (the GPU input pipeline); auto = on for CUDA, off on the CPU
     decoded_cache: str = setting("auto", Choice(SWITCHES))
+    task: str = setting("auto", Choice(TASKS))  # multiclass (one class per image, softmax) | multilabel (findings, sigmoid)
+    uncertain: str = setting("ignore", Choice(UNCERTAIN_POLICIES))  # multilabel: -1 labels ignored, or taken as 0 / 1
 
 
 @dataclass

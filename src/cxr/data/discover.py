@@ -5,7 +5,9 @@ Recognised inputs:
   (`masks/` folders and `*.metadata.xlsx` files are ignored);
 - its older flat release: `COVID-19/`, `NORMAL/`, `Viral Pneumonia/` holding `COVID-19 (12).png` ...;
 - any class-per-folder dataset (`<root>/<class>/**/<image>`);
-- a CSV manifest `path,label[,group]` (paths relative to the CSV's folder, or absolute).
+- a CSV manifest `path,label[,group]` (paths relative to the CSV's folder, or absolute), also
+  multi-label: findings joined by '|' in `label` (NIH) or one 0/1/-1 column per finding (CheXpert),
+  see `cxr.data.multilabel`.
 
 Folders that hold a cxr run (a `.cxr-run` marker, `cxr.rundir.RUN_MARKER`) are never searched, so a run
 written inside its data folder does not become a class of later runs. A folder that cannot be read
@@ -25,6 +27,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cxr.data.multilabel import manifest_labels
 from cxr.errors import CxrError
 from cxr.io import IMAGE_EXTENSIONS
 from cxr.rundir import RUN_MARKER
@@ -69,6 +72,7 @@ class Discovery:
     skipped_hidden: int
     skipped_non_image: int
     unknown_folders: list[str]
+    task: str = "multiclass"  # multilabel: `classes` are findings, labels are cxr.data.multilabel strings
 
     def counts(self) -> dict[str, int]:
         """Images per class, in class order."""
@@ -91,16 +95,22 @@ def order_classes(names: set[str] | list[str]) -> list[str]:
     return known + sorted(names - set(known))
 
 
-def discover(path: str | Path) -> Discovery:
-    """Find the labelled images under a folder (any supported layout) or in a CSV manifest."""
+def discover(path: str | Path, *, task: str = "auto", uncertain: str = "ignore") -> Discovery:
+    """Find the labelled images under a folder (any supported layout) or in a CSV manifest.
+
+    task: auto | multiclass | multilabel (a manifest only; auto detects it, see `cxr.data.multilabel`);
+    uncertain: what a CheXpert-style -1 becomes (ignore | zeros | ones).
+    """
     path = Path(path)
     if not path.exists():
         raise CxrError(f"data path not found: {path}")
     if path.is_file():
         if path.suffix.lower() != ".csv":
             raise CxrError(f"data path {path} is a file but not a CSV manifest; give a folder or a .csv file")
-        found = _discover_manifest(path)
+        found = _discover_manifest(path, task, uncertain)
     else:
+        if task == "multilabel":
+            raise CxrError(f"a multi-label dataset needs a CSV manifest (findings per image), not the folder {path}")
         found = _discover_folder(path)
     _check(found, path)
     log.info(
@@ -242,8 +252,11 @@ def _relative(file: Path, root: Path) -> str:
 # ----------------------------------------------------------------------------------------- manifest
 
 
-def _discover_manifest(csv_path: Path) -> Discovery:
-    rows = _read_manifest_rows(csv_path)
+def _discover_manifest(csv_path: Path, task: str = "auto", uncertain: str = "ignore") -> Discovery:
+    rows, columns = _read_manifest_rows(csv_path)
+    labels, task, findings = manifest_labels(rows, columns, task, uncertain, f"manifest {csv_path}")
+    for row, label in zip(rows, labels, strict=True):
+        row["label"] = label if task == "multilabel" else normalize_class_name(label)
     root, missing = _manifest_root(csv_path, [row["path"] for row in rows])
     if missing:
         shown = ", ".join(missing[:_MAX_LISTED]) + (" ..." if len(missing) > _MAX_LISTED else "")
@@ -261,9 +274,7 @@ def _discover_manifest(csv_path: Path) -> Discovery:
         if file.suffix.lower() not in IMAGE_EXTENSIONS:
             non_image += 1
             continue
-        sample = Sample(
-            _relative(file, root), normalize_class_name(row["label"]), row.get(MANIFEST_GROUP) or None
-        )
+        sample = Sample(_relative(file, root), row["label"], row.get(MANIFEST_GROUP) or None)
         previous = by_path.get(sample.path)
         if previous is not None and previous != sample:
             raise CxrError(
@@ -274,22 +285,24 @@ def _discover_manifest(csv_path: Path) -> Discovery:
     samples = sorted(by_path.values(), key=lambda s: s.path)
     return Discovery(
         root=root,
-        layout="manifest",
+        layout="manifest" if task == "multiclass" else "manifest-multilabel",
         samples=samples,
-        classes=order_classes({s.label for s in samples}),
+        classes=findings if task == "multilabel" else order_classes({s.label for s in samples}),
         skipped_hidden=hidden,
         skipped_non_image=non_image,
         unknown_folders=[],
+        task=task,
     )
 
 
-def _read_manifest_rows(csv_path: Path) -> list[dict[str, str]]:
-    """The CSV's rows (header required: path,label[,group]), with empty cells refused by line."""
+def _read_manifest_rows(csv_path: Path) -> tuple[list[dict[str, str]], list[str]]:
+    """The CSV's rows and columns (header: path, then label[,group] or finding columns), with empty
+    paths (and, with a label column, empty labels) refused by line."""
     try:
         with csv_path.open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             columns = [c.strip() for c in (reader.fieldnames or [])]
-            for required in MANIFEST_COLUMNS:
+            for required in MANIFEST_COLUMNS[:1]:  # a label column, or finding columns (multilabel)
                 if required not in columns:
                     raise CxrError(
                         f"manifest {csv_path} has no '{required}' column; found columns: "
@@ -301,13 +314,13 @@ def _read_manifest_rows(csv_path: Path) -> list[dict[str, str]]:
     except (UnicodeDecodeError, csv.Error) as exc:
         raise CxrError(f"manifest {csv_path} is not a readable UTF-8 CSV file: {exc}") from None
     for line, row in enumerate(rows, start=2):
-        if not row["path"] or not row["label"]:
+        if not row["path"] or ("label" in columns and not row["label"]):
             raise CxrError(
-                f"manifest {csv_path} line {line}: empty path or label ({row['path']!r}, {row['label']!r})"
+                f"manifest {csv_path} line {line}: empty path or label ({row['path']!r}, {row.get('label')!r})"
             )
     if not rows:
         raise CxrError(f"manifest {csv_path} has a header but no rows")
-    return rows
+    return rows, columns
 
 
 def _manifest_root(csv_path: Path, paths: list[str]) -> tuple[Path, list[str]]:

@@ -30,6 +30,8 @@ from cxr.checks import validate_ratios
 from cxr.data.audit import AuditReport, audit
 from cxr.data.discover import Discovery
 from cxr.data.hashes import DEFAULT_NEAR_THRESHOLD, NEAR_METHOD, PHASH_BITS, UnionFind
+from cxr.data.multilabel import finding_counts, targets
+from cxr.data.split_multilabel import assign_groups_multilabel
 from cxr.rundir import SPLITS, SplitRow, split_counts
 
 log = logging.getLogger(__name__)
@@ -88,14 +90,20 @@ def make_split(
     classes = list(discovery.classes)
     components = uf.components()
     group_ids = [_group_id(kept[m[0]].path) for m in components]
-    assignment = _assign_groups(components, [r.label for r in kept], classes, ratios, seed)
+    labels = [r.label for r in kept]
+    if discovery.task == "multilabel":  # iterative stratification over the findings
+        assignment = assign_groups_multilabel(components, targets(labels, classes)[0], ratios, seed)
+    else:
+        assignment = _assign_groups(components, labels, classes, ratios, seed)
 
     rows = []
     for component, gid, split in zip(components, group_ids, assignment, strict=True):
         rows.extend(SplitRow(kept[i].path, kept[i].label, split, gid) for i in component)
     rows.sort(key=lambda r: r.path)
 
-    report = _report(rows, classes, ratios, seed, near_threshold, components, records, cross)
+    counts = finding_counts(rows, classes) if discovery.task == "multilabel" else split_counts(rows, classes)
+    report = _report(counts, len(rows), ratios, seed, near_threshold, components, records, cross)
+    report["task"] = discovery.task
     log.info(
         "split %d images into %s (%d groups; %d excluded)",
         len(rows),
@@ -155,8 +163,8 @@ def _placement_cost(
 
 
 def _report(
-    rows: list[SplitRow],
-    classes: list[str],
+    counts: dict[str, dict[str, int]],
+    n_rows: int,
     ratios: tuple[float, float, float],
     seed: int,
     near_threshold: int,
@@ -164,7 +172,7 @@ def _report(
     records: list,
     cross: list,
 ) -> dict[str, Any]:
-    counts = split_counts(rows, classes)
+    classes = list(counts[SPLITS[0]])
     per_class_total = {c: sum(counts[s][c] for s in SPLITS) for c in classes}
     deviation = {
         c: max(
@@ -179,7 +187,7 @@ def _report(
         "seed": seed,
         "near_duplicates": {"method": NEAR_METHOD, "bits": PHASH_BITS, "threshold": near_threshold},
         "n_images": len(records),
-        "n_rows": len(rows),
+        "n_rows": n_rows,
         "counts": counts,
         "max_deviation_from_ratio": {c: round(d, 3) for c, d in deviation.items()},
         "groups": {

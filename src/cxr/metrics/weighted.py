@@ -48,29 +48,7 @@ class WeightedScores:
             in_bin * (pred == y)[:, None],
         ])
         self._bins = bins
-        # Rank metrics: one sparse (rows, N) matrix that sums weights per distinct score of each class,
-        # positives and all rows, in descending score order; `_blocks` holds each class's row range.
-        blocks, parts, row = [], [], 0
-        for c in range(k) if ranking else ():
-            part = self._rank_rows(y == c, p[:, c])
-            blocks.append(None if part is None else (row, row + part.shape[0] // 2))
-            if part is not None:
-                parts.append(part)
-                row += part.shape[0]
-        self._blocks = blocks
-        self._rank_matrix = sparse.vstack(parts, format="csr") if parts else None
-
-    @staticmethod
-    def _rank_rows(positive: np.ndarray, score: np.ndarray) -> sparse.csr_matrix | None:
-        """(2G, N) 0/1 rows: positives with the g-th highest distinct score, then all rows with it."""
-        if positive.all() or not positive.any():
-            return None
-        distinct, group = np.unique(-score, return_inverse=True)  # group 0 = highest score
-        cols = np.arange(score.size)
-        shape = (distinct.size, score.size)
-        pos = sparse.csr_matrix((positive.astype(np.float64), (group, cols)), shape=shape)
-        every = sparse.csr_matrix((np.ones(score.size), (group, cols)), shape=shape)
-        return sparse.vstack([pos, every], format="csr")
+        self._ranks = RankScores([(y == c, p[:, c], None) for c in range(k)]) if ranking else None
 
     def __call__(self, weights: Any) -> dict[str, np.ndarray]:
         w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
@@ -87,7 +65,7 @@ class WeightedScores:
         with np.errstate(divide="ignore", invalid="ignore"):  # an all-zero row (jackknife of n=1) is NaN
             out = self._count_metrics(tp, total, f1, present, sums)
         out |= {f"f1/{c}": f1[:, c] for c in range(k)}
-        if self._blocks:
+        if self._ranks is not None:
             out |= self._rank_metrics(w)
         return out
 
@@ -107,18 +85,68 @@ class WeightedScores:
         }
 
     def _rank_metrics(self, w: np.ndarray) -> dict[str, np.ndarray]:
-        """ROC-AUC and average precision per class and weight row, ties as in sklearn (half a pair; one
-        step), and their macro mean over the classes defined here; NaN where a class has no weight."""
-        out: dict[str, np.ndarray] = {"roc_auc_macro": np.full(w.shape[0], np.nan)}
-        if self._rank_matrix is None:  # no class has both positives and negatives
-            return out | {f"{m}/{c}": out["roc_auc_macro"] for c in range(self.num_classes)
-                          for m in ("roc_auc", "average_precision")}
-        grouped = self._rank_matrix @ w.T  # (rows, M): weight per distinct score, descending
-        aucs = []
+        """ROC-AUC and average precision per class and weight row, and their macro mean over the
+        classes defined here; NaN where a class has no positive or no negative weight."""
+        per_class = self._ranks(w)
+        out: dict[str, np.ndarray] = {}
+        for c, (auc, ap) in enumerate(per_class):
+            out[f"roc_auc/{c}"], out[f"average_precision/{c}"] = auc, ap
+        out["roc_auc_macro"] = nan_mean([auc for auc, _ in per_class], w.shape[0])
+        return out
+
+
+def nan_mean(columns: list[np.ndarray], rows: int) -> np.ndarray:
+    """Mean over the columns of each row, ignoring NaN (NaN where every column is NaN)."""
+    if not columns:
+        return np.full(rows, np.nan)
+    stacked = np.stack(columns, axis=1)
+    defined = np.isfinite(stacked)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(defined, stacked, 0.0).sum(axis=1) / defined.sum(axis=1)
+
+
+class RankScores:
+    """ROC-AUC and average precision of several binary problems under batches of row weights.
+
+    Each problem is (positive (N,) bool, score (N,), valid (N,) bool or None): the rows of a class
+    one-vs-rest, or of one finding of a multi-label task with its unlabelled rows left out. One sparse
+    matrix sums the weights of positives and of all rows per distinct score, in descending order, so
+    M weight rows cost one product. Ties count as in sklearn (half a pair for AUC; one step for AP).
+    """
+
+    def __init__(self, problems: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]) -> None:
+        blocks, parts, row = [], [], 0
+        for positive, score, valid in problems:
+            part = self._rows(np.asarray(positive, bool), np.asarray(score, np.float64), valid)
+            blocks.append(None if part is None else (row, row + part.shape[0] // 2))
+            if part is not None:
+                parts.append(part)
+                row += part.shape[0]
+        self._blocks = blocks
+        self._matrix = sparse.vstack(parts, format="csr") if parts else None
+
+    @staticmethod
+    def _rows(positive: np.ndarray, score: np.ndarray, valid: np.ndarray | None) -> sparse.csr_matrix | None:
+        """(2G, N) 0/1 rows: positives with the g-th highest distinct score, then all rows with it."""
+        cols = np.arange(score.size) if valid is None else np.flatnonzero(valid)
+        positive, score_kept = positive[cols], score[cols]
+        if positive.all() or not positive.any():
+            return None
+        distinct, group = np.unique(-score_kept, return_inverse=True)  # group 0 = highest score
+        shape = (distinct.size, score.size)
+        pos = sparse.csr_matrix((positive.astype(np.float64), (group, cols)), shape=shape)
+        every = sparse.csr_matrix((np.ones(cols.size), (group, cols)), shape=shape)
+        return sparse.vstack([pos, every], format="csr")
+
+    def __call__(self, w: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per problem (AUC (M,), AP (M,)) for weights (M, N); NaN where it is undefined."""
+        nan = np.full(w.shape[0], np.nan)
+        grouped = self._matrix @ w.T if self._matrix is not None else None  # (rows, M), descending score
+        out = []
         with np.errstate(divide="ignore", invalid="ignore"):
-            for c, block in enumerate(self._blocks):
+            for block in self._blocks:
                 if block is None:
-                    out[f"roc_auc/{c}"] = out[f"average_precision/{c}"] = np.full(w.shape[0], np.nan)
+                    out.append((nan, nan))
                     continue
                 first, middle = block
                 pos, every = grouped[first:middle], grouped[middle : 2 * middle - first]
@@ -131,10 +159,5 @@ class WeightedScores:
                 below = np.einsum("ij,ij->j", pos, seen - tp - 0.5 * (every - pos))
                 auc = 1.0 - below / (pos_total * neg_total)
                 np.divide(tp, seen, out=tp, where=seen > 0)  # precision at each score (0 before any weight)
-                out[f"roc_auc/{c}"] = auc
-                out[f"average_precision/{c}"] = np.einsum("ij,ij->j", pos, tp) / pos_total
-                aucs.append(auc)
-            stacked = np.stack(aucs, axis=1)
-            defined = np.isfinite(stacked)
-            out["roc_auc_macro"] = np.where(defined, stacked, 0.0).sum(axis=1) / defined.sum(axis=1)
+                out.append((auc, np.einsum("ij,ij->j", pos, tp) / pos_total))
         return out
