@@ -54,6 +54,14 @@ def save_checkpoint(
     return atomic_write(path, lambda fh: torch.save(state, fh))
 
 
+def update_extra(path: str | Path, **entries: Any) -> Path:
+    """Add entries to a saved checkpoint's `extra` (atomically): what is fitted after training, such as
+    the multi-label thresholds, travels with the weights."""
+    state = load_checkpoint(path)
+    state["extra"] = {**(state.get("extra") or {}), **entries}
+    return atomic_write(path, lambda fh: torch.save(state, fh))
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint dict safely (`weights_only=True`) and check its record; errors name the file.
 

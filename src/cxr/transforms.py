@@ -232,8 +232,15 @@ def shift(batch: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
     return padded[..., top : top + h, left : left + w].contiguous()
 
 
-def tta_probs(forward: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
-    """Softmax probabilities (N, classes), float32, averaged over the `tta_views` of an image batch.
+def output_probs(logits: torch.Tensor, multilabel: bool = False) -> torch.Tensor:
+    """Probabilities from logits: softmax over the classes, or one sigmoid per finding (multi-label)."""
+    return torch.sigmoid(logits.float()) if multilabel else torch.softmax(logits.float(), dim=1)
+
+
+def tta_probs(
+    forward: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, multilabel: bool = False
+) -> torch.Tensor:
+    """Probabilities (N, classes), float32, averaged over the `tta_views` of an image batch.
 
     `forward` maps a batch to logits. Batches of cached features (N, C, 1, 1) have no spatial extent
     to shift, so they are scored as they are.
@@ -241,6 +248,6 @@ def tta_probs(forward: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tens
     views = tta_views(batch) if batch.dim() == 4 and min(batch.shape[-2:]) > 1 else [batch]
     total: torch.Tensor | None = None
     for view in views:
-        probs = torch.softmax(forward(view).float(), dim=1)
+        probs = output_probs(forward(view), multilabel)
         total = probs if total is None else total + probs
     return total / len(views)

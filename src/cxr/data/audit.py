@@ -34,6 +34,7 @@ from cxr.data.hashes import (
     phash,
     pixel_sha1,
 )
+from cxr.data.multilabel import label_names
 from cxr.errors import ImageReadError
 from cxr.io import read_image_with_info
 
@@ -121,15 +122,18 @@ class AuditReport:
         return {name: stats.count for name, stats in self.class_stats().items()}
 
     def class_stats(self) -> dict[str, ClassStats]:
+        """Per class (multi-label: per finding, and `No Finding`) the images, readable ones, sizes, modes."""
         stats = {name: ClassStats() for name in self.classes}
         for record in self.records:
-            entry = stats[record.label]
-            entry.count += 1
-            if record.ok:
-                entry.readable += 1
-                entry.sizes[f"{record.width}x{record.height}"] += 1
-                entry.modes[str(record.mode)] += 1
-                entry.formats[str(record.format)] += 1
+            names = [record.label] if record.label in stats else label_names(record.label)
+            for name in names:
+                entry = stats.setdefault(name, ClassStats())
+                entry.count += 1
+                if record.ok:
+                    entry.readable += 1
+                    entry.sizes[f"{record.width}x{record.height}"] += 1
+                    entry.modes[str(record.mode)] += 1
+                    entry.formats[str(record.format)] += 1
         return stats
 
     def warnings(self) -> list[str]:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from cxr.data.multilabel import targets
 from cxr.errors import CxrError, ImageReadError
 from cxr.io import read_image
 from cxr.runtime import resolve_workers
@@ -53,6 +54,7 @@ class SplitDataset(Dataset):
         augment: SeedAugment | None = None,
         seed: int = 0,
         skip_unreadable: bool = True,
+        multilabel: bool = False,
     ) -> None:
         if int(seed) < 0:
             raise CxrError(f"the data seed must be >= 0, got {seed}")
@@ -62,7 +64,8 @@ class SplitDataset(Dataset):
         self.pre = pre
         self.augment = augment
         self.seed = int(seed)
-        self._labels = _label_indices(self.rows, self.classes)
+        self.multilabel = multilabel
+        self._labels = label_targets(self.rows, self.classes, multilabel)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self.skip_unreadable = skip_unreadable
         self._bad = torch.zeros(len(self.rows), dtype=torch.uint8).share_memory_()
@@ -72,7 +75,7 @@ class SplitDataset(Dataset):
 
     @property
     def labels(self) -> np.ndarray:
-        """Class index of every row, in row order."""
+        """Class index (multi-label: target vector, NaN = unlabelled) of every row, in row order."""
         return self._labels.copy()
 
     @property
@@ -97,11 +100,19 @@ class SplitDataset(Dataset):
             if not self._bad[index]:
                 log.warning("skipped %s", exc)
             self._bad[index] = 1
-            return torch.zeros(3, self.pre.size, self.pre.size), SKIPPED
+            return torch.zeros(3, self.pre.size, self.pre.size), self._skipped_target()
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             img = self.augment(img, rng)
-        return to_input(img, self.pre), int(self._labels[index])
+        return to_input(img, self.pre), self._target(index)
+
+    def _target(self, index: int) -> int | torch.Tensor:
+        if self.multilabel:
+            return torch.from_numpy(self._labels[index].copy())
+        return int(self._labels[index])
+
+    def _skipped_target(self) -> int | torch.Tensor:
+        return torch.full((len(self.classes),), float("nan")) if self.multilabel else SKIPPED
 
 
     def unreadable(self) -> list[tuple[SplitRow, str]]:
@@ -123,14 +134,23 @@ class SplitDataset(Dataset):
 
 
 def drop_skipped(x: Any, y: torch.Tensor) -> tuple[Any, torch.Tensor]:
-    """A batch (a tensor or a dict of tensors) without its `SKIPPED` items, checked on the CPU before the
-    batch moves to a device."""
-    keep = y != SKIPPED
+    """A batch (a tensor or a dict of tensors) without its `SKIPPED` items (multi-label: all-NaN targets),
+    checked on the CPU before the batch moves to a device."""
+    keep = ~torch.isnan(y).all(dim=1) if y.dim() == 2 else y != SKIPPED
     if bool(keep.all()):
         return x, y
     if isinstance(x, dict):
         return {key: value[keep] for key, value in x.items()}, y[keep]
     return x[keep], y[keep]
+
+
+def label_targets(rows: Sequence[SplitRow], classes: Sequence[str], multilabel: bool = False) -> np.ndarray:
+    """The training targets of rows: class indices (N,) int64, or for multi-label (N, C) float32 with
+    NaN where a finding is unlabelled (`cxr.data.multilabel`)."""
+    if multilabel:
+        y, labelled = targets([row.label for row in rows], classes)
+        return np.where(labelled, y, np.nan).astype(np.float32)
+    return _label_indices(rows, classes)
 
 
 def _label_indices(rows: Sequence[SplitRow], classes: Sequence[str]) -> np.ndarray:

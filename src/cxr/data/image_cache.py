@@ -91,7 +91,7 @@ class DecodedImages(Dataset):
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, augment: SeedAugment | None, seed: int) -> None:
         self.images = images
-        self.labels = np.asarray(labels, dtype=np.int64)
+        self.labels = np.asarray(labels)  # class indices, or multi-label target vectors
         self.augment = augment
         self.seed = int(seed)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
@@ -112,4 +112,6 @@ class DecodedImages(Dataset):
         if self.augment is not None and self.augment.cfg.enabled:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             params = self.augment.sample_params(rng, tuple(image.shape))
-        return {"image": image, "params": pack_params(params)}, int(self.labels[index])
+        label = self.labels[index]
+        target = torch.from_numpy(np.array(label, dtype=np.float32)) if np.ndim(label) else int(label)
+        return {"image": image, "params": pack_params(params)}, target

@@ -35,6 +35,11 @@ def split_findings(label: str) -> list[str]:
     return [part for part in parts if part and part != NO_FINDING]
 
 
+def label_names(label: str) -> list[str]:
+    """The findings an image has (uncertain ones included, unmarked), or [`No Finding`]."""
+    return [part.rstrip(UNCERTAIN) for part in split_findings(label)] or [NO_FINDING]
+
+
 def is_nih_style(labels: Iterable[str]) -> bool:
     """True when some label joins several findings with '|' (a single-label column never does)."""
     return any(SEPARATOR in label for label in labels)

@@ -130,7 +130,7 @@ def multilabel_metrics(
     """Every test metric of a multi-label study (JSON-ready); None wherever a value is undefined.
 
     Keys: task, n, findings, loss and the epoch row's accuracy/precision/recall/macro_f1,
-    mean_auroc (+ _ci), mean_ap (+ _ci), per_label[finding]: positives, labelled, prevalence,
+    mean_auroc (+ _ci), mean_ap (+ _ci), thresholds (one per finding), per_label[finding]: positives, labelled, prevalence,
     auroc (+ _ci), average_precision (+ _ci) and, at `thresholds` (chosen on validation; 0.5 where
     None), threshold, sensitivity/specificity (+ Wilson CIs), precision, f1.
     """
@@ -157,5 +157,6 @@ def multilabel_metrics(
         "mean_auroc": boot["mean_auroc"].point, "mean_auroc_ci": boot["mean_auroc"].ci,
         "mean_ap": boot["mean_ap"].point, "mean_ap_ci": boot["mean_ap"].ci,
         "per_label": per_label,
+        "thresholds": [per_label[name]["threshold"] for name in findings],
         "bootstrap": {"n": int(n_boot), "seed": int(seed), "alpha": alpha, "method": "BCa over images"},
     }

@@ -166,29 +166,34 @@ def confusion_matrix_figure(
     return _save(fig, path, formats=formats)
 
 
-def _curve_inputs(y_true: Sequence[int], probs: Any, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    y = np.asarray(y_true).astype(np.int64)
+def _binary_problems(y_true: Any, probs: Any, classes: Sequence[str]) -> tuple[int, list[tuple[np.ndarray, np.ndarray]]]:
+    """(n, per class (positive (M,), score (M,))): one vs rest for class indices (N,), or per finding
+    over its labelled rows for multi-label targets (N, C) (NaN = unlabelled)."""
+    y = np.asarray(y_true, dtype=np.float64)
     p = np.asarray(probs, dtype=np.float64)
-    if p.ndim != 2 or p.shape != (len(y), len(classes)):
+    if p.ndim != 2 or p.shape != (len(y), len(classes)) or y.ndim not in (1, 2) or (y.ndim == 2 and y.shape != p.shape):
         raise CxrError(f"probs must have shape ({len(y)}, {len(classes)}), got {p.shape}")
-    return y, p
+    if y.ndim == 1:
+        return len(y), [(y == c, p[:, c]) for c in range(len(classes))]
+    rows = [~np.isnan(y[:, c]) for c in range(len(classes))]
+    return len(y), [(y[r, c] == 1, p[r, c]) for c, r in enumerate(rows)]
 
 
 def roc_curves(
     y_true: Sequence[int], probs: Any, classes: Sequence[str], path: str | Path, *,
     formats: Sequence[str] = FIGURE_FORMATS,
 ) -> Path:
-    """One-vs-rest ROC curve per class with its AUC; classes absent from y_true are listed, not drawn."""
-    y, p = _curve_inputs(y_true, probs, classes)
+    """One-vs-rest ROC curve per class (multi-label targets: per finding) with its AUC; classes
+    absent from y_true are listed, not drawn."""
+    n, problems = _binary_problems(y_true, probs, classes)
     fig = _new_figure(6.4, 5.6)
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="Chance (AUC 0.500)")
-    for c, name in enumerate(classes):
-        positives = y == c
+    for name, (positives, score) in zip(classes, problems, strict=True):
         if positives.all() or not positives.any():
             ax.plot([], [], linestyle="none", label=f"{name}: no ROC (class absent or the only class)")
             continue
-        fpr, tpr, _ = roc_curve(positives, p[:, c])
+        fpr, tpr, _ = roc_curve(positives, score)
         auc = float(area_under_curve(fpr, tpr))
         ax.plot(fpr, tpr, linewidth=2, label=f"{name} (AUC {auc:.3f})")
     ax.set_xlim(-0.01, 1.01)
@@ -196,7 +201,7 @@ def roc_curves(
     ax.set_aspect("equal")
     ax.set_xlabel("False positive rate (1 - specificity)")
     ax.set_ylabel("True positive rate (sensitivity)")
-    ax.set_title(f"ROC curves, one class vs rest (n={len(y)})")
+    ax.set_title(f"ROC curves, one class vs rest (n={n})")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=9)
     return _save(fig, path, formats=formats)
@@ -208,16 +213,15 @@ def pr_curves_figure(
 ) -> Path:
     """One-vs-rest precision-recall curve per class, average precision in the legend, and each
     class's prevalence (a chance classifier's precision) dotted; absent classes are listed, not drawn."""
-    y, p = _curve_inputs(y_true, probs, classes)
+    n, problems = _binary_problems(y_true, probs, classes)
     fig = _new_figure(6.4, 5.6)
     ax = fig.add_subplot()
-    for c, name in enumerate(classes):
-        positives = y == c
+    for name, (positives, score) in zip(classes, problems, strict=True):
         if positives.all() or not positives.any():
             ax.plot([], [], linestyle="none", label=f"{name}: no PR curve (class absent or the only class)")
             continue
-        precision, recall, _ = precision_recall_curve(positives, p[:, c])
-        ap = float(average_precision_score(positives, p[:, c]))
+        precision, recall, _ = precision_recall_curve(positives, score)
+        ap = float(average_precision_score(positives, score))
         (line,) = ax.step(recall, precision, where="post", linewidth=2, label=f"{name} (AP {ap:.3f})")
         ax.axhline(float(positives.mean()), color=line.get_color(), linestyle=":", linewidth=1)
     ax.set_xlim(-0.01, 1.01)
@@ -225,7 +229,7 @@ def pr_curves_figure(
     ax.set_aspect("equal")
     ax.set_xlabel("Recall (sensitivity)")
     ax.set_ylabel("Precision (positive predictive value)")
-    ax.set_title(f"Precision-recall curves, one class vs rest (n={len(y)})\ndotted: prevalence (chance)")
+    ax.set_title(f"Precision-recall curves, one class vs rest (n={n})\ndotted: prevalence (chance)")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=9)
     return _save(fig, path, formats=formats)

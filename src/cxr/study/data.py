@@ -11,7 +11,9 @@ import numpy as np
 
 from cxr.config import RunConfig
 from cxr.data.audit import audit
+from cxr.data.dataset import label_targets
 from cxr.data.discover import Discovery, discover
+from cxr.data.multilabel import finding_counts
 from cxr.data.samples import write_augmented_samples as write_samples
 from cxr.data.split import make_split
 from cxr.errors import CxrError
@@ -40,17 +42,24 @@ class PreparedData:
     rows: list[SplitRow]
     discovery: Discovery | None = None
     split_report: dict[str, Any] | None = None
+    task: str = "multiclass"  # multilabel: `classes` are findings, row labels are cxr.data.multilabel strings
+
+    @property
+    def multilabel(self) -> bool:
+        return self.task == "multilabel"
 
     def split(self, name: str) -> list[SplitRow]:
         return [r for r in self.rows if r.split == name]
 
     def counts(self) -> SplitCounts:
-        """split -> class -> images."""
+        """split -> class -> images (multi-label: split -> finding -> images with it, and No Finding)."""
+        if self.multilabel:
+            return finding_counts(self.rows, self.classes)
         return split_counts(self.rows, self.classes)
 
     def labels(self, split: str) -> np.ndarray:
-        index = {c: i for i, c in enumerate(self.classes)}
-        return np.array([index[r.label] for r in self.split(split)], dtype=np.int64)
+        """Training targets of a split: class indices, or multi-label target vectors (NaN = unlabelled)."""
+        return label_targets(self.split(split), self.classes, self.multilabel)
 
 
 def prepare_data(
@@ -67,7 +76,7 @@ def prepare_data(
     A given `split_csv` is used as is; on resume the run's split.csv is reused, so the resumed run
     trains on exactly the same images.
     """
-    found = discover(data)
+    found = discover(data, task=cfg.data.task, uncertain=cfg.data.uncertain)
     classes = list(found.classes)
     report: dict[str, Any] | None = None
     if split_csv is not None:
@@ -89,12 +98,16 @@ def prepare_data(
         )
         if is_main_process():
             write_json(run.split_report, report)
-    unknown = sorted({r.label for r in rows} - set(classes))
+    unknown = [] if found.task == "multilabel" else sorted({r.label for r in rows} - set(classes))
     if unknown:
         raise CxrError(f"split labels {unknown} are not classes of the data at {data}: {classes}")
     if is_main_process() and (split_csv is None or Path(split_csv).resolve() != run.split.resolve()):
         write_split_csv(rows, run.split)
-    prepared = PreparedData(root=found.root, classes=classes, rows=rows, discovery=found, split_report=report)
+    prepared = PreparedData(root=found.root, classes=classes, rows=rows, discovery=found, split_report=report,
+                            task=found.task)
+    if prepared.multilabel:
+        label_targets(rows, classes, multilabel=True)  # every finding of the rows is known (else a CxrError)
+        log.info("multi-label task (%s): %d findings %s", found.layout, len(classes), classes)
     for name in ("train", "val"):
         if not prepared.split(name):
             raise CxrError(

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch import nn
 
 from cxr.checkpoint import config_of, load_checkpoint, model_from_checkpoint
 from cxr.config import RunConfig
@@ -20,9 +19,11 @@ from cxr.metrics import classification_metrics
 from cxr.rundir import SPLITS, RunDir, SplitRow, read_split_csv, write_json
 from cxr.runtime import Compute, describe, set_threads
 from cxr.study.inputs import decoded_cache_of, image_loaders
+from cxr.study.multilabel import score_multilabel, store_thresholds, validation_thresholds
 from cxr.study.phases import TrainingRun
 from cxr.study.summary import write_predictions_csv, write_result_figures
 from cxr.training.epoch import evaluate_epoch
+from cxr.training.losses import EvalLoss
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +58,17 @@ def evaluate_best(run: TrainingRun) -> tuple[dict[str, Any], list[SplitRow], np.
         loader = image_loaders(run.prepared, run.model.preprocessing, cfg, ("test",), decoded_cache=decoded,
                                progress=run.compute.progress)["test"]
     module.to(run.compute.device)
-    loss, y_true, probs = evaluate_epoch(module, loader, nn.CrossEntropyLoss(), run.compute, tta=cfg.eval.tta,
-                                         desc="test")
-    metrics = classification_metrics(y_true, probs, run.prepared.classes, loss=loss, n_boot=cfg.eval.bootstrap,
-                                     ece_bins=cfg.eval.ece_bins, seed=cfg.train.seed)
+    loss, y_true, probs = evaluate_epoch(module, loader, EvalLoss(), run.compute, tta=cfg.eval.tta, desc="test")
+    if run.prepared.multilabel:  # thresholds chosen on validation travel with best.pt
+        val_module = run.module if run.feature_cache else run.model
+        val_loader = run.loaders.get("val") if run.feature_cache else image_loaders(
+            run.prepared, run.model.preprocessing, cfg, ("val",), progress=run.compute.progress)["val"]
+        thresholds = validation_thresholds(val_module, val_loader, run.compute)
+        store_thresholds(run.result.best_path, thresholds)
+        metrics = score_multilabel(y_true, probs, run.prepared.classes, cfg, loss=loss, thresholds=thresholds)
+    else:
+        metrics = classification_metrics(y_true, probs, run.prepared.classes, loss=loss, n_boot=cfg.eval.bootstrap,
+                                         ece_bins=cfg.eval.ece_bins, seed=cfg.train.seed)
     return metrics, scored_rows(loader, run.prepared.split("test")), y_true, probs
 
 
@@ -93,7 +101,7 @@ def evaluate_checkpoint(
     classes = list(state["classes"])
     if not Path(data).exists():
         raise CxrError(f"data not found: {data}")
-    found = discover(data)
+    found = discover(data, task=cfg.data.task, uncertain=cfg.data.uncertain)
     if list(found.classes) != classes:
         raise CxrError(
             f"class mismatch: checkpoint {ckpt_path} was trained on classes {classes}, "
@@ -105,17 +113,22 @@ def evaluate_checkpoint(
     set_threads()
     compute = Compute.resolve(device, precision, channels_last=cfg.train.channels_last, progress=progress)
     model = model_from_checkpoint(state).to(compute.device)
-    dataset = SplitDataset(found.root, rows, classes, model.preprocessing, None, seed=cfg.train.seed)
+    multilabel = found.task == "multilabel"
+    dataset = SplitDataset(found.root, rows, classes, model.preprocessing, None, seed=cfg.train.seed,
+                           multilabel=multilabel)
     loader = make_loader(dataset, batch_size=batch_size or cfg.train.batch_size, shuffle=False,
                          num_workers=cfg.data.num_workers, seed=cfg.train.seed)
-    loss, y_true, probs = evaluate_epoch(model, loader, nn.CrossEntropyLoss(), compute, tta=tta,
-                                         desc=f"evaluate {split}")
+    loss, y_true, probs = evaluate_epoch(model, loader, EvalLoss(), compute, tta=tta, desc=f"evaluate {split}")
     skipped = [{"path": row.path, "reason": reason} for row, reason in dataset.unreadable()]
     rows = scored_rows(loader, rows)
     if not rows:
         raise CxrError(f"none of the {len(skipped)} images of split {split!r} of {data} could be read")
-    metrics = classification_metrics(y_true, probs, classes, loss=loss, n_boot=cfg.eval.bootstrap,
-                                     ece_bins=cfg.eval.ece_bins, seed=cfg.train.seed)
+    if multilabel:
+        metrics = score_multilabel(y_true, probs, classes, cfg, loss=loss,
+                                   thresholds=(state.get("extra") or {}).get("thresholds"))
+    else:
+        metrics = classification_metrics(y_true, probs, classes, loss=loss, n_boot=cfg.eval.bootstrap,
+                                         ece_bins=cfg.eval.ece_bins, seed=cfg.train.seed)
     log.info("%s on %s (%s, %d images%s): accuracy %.4f, macro-F1 %.4f, loss %.4f", ckpt_path, data, split,
              len(rows), ", TTA" if tta else "", metrics["accuracy"], metrics["macro_f1"], metrics["loss"],
              extra=RESULT)  # the command prints its own summary
@@ -126,7 +139,7 @@ def evaluate_checkpoint(
             "data": str(Path(data).resolve()), "split": split, "tta": tta,
             "device": describe(compute.device, compute.precision), "skipped": skipped,
         })
-        write_predictions_csv(rows, y_true, probs, classes, out.predictions)
+        write_predictions_csv(rows, y_true, probs, classes, out.predictions, thresholds=metrics.get("thresholds"))
         write_result_figures(None, metrics, y_true, probs, classes, out.figures, cfg.eval.ece_bins)
     return metrics
 

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from cxr.config import RunConfig
-from cxr.data.dataset import SplitDataset, make_loader
+from cxr.data.dataset import SplitDataset, label_targets, make_loader
 from cxr.data.image_cache import DecodedImages, build_image_cache
 from cxr.device_augment import DEVICE_FILL_MODES, DeviceAugment
 from cxr.models.build import build_model
@@ -70,10 +70,11 @@ def image_loaders(
         aug = augment if name == "train" else None
         if decoded_cache is not None:
             images = build_image_cache(prepared.root, rows, pre.size, decoded_cache, progress=progress)
-            index = {c: i for i, c in enumerate(prepared.classes)}
-            dataset = DecodedImages(images, [index[r.label] for r in rows], aug, cfg.train.seed)
+            targets = label_targets(rows, prepared.classes, prepared.multilabel)
+            dataset = DecodedImages(images, targets, aug, cfg.train.seed)
         else:
-            dataset = SplitDataset(prepared.root, rows, prepared.classes, pre, aug, seed=cfg.train.seed)
+            dataset = SplitDataset(prepared.root, rows, prepared.classes, pre, aug, seed=cfg.train.seed,
+                                   multilabel=prepared.multilabel)
         loaders[name] = make_loader(dataset, batch_size=cfg.train.batch_size, shuffle=name == "train",
                                     num_workers=cfg.data.num_workers, seed=cfg.train.seed)
     return loaders

@@ -8,6 +8,7 @@ evaluates the test split and writes the report.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -116,6 +117,10 @@ def train_run(
     # under torchrun rank 0 audits and splits, and every rank gets its result (or its CxrError)
     prepared = run_on_main(lambda: prepare_data(cfg, data, run, resume=resume, split_csv=split_csv,
                                                 progress=progress))
+    if prepared.task != cfg.data.task:  # 'auto' resolved by discovery: the run (and its checkpoints) record it
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, task=prepared.task))
+        if main:
+            save_config(cfg, run.config)
     counts = prepared.counts()
     log.info("classes %s; %s", prepared.classes, ", ".join(f"{s} {sum(c.values())}" for s, c in counts.items()))
     if main:
@@ -198,7 +203,7 @@ def finish_study(trained: TrainingRun, run: RunDir, provenance: Provenance, *, p
     """Evaluate best.pt on the test split, write predictions, figures, metrics.json and the report."""
     metrics, rows, y_true, probs = evaluate_best(trained)
     classes = trained.prepared.classes
-    write_predictions_csv(rows, y_true, probs, classes, run.predictions)
+    write_predictions_csv(rows, y_true, probs, classes, run.predictions, thresholds=metrics.get("thresholds"))
     write_result_figures(read_history_csv(run.history), metrics, y_true, probs, classes, run.figures,
                          trained.cfg.eval.ece_bins)
     summary = run_summary(trained, metrics, processes=processes, wall_seconds=provenance.wall_seconds())

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from cxr import __version__
+from cxr.data.multilabel import encode
 from cxr.report import result_figures as rf
 from cxr.rundir import SplitRow, write_csv
 from cxr.runtime import describe
@@ -41,13 +42,23 @@ def run_summary(run: TrainingRun, metrics: dict[str, Any], *, processes: int, wa
 
 
 def write_predictions_csv(
-    rows: Sequence[SplitRow], y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], path: Path
+    rows: Sequence[SplitRow], y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], path: Path,
+    thresholds: Sequence[float | None] | None = None,
 ) -> Path:
-    """path,label,pred,prob_<class>... one line per evaluated image, in evaluation order."""
+    """path,label,pred,prob_<class>... one line per evaluated image, in evaluation order.
+
+    Multi-label (`thresholds` given, one per finding; None = 0.5): pred is the findings at or above
+    their threshold, joined like the labels (`No Finding` for none).
+    """
     if len(rows) != len(y_true):
         raise RuntimeError(f"{len(rows)} rows but {len(y_true)} predictions")  # a bug, not user input
-    body = ((row.path, row.label, classes[int(np.argmax(p))], *(f"{float(v):.6f}" for v in p))
-            for row, p in zip(rows, probs, strict=True))
+    if thresholds is not None:
+        cut = np.array([0.5 if t is None else t for t in thresholds])
+        preds = [encode([c for c, hit in zip(classes, p >= cut, strict=True) if hit], [], classes) for p in probs]
+    else:
+        preds = [classes[int(np.argmax(p))] for p in probs]
+    body = ((row.path, row.label, pred, *(f"{float(v):.6f}" for v in p))
+            for row, pred, p in zip(rows, preds, probs, strict=True))
     return write_csv(path, ("path", "label", "pred", *(f"prob_{c}" for c in classes)), body)
 
 
@@ -64,6 +75,10 @@ def write_result_figures(
     fig_dir.mkdir(parents=True, exist_ok=True)
     if history:
         rf.training_curves(history, fig_dir)
+    if np.ndim(y_true) == 2:  # multi-label: per-finding curves; no confusion matrix or top-label reliability
+        rf.roc_curves(y_true, probs, classes, fig_dir / "roc.png")
+        rf.pr_curves_figure(y_true, probs, classes, fig_dir / "pr_curves.png")
+        return
     rf.confusion_matrix_figure(metrics["confusion"], classes, fig_dir / "confusion_matrix.png", normalize="pred")
     rf.roc_curves(y_true, probs, classes, fig_dir / "roc.png")
     rf.reliability_diagram(y_true, probs, fig_dir / "reliability.png", bins=ece_bins)

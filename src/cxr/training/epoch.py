@@ -19,9 +19,10 @@ from torch import nn
 from cxr.data.dataset import drop_skipped
 from cxr.errors import CxrError
 from cxr.metrics import epoch_metrics
+from cxr.metrics.multilabel import multilabel_epoch_metrics
 from cxr.progress import Progress
 from cxr.runtime import Compute, gather_arrays
-from cxr.transforms import tta_probs
+from cxr.transforms import output_probs, tta_probs
 
 PROGRESS_EVERY = 5  # batches between progress updates of the running loss (each reads it back from the device)
 
@@ -102,7 +103,7 @@ def train_one_epoch(
             loss_sum += loss.detach().double() * n
             seen += n
             labels.append(y.detach())
-            probs.append(torch.softmax(logits.detach().float(), dim=1))
+            probs.append(output_probs(logits.detach(), multilabel=y.dim() == 2))
             if bar.drawing and i % PROGRESS_EVERY == 0:
                 bar.postfix(loss=f"{loss_sum.item() / seen:.4f}")
             bar.update(n)
@@ -154,12 +155,16 @@ def evaluate_epoch(
             if not len(y):
                 continue
             x, y = compute.to(x), y.to(compute.device, non_blocking=True)
+            multilabel = y.dim() == 2
             if tta:
-                p = tta_probs(logits_of, x)
-                loss = loss_fn(torch.log(p.clamp_min(1e-12)), y)
+                p = tta_probs(logits_of, x, multilabel)
+                # the loss of the averaged probabilities: log-probabilities act as logits of softmax, and
+                # log-odds (clamped away from 0 and 1) as logits of the sigmoids
+                q = p.clamp(1e-6, 1 - 1e-6)
+                loss = loss_fn(torch.log(q / (1 - q)) if multilabel else torch.log(p.clamp_min(1e-12)), y)
             else:
                 logits = logits_of(x).float()
-                p = torch.softmax(logits, dim=1)
+                p = output_probs(logits, multilabel)
                 loss = loss_fn(logits, y)
             n = y.shape[0]
             loss_sum += loss.double() * n
@@ -173,9 +178,15 @@ def evaluate_epoch(
 
 
 def gathered_metrics(loss: float, y_true: np.ndarray, probs: np.ndarray) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-    """Metrics from predictions gathered over all ranks (identity in one process); returns them and the arrays."""
+    """Metrics from predictions gathered over all ranks (identity in one process); returns them and the arrays.
+
+    Multi-label targets ((N, C), NaN = unlabelled) get the multi-label row (`multilabel_epoch_metrics`).
+    """
     n = np.asarray([len(y_true)], dtype=np.float64)
     loss_sum = np.asarray([loss * len(y_true)], dtype=np.float64)
     y_all, p_all, n_all, s_all = gather_arrays(y_true, probs, n, loss_sum)
     total_loss = float(s_all.sum() / max(n_all.sum(), 1.0))
+    if y_all.ndim == 2:
+        labelled = ~np.isnan(y_all)
+        return multilabel_epoch_metrics(np.nan_to_num(y_all), labelled, p_all, total_loss), y_all, p_all
     return epoch_metrics(y_all, p_all, total_loss), y_all, p_all

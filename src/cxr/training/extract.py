@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from cxr.config import RunConfig
-from cxr.data.dataset import SplitDataset, make_loader
+from cxr.data.dataset import SplitDataset, label_targets, make_loader
 from cxr.errors import CxrError
 from cxr.progress import Progress
 from cxr.rundir import SPLITS, write_json
@@ -220,7 +220,7 @@ def build_entry(
         for split in SPLITS:
             rows = by_split[split]
             n_views = views if split == "train" else 1
-            labels = np.array([classes.index(r.label) for r in rows], dtype=np.int64)
+            labels = label_targets(rows, classes, multilabel=cfg.data.task == "multilabel")
             np.save(tmp / f"{split}_labels.npy", labels)
             channels = _extract_split(job, split, rows, n_views, tmp / f"{split}.npy")
             splits[split] = {"images": len(rows), "views": n_views, "channels": channels}
@@ -267,7 +267,8 @@ def _extract_split(job: _Extraction, split: str, rows: list[Any], n_views: int, 
         return 0
     cfg = job.cfg
     augment = SeedAugment(cfg.augment) if split == "train" and cfg.augment.enabled else None
-    dataset = SplitDataset(job.root, list(rows), job.classes, job.model.preprocessing, augment, cfg.train.seed)
+    dataset = SplitDataset(job.root, list(rows), job.classes, job.model.preprocessing, augment, cfg.train.seed,
+                           multilabel=cfg.data.task == "multilabel")
     loader = make_loader(dataset, batch_size=cfg.train.batch_size, shuffle=False,
                          num_workers=cfg.data.num_workers, seed=cfg.train.seed)
     store: np.ndarray | None = None

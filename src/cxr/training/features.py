@@ -119,7 +119,9 @@ class CachedFeatureDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         vec = np.array(self.features[self.views[index], index], dtype=np.float32)  # a writable copy
-        return torch.from_numpy(vec).view(-1, 1, 1), int(self.labels[index])
+        label = self.labels[index]
+        target = torch.from_numpy(np.array(label)) if np.ndim(label) else int(label)  # multi-label: a vector
+        return torch.from_numpy(vec).view(-1, 1, 1), target
 
 
 def view_schedule(seed: int, epoch: int, num_views: int, num_images: int) -> np.ndarray:

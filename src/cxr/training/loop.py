@@ -27,6 +27,7 @@ from cxr.errors import CxrError
 from cxr.rundir import METRIC_NAMES, PHASE_COLUMN
 from cxr.runtime import Compute, make_grad_scaler, to_channels_last
 from cxr.training.epoch import evaluate_epoch, gathered_metrics, train_one_epoch
+from cxr.training.losses import EvalLoss
 from cxr.training.optim import build_optimizer, build_scheduler, training_criterion
 from cxr.training.state import Checkpointer, EarlyStopping, TrainingState
 
@@ -146,7 +147,7 @@ def fit(
         tr = train_one_epoch(runner, train_loader, optimizer, criterion, compute, epoch=epoch, epochs=last_epoch,
                              scaler=scaler, grad_accum=tc.grad_accum, scheduler=scheduler)
         train_m, _, _ = gathered_metrics(tr["loss"], tr["y_true"], tr["probs"])
-        val_loss, y_val, p_val = evaluate_epoch(runner, val_loader, nn.CrossEntropyLoss(), compute,
+        val_loss, y_val, p_val = evaluate_epoch(runner, val_loader, EvalLoss(), compute,
                                                 desc=f"epoch {epoch}/{last_epoch} val")
         if len(y_val) == 0:
             raise CxrError("the validation split is empty; it is needed for val metrics and best.pt")

@@ -14,6 +14,7 @@ from torch import nn
 from cxr.config import CLASS_WEIGHTS, OPTIMIZERS, SCHEDULES, TrainConfig
 from cxr.errors import CxrError
 from cxr.training.ddp import train_loss, unwrap
+from cxr.training.losses import MaskedBCELoss, positive_weights
 
 SGD_MOMENTUM = 0.9
 
@@ -97,12 +98,19 @@ def class_weights(mode: str, labels: Sequence[int] | None, num_classes: int) -> 
 
 
 def training_criterion(
-    tc: TrainConfig, num_classes: int, device: torch.device, train_labels: Sequence[int] | None = None
+    tc: TrainConfig, num_classes: int, device: torch.device, train_labels: Any = None
 ) -> nn.Module:
-    """The training loss of a phase: cross-entropy with its class weights and label smoothing.
+    """The training loss of a phase: cross-entropy with its class weights and label smoothing, or for
+    multi-label targets ((N, C) floats, NaN = unlabelled) masked BCE, `balanced` giving each finding's
+    positives the weight negatives/positives (`cxr.training.losses`).
 
     In one process nn.CrossEntropyLoss; under DDP normalised over the whole global batch, so N
-    processes compute what one would (`cxr.training.distributed.GlobalBatchLoss`).
+    processes compute what one would (`cxr.training.ddp.GlobalBatchLoss`).
     """
-    weight = class_weights(tc.class_weights, train_labels, num_classes)
+    labels = None if train_labels is None else np.asarray(train_labels)
+    if labels is not None and labels.ndim == 2:
+        balanced = tc.class_weights == "balanced"
+        pos_weight = positive_weights(torch.as_tensor(labels, dtype=torch.float32)).to(device) if balanced else None
+        return MaskedBCELoss(pos_weight, tc.label_smoothing)
+    weight = class_weights(tc.class_weights, labels, num_classes)
     return train_loss(weight.to(device) if weight is not None else None, tc.label_smoothing)
