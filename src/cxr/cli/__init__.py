@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from cxr import __version__
-from cxr.cli._common import Parser, add_logging_flags
+from cxr.cli._common import Parser, add_logging_flags, os_error_line
 from cxr.errors import CxrError
 from cxr.logs import HideResults
 from cxr.malloc import reexec_with_malloc_tunables
@@ -68,6 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except CxrError as exc:
         log.error("error: %s", exc)
+        return 2
+    except OSError as exc:  # a full disk or a read-only folder met mid-way: one line, not a traceback
+        line = os_error_line(exc)
+        if line is None:
+            raise
+        log.error("error: %s", line)
         return 2
     except KeyboardInterrupt:
         log.error("interrupted")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from cxr.errors import CxrError
 from cxr.suggest import did_you_mean
 
 
@@ -120,3 +123,31 @@ def positive_int(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
     return number
+
+
+def writable_output(path: Path | None, *, folder: bool = False) -> Path | None:
+    """Check, before any work, that `path` (a file, or with `folder` a directory) can be written: its
+    folder is created and a probe file written and removed, so results computed later are not lost
+    at the last write. A CxrError names the place and the reason."""
+    if path is None:
+        return None
+    target = Path(path) if folder else Path(path).parent
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        probe = target / f".cxr-write-check-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise CxrError(f"cannot write to {target}: {exc.strerror or exc}; choose another output location") from None
+    return Path(path)
+
+
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
+
+
+def os_error_line(exc: OSError) -> str | None:
+    """One line for a failed write the user can act on (disk full, read-only, no permission), else None."""
+    if exc.errno not in WRITE_ERRNOS:
+        return None
+    where = f" {exc.filename}" if exc.filename else ""
+    return f"cannot write{where}: {exc.strerror or exc} (free some space or choose another output location)"

@@ -8,7 +8,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from cxr.cli._common import add_command, positive_int
+from cxr.cli._common import add_command, positive_int, writable_output
 from cxr.config import DataConfig, EvalConfig, allowed_values, load_config
 from cxr.data.audit import AuditReport
 from cxr.data.hashes import DEFAULT_NEAR_THRESHOLD, NEAR_METHOD, PHASH_BITS
@@ -112,6 +112,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from cxr.data.audit import audit
     from cxr.data.discover import discover
 
+    writable_output(args.json)
+    writable_output(args.figures, folder=True)
     discovery = discover(args.path)
     report = audit(discovery, near_threshold=args.near_threshold, progress=True)
     _print_inspect(report)
@@ -225,6 +227,8 @@ def cmd_split(args: argparse.Namespace) -> int:
     from cxr.rundir import write_split_csv
 
     ratios = validate_ratios(args.ratios)  # before the slow part
+    writable_output(args.out)
+    writable_output(args.report)
     discovery = discover(args.path)
     rows, report = make_split(
         discovery, ratios, seed=args.seed, near_threshold=args.near_threshold, progress=True

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cxr.cli._common import add_command, existing_path, positive_int
+from cxr.cli._common import add_command, existing_path, positive_int, writable_output
 from cxr.config import DEVICES
 from cxr.errors import CxrError, ImageReadError
 from cxr.serve.limits import ServeLimits, read_api_key
@@ -171,6 +171,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.out is not None and args.out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise CxrError(f"--out must end in {' or '.join(OUTPUT_SUFFIXES)}, got {args.out}")
+    writable_output(args.out)
     files, skipped = collect_images(args.inputs)
     for item, reason in skipped:
         log.warning("skipped %s: %s", item, reason)
@@ -245,6 +246,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     if args.out.suffix.lower() != ".png":
         raise CxrError(f"--out must be a .png file, got {args.out}")
+    writable_output(args.out)
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device)
     if args.class_name is not None:
         predictor.class_index(args.class_name)  # fails early, listing the classes
@@ -266,6 +268,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.fmt != "onnx" and (args.int8 or args.eval):
         raise CxrError("--int8 and --eval need --format onnx")
     ckpt = load_checkpoint(args.checkpoint)
+    writable_output(args.out)
     if args.fmt == "onnx":
         out = ex.export_onnx(ckpt, args.out, opset=args.opset)
     else:

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from cxr.cli._common import add_command, positive_int
+from cxr.cli._common import add_command, positive_int, writable_output
 from cxr.cli.flags import DEMO_FLAGS, RUN_FLAGS, add_flags, flag_overrides
 from cxr.config import DEVICES, PRECISIONS
 from cxr.errors import CxrError
@@ -169,6 +169,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from cxr.study import evaluate_checkpoint
 
+    writable_output(args.out, folder=True)
     metrics = evaluate_checkpoint(args.checkpoint, args.data, args.split, out_dir=args.out, tta=args.tta,
                                   device=args.device, precision=args.precision, batch_size=args.batch_size,
                                   split_csv=args.split_csv)
