@@ -55,11 +55,14 @@ FLAGS: dict[str, Flag] = {
         Flag("--no-feature-cache", ("train.feature_cache",),
              "with freeze=base, still run the backbone on images every epoch (the direct path)", sets=False),
         Flag("--dropout", ("model.dropout",), "dropout before each hidden layer of the head", "P"),
+        Flag("--task", ("data.task",), "one class per image (softmax) or several findings per image (sigmoid; "
+             "a manifest with '|' labels or 0/1/-1 finding columns)", "TASK"),
+        Flag("--uncertain", ("data.uncertain",), "multi-label: what an uncertain (-1) finding becomes", "POLICY"),
     )
 }
 RUN_FLAGS = tuple(FLAGS[o] for o in (
     "--backbone", "--weights", "--freeze", "--epochs", "--batch-size", "--lr", "--seed", "--name", "--device",
-    "--precision", "--compile", "--no-feature-cache",
+    "--precision", "--compile", "--no-feature-cache", "--task", "--uncertain",
 ))
 DEMO_FLAGS = tuple(FLAGS[o] for o in ("--epochs", "--no-feature-cache", "--device"))
 MODEL_FLAGS = tuple(FLAGS[o] for o in ("--backbone", "--weights", "--freeze", "--dropout"))
