@@ -55,11 +55,15 @@ FLAGS: dict[str, Flag] = {
         Flag("--no-feature-cache", ("train.feature_cache",),
              "with freeze=base, still run the backbone on images every epoch (the direct path)", sets=False),
         Flag("--dropout", ("model.dropout",), "dropout before each hidden layer of the head", "P"),
+        Flag("--track", ("track.backend",), "experiment tracking besides the run folder: tensorboard event "
+             "files in RUN/tensorboard/, or an mlflow run", "BACKEND"),
+        Flag("--track-uri", ("track.uri",), "mlflow tracking URI (default: sqlite:///<folder of the run "
+             "folder>/mlflow.db)", "URI", allowed=False),
     )
 }
 RUN_FLAGS = tuple(FLAGS[o] for o in (
     "--backbone", "--weights", "--freeze", "--epochs", "--batch-size", "--lr", "--seed", "--name", "--device",
-    "--precision", "--compile", "--no-feature-cache",
+    "--precision", "--compile", "--no-feature-cache", "--track", "--track-uri",
 ))
 DEMO_FLAGS = tuple(FLAGS[o] for o in ("--epochs", "--no-feature-cache", "--device"))
 MODEL_FLAGS = tuple(FLAGS[o] for o in ("--backbone", "--weights", "--freeze", "--dropout"))

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 # Settings a resumed run may change: how long it trains, where it computes, what it evaluates.
 RESUMABLE = ("name", "data.root", "data.num_workers", "train.epochs", "train.finetune_epochs", "train.device",
-             "train.compile", "train.early_stopping", "eval.")
+             "train.compile", "train.early_stopping", "eval.", "track.", "model.cam_layer")
 _LISTED = 5
 
 
