@@ -78,6 +78,37 @@ def test_unknown_preprocessing_mode_is_a_user_error() -> None:
         Preprocessing("bogus")
 
 
+def test_records_of_older_checkpoints_load_and_stay_as_they_were() -> None:
+    for stored in ({"mode": "caffe", "size": 224}, {"mode": "half", "size": 128}, {"mode": "imagenet"}):
+        pre = Preprocessing.from_dict(stored)
+        assert (pre.channels, pre.mean, pre.interpolation) == (3, None, "bilinear")
+        assert pre.to_dict() == {"size": 224, **stored}  # no new keys: old readers read it too
+
+
+def test_meanstd_records_carry_their_own_mean_std_and_channels() -> None:
+    pre = Preprocessing("meanstd", 96, mean=[0.5, 0.4, 0.3], std=[0.25, 0.2, 0.1], interpolation="bicubic")
+    assert pre.to_dict() == {"mode": "meanstd", "size": 96, "mean": [0.5, 0.4, 0.3], "std": [0.25, 0.2, 0.1],
+                             "interpolation": "bicubic"}
+    assert Preprocessing.from_dict(pre.to_dict()) == pre
+    out = normalize(torch.full((3, 1, 1), 127.5), pre).flatten()
+    assert torch.allclose(out, torch.tensor([(0.5 - 0.5) / 0.25, (0.5 - 0.4) / 0.2, (0.5 - 0.3) / 0.1]))
+    gray = Preprocessing("meanstd", 8, mean=(0.5,), std=(0.5,), channels=1)
+    assert to_input(np.full((8, 8), 255, np.uint8), gray).shape == (1, 8, 8)
+    assert torch.allclose(to_input(np.full((8, 8), 255, np.uint8), gray), torch.ones(1, 8, 8))
+
+
+@pytest.mark.parametrize("fields,needle", [
+    ({"mode": "imagenet", "mean": (0.5, 0.5, 0.5)}, "use mode meanstd"),
+    ({"mode": "meanstd", "mean": (0.5,), "std": (0.5, 0.5, 0.5)}, "needs 3 mean values"),
+    ({"mode": "meanstd", "mean": (0.5,), "std": (0.0,), "channels": 1}, "std must be positive"),
+    ({"mode": "meanstd", "mean": (0.5, 0.5), "std": (1, 1), "channels": 2}, "channels must be 1 or 3"),
+    ({"mode": "half", "interpolation": "cubic"}, "allowed: bilinear, bicubic"),
+])
+def test_bad_records_are_user_errors(fields: dict, needle: str) -> None:
+    with pytest.raises(CxrError, match=needle):
+        Preprocessing.from_dict(fields)
+
+
 # --- resize_gray ----------------------------------------------------------------------------------
 
 
@@ -94,6 +125,12 @@ def test_resize_gray_is_bilinear_not_nearest() -> None:
     img[:, 2:] = 200
     out = resize_gray(img, 8)
     assert len(np.unique(out[0])) > 2  # a ramp across the edge, not a hard step
+
+
+def test_resize_gray_follows_the_records_filter() -> None:
+    img = np.random.default_rng(0).integers(0, 255, (20, 20), dtype=np.uint8)
+    bicubic, bilinear = resize_gray(img, 13, "bicubic"), resize_gray(img, 13)
+    assert bicubic.shape == (13, 13) and not np.array_equal(bicubic, bilinear)
 
 
 def test_resize_gray_refuses_colour_arrays() -> None:

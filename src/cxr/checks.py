@@ -8,6 +8,7 @@ dataclasses attach one to each constrained field (`cxr.config.setting`). Torch-f
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -148,6 +149,23 @@ class NonEmpty(Check):
 
     def describe(self) -> str:
         return "a non-empty string"
+
+
+@dataclass(frozen=True)
+class Matches(Check):
+    """A string that fully matches `pattern` ('' allowed when `optional`); `text` says what it is."""
+
+    pattern: str
+    text: str
+    optional: bool = True
+
+    def __call__(self, key: str, value: Any) -> None:
+        if isinstance(value, str) and ((self.optional and value == "") or re.fullmatch(self.pattern, value)):
+            return
+        raise CxrError(f"{key} must be {self.describe()}, got {value!r}")
+
+    def describe(self) -> str:
+        return self.text + (" (or empty)" if self.optional else "")
 
 
 def validate_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:

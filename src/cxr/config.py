@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from cxr.checks import FRACTION, Check, Choice, Each, NonEmpty, Ratios, Span, above, at_least
+from cxr.checks import FRACTION, Check, Choice, Each, Matches, NonEmpty, Ratios, Span, above, at_least
 from cxr.errors import CxrError
 from cxr.models import catalog
 from cxr.suggest import did_you_mean
@@ -30,6 +30,8 @@ DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 FREEZE_MODES = ("base", "stages:N", "none")  # N's upper bound is the backbone's stage count (models.build)
 FINETUNE_FREEZE_MODES = ("stages:N", "none")
 FILL_MODES = ("nearest", "constant", "reflect", "wrap")  # Keras fill_mode values (SciPy modes)
+TRACKERS = ("none", "tensorboard", "mlflow")  # experiment tracking backends (cxr.tracking)
+MODULE_PATH = Matches(r"[A-Za-z_0-9]+(\.[A-Za-z_0-9]+)*", "a module path such as layer4 or features.denseblock4")
 MIN_IMAGE_SIZE = 32  # the backbones downsample 32x: a smaller input leaves no feature map
 SWITCHES = ("auto", "on", "off")  # auto: on where it helps (see the field)
 TASKS = ("auto", "multiclass", "multilabel")  # auto: multilabel for a manifest with '|' labels or 0/1/-1 columns
@@ -81,6 +83,7 @@ class ModelConfig:
     freeze: str = setting("base", Choice(FREEZE_MODES))  # base: head only | stages:N: also the last N stages | none
     head: tuple[int, ...] = setting((2048, 512, 128), Each(at_least(1)))  # hidden widths of the MLP head (seed: 2048, 512, 128)
     dropout: float = setting(0.0, FRACTION)  # dropout before each hidden Linear of the head (seed: none)
+    cam_layer: str = setting("", MODULE_PATH)  # Grad-CAM layer, a module path of the backbone (layer4, features.denseblock4); "": the map the head pools
 
 
 @dataclass
@@ -121,6 +124,13 @@ class EvalConfig:
 
 
 @dataclass
+class TrackConfig:
+    backend: str = setting("none", Choice(TRACKERS))  # none | tensorboard (<run>/tensorboard/) | mlflow
+    uri: str = setting("", Matches(r"\S+", "a tracking URI (sqlite:///PATH, file:///PATH, http://HOST:PORT)"))  # mlflow tracking URI; "": sqlite:///<folder of the run folder>/mlflow.db
+    experiment: str = setting("cxr", NonEmpty())  # mlflow experiment name
+
+
+@dataclass
 class RunConfig:
     name: str = setting("seed", NonEmpty())  # run name; the run directory defaults to runs/<name>
     data: DataConfig = field(default_factory=DataConfig)
@@ -128,6 +138,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)  # experiment tracking (off by default)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -4,6 +4,13 @@ A short implementation of our own, for any module with `forward_features(x) -> (
 `forward_head(features) -> logits` (the `Classifier` contract). The feature map is computed once,
 detached and made a leaf that requires a gradient, so no hooks are needed and the backbone is not
 back-propagated through: cam = ReLU(sum_c mean_hw(d score / d A_c) * A_c), upsampled to the input.
+
+That default explains the feature map the head pools: the last stage of every backbone family (after
+its final per-position norm). `layer` (the config key ``model.cam_layer``, or ``cxr explain
+--cam-layer``) names another layer instead, as a module path of the backbone's library model
+(``layer3``, ``features.denseblock3``, ``stages.2``, ``blocks.5``): a forward hook then makes its
+output the leaf, and the network after it is back-propagated through. Token and NHWC outputs are laid
+out as (N, C, h, w) by the backbone's ``to_map``.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from PIL import Image
 from torch import nn
 
 from cxr.errors import CxrError
+from cxr.models.stages import as_feature_map, find_layer
 from cxr.predict import ImageInput, Prediction, Predictor
 
 OVERLAY_ALPHA = 0.45  # weight of the heatmap colour in the blend
@@ -28,31 +36,37 @@ _FEATURE_DIMS = 4
 
 
 def grad_cam(
-    model: nn.Module, x: torch.Tensor, class_index: int | None = None
+    model: nn.Module, x: torch.Tensor, class_index: int | None = None, layer: str | None = None
 ) -> tuple[np.ndarray, int, np.ndarray]:
     """Grad-CAM of one input.
 
-    x: normalised input (3, H, W) or (1, 3, H, W) on the model's device. class_index: the class to
-    explain (default: the predicted one). Returns (cam float32 (H, W) scaled to [0, 1], the class
+    x: normalised input (C, H, W) or (1, C, H, W) on the model's device. class_index: the class to
+    explain (default: the predicted one). layer: a backbone layer path (module docstring); None or ''
+    explains the feature map the head pools. Returns (cam float32 (H, W) scaled to [0, 1], the class
     index explained, the class probabilities float64 (C,)). Runs in fp32 with gradients on, also
     when called under `torch.no_grad()`.
     """
     if x.dim() == _FEATURE_DIMS - 1:
         x = x.unsqueeze(0)
     if x.dim() != _FEATURE_DIMS or x.shape[0] != 1:
-        raise CxrError(f"grad_cam explains one image of shape (3, H, W) or (1, 3, H, W), got {tuple(x.shape)}")
+        raise CxrError(f"grad_cam explains one image of shape (C, H, W) or (1, C, H, W), got {tuple(x.shape)}")
     with torch.enable_grad():
-        feats = model.forward_features(x)
-        if feats.dim() != _FEATURE_DIMS:
-            raise CxrError(f"Grad-CAM needs a (N, C, h, w) feature map, got shape {tuple(feats.shape)}")
-        feats = feats.detach().float().requires_grad_(True)
-        logits = model.forward_head(feats).float()
+        if layer:
+            feats, logits = _hooked_forward(model, x, layer)
+        else:
+            feats = model.forward_features(x)
+            if feats.dim() != _FEATURE_DIMS:
+                raise CxrError(f"Grad-CAM needs a (N, C, h, w) feature map, got shape {tuple(feats.shape)}")
+            feats = feats.detach().float().requires_grad_(True)
+            logits = model.forward_head(feats).float()
         num_classes = logits.shape[1]
         if class_index is None:
             class_index = int(logits[0].argmax())
         if not 0 <= class_index < num_classes:
             raise CxrError(f"class index {class_index} out of range 0..{num_classes - 1}")
         (grads,) = torch.autograd.grad(logits[0, class_index], feats)
+    if layer:
+        feats, grads = _layer_map(model, feats, x, layer), _layer_map(model, grads, x, layer)
     weights = grads.mean(dim=(2, 3), keepdim=True)
     cam = F.relu((weights * feats.detach()).sum(dim=1, keepdim=True))
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
@@ -60,6 +74,42 @@ def grad_cam(
     cam = cam / peak if peak > 0 else torch.zeros_like(cam)
     probs = torch.softmax(logits.detach()[0], dim=0).double().cpu().numpy()
     return cam.cpu().numpy().astype(np.float32), class_index, probs
+
+
+def _hooked_forward(model: nn.Module, x: torch.Tensor, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the output of backbone layer `layer` as a gradient leaf, the logits computed from it)."""
+    module = find_layer(model.backbone, layer)
+    captured: list[torch.Tensor] = []
+
+    def hook(_module: nn.Module, _inputs: object, out: object) -> torch.Tensor:
+        if not isinstance(out, torch.Tensor):
+            raise CxrError(f"model.cam_layer {layer!r} outputs a {type(out).__name__}, not a tensor; "
+                           "choose a layer that outputs a feature map")
+        leaf = out.detach().float().requires_grad_(True)
+        captured.append(leaf)
+        return leaf.clone().to(out.dtype)  # a clone, so in-place layers after it leave the leaf intact
+
+    handle = module.register_forward_hook(hook)
+    try:
+        logits = model(x).float()
+    finally:
+        handle.remove()
+    if not captured:
+        raise CxrError(f"model.cam_layer {layer!r} is not run by the model's forward pass; choose another layer")
+    return captured[-1], logits
+
+
+def _layer_map(model: nn.Module, out: torch.Tensor, x: torch.Tensor, layer: str) -> torch.Tensor:
+    """A layer's output (or its gradient) as (1, C, h, w), the way the backbone lays it out."""
+    to_map = getattr(model.backbone, "to_map", None)
+    if callable(to_map):
+        return to_map(out, x, layer)
+    return as_feature_map(out, channels_last=False, prefix_tokens=0, grid=None)
+
+
+def cam_layer_of(predictor: Predictor) -> str | None:
+    """The checkpoint's ``model.cam_layer`` (None: the feature map the head pools)."""
+    return ((predictor.info.config or {}).get("model") or {}).get("cam_layer") or None
 
 
 def overlay(image_gray: np.ndarray, cam: np.ndarray, alpha: float = OVERLAY_ALPHA, cmap: str = COLORMAP) -> np.ndarray:
@@ -104,12 +154,14 @@ class Explanation:
         return buf.getvalue()
 
 
-def explain(predictor: Predictor, image: ImageInput, class_name: str | None = None, name: str | None = None) -> Explanation:
-    """Grad-CAM of `image` for `class_name` (default: the predicted class) with a predictor's model."""
+def explain(predictor: Predictor, image: ImageInput, class_name: str | None = None, name: str | None = None,
+            layer: str | None = None) -> Explanation:
+    """Grad-CAM of `image` for `class_name` (default: the predicted class) with a predictor's model, at
+    `layer` (default: the checkpoint's ``model.cam_layer``, else the feature map the head pools)."""
     gray = predictor.load(image, name=name)
     index = predictor.class_index(class_name) if class_name is not None else None
     x = predictor.preprocess(gray).to(predictor.device)
-    cam, index, probs = grad_cam(predictor.model, x, index)
+    cam, index, probs = grad_cam(predictor.model, x, index, layer=layer or cam_layer_of(predictor))
     classes = predictor.classes
     table = {c: float(p) for c, p in zip(classes, probs, strict=True)}
     source = str(image) if isinstance(image, str | Path) else name

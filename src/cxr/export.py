@@ -64,9 +64,10 @@ def describe_input(classes: list[str], pre: Preprocessing) -> dict[str, Any]:
         "mean": list(mean),
         "std": list(std),
         "input": (
-            f"float32 (N, 3, {pre.size}, {pre.size}): the X-ray decoded to 8-bit grayscale, resized to "
-            f"{pre.size}x{pre.size} (bilinear), repeated to 3 channels ({order}), then (pixel - mean) / std "
-            "per channel with pixel in 0..255"
+            f"float32 (N, {pre.channels}, {pre.size}, {pre.size}): the X-ray decoded to 8-bit grayscale, resized "
+            f"to {pre.size}x{pre.size} ({pre.interpolation}), "
+            + (f"repeated to 3 channels ({order}), " if pre.channels == 3 else "as one channel, ")
+            + "then (pixel - mean) / std per channel with pixel in 0..255"
         ),
         "outputs": "probabilities (N, C) softmax over `classes`; logits (N, C)",
         "cxr_version": __version__,
@@ -94,7 +95,7 @@ def export_onnx(
     pre = Preprocessing.from_dict(ckpt["preprocessing"])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    example = torch.zeros(1, 3, pre.size, pre.size)
+    example = torch.zeros(1, pre.channels, pre.size, pre.size)
     dynamic = {name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)}
     with warnings.catch_warnings():
         # The TorchScript-based exporter needs no onnxscript (not installed) and handles our models;
@@ -354,4 +355,4 @@ def calibration_inputs(checkpoint: str | Path | dict[str, Any], folder: str | Pa
         raise CxrError(f"no images found in {folder} for int8 calibration")
     if len(files) > n:
         files = [files[i] for i in np.linspace(0, len(files) - 1, n).round().astype(int)]
-    return torch.stack([to_input(resize_gray(read_image(f), pre.size), pre) for f in files])
+    return torch.stack([to_input(resize_gray(read_image(f), pre.size, pre.interpolation), pre) for f in files])

@@ -149,8 +149,9 @@ class Predictor:
         )
 
     def preprocess(self, gray: np.ndarray) -> torch.Tensor:
-        """uint8 (H, W) -> normalised network input (3, S, S) following the checkpoint's record."""
-        return to_input(resize_gray(gray, self.preprocessing.size), self.preprocessing)
+        """uint8 (H, W) -> normalised network input (C, S, S) following the checkpoint's record."""
+        pre = self.preprocessing
+        return to_input(resize_gray(gray, pre.size, pre.interpolation), pre)
 
     # ------------------------------------------------------------------------------- inference
 

@@ -144,6 +144,16 @@ class RunDir:
         """log.txt: the run's log."""
         return self.root / "log.txt"
 
+    @property
+    def tensorboard(self) -> Path:
+        """tensorboard: TensorBoard event files (with --track tensorboard)."""
+        return self.root / "tensorboard"
+
+    @property
+    def tracking(self) -> Path:
+        """tracking.json: the experiment tracker's run (backend, URI, run id), so a resume continues it."""
+        return self.root / "tracking.json"
+
     def artefacts(self) -> list[Path]:
         """The files and folders of a run that exist here (what protects a folder from being reused)."""
         candidates = (self.config, self.split, self.audit, self.last, self.best, self.history, self.metrics,
@@ -154,7 +164,7 @@ class RunDir:
         """Every file and folder a study writes here, present or not (what `clear` removes)."""
         return [self.checkpoints, self.history, self.metrics, self.predictions, self.split, self.audit,
                 self.split_report, self.provenance, self.config, self.report_md, self.report_html, self.figures,
-                self.aug_images, self.log]
+                self.aug_images, self.log, self.tensorboard, self.tracking]
 
     def clear(self) -> list[Path]:
         """Delete the study's outputs (`outputs`), never anything else in the folder; returns what was deleted."""

@@ -24,9 +24,18 @@ from scipy import ndimage
 from cxr.config import AugmentConfig, check_section
 from cxr.errors import CxrError
 
-PREPROCESSING_MODES = ("caffe", "imagenet", "half")
+PREPROCESSING_MODES = ("caffe", "imagenet", "half", "meanstd")
+INTERPOLATIONS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+                  "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
+CHANNEL_COUNTS = (1, 3)  # grayscale networks (torchxrayvision) or RGB ones
 TTA_SHIFT_FRACTION = 0.04  # shift of the four shifted TTA views, as a fraction of the input side
 INPUT_SIZES = range(16, 4097)  # input sides a stored record may give; others mean a corrupt or crafted file
+_FIXED = {  # per-mode (mean, std) on the [0, 255] scale, in network channel order
+    "caffe": ((103.939, 116.779, 123.68), (1.0, 1.0, 1.0)),
+    "imagenet": ((0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255)),
+    "half": ((127.5, 127.5, 127.5), (127.5, 127.5, 127.5)),
+}
+_DEFAULTS = {"mean": None, "std": None, "channels": 3, "interpolation": "bilinear"}  # omitted from to_dict
 
 
 @dataclass(frozen=True)
@@ -36,17 +45,51 @@ class Preprocessing:
     caffe:    RGB->BGR, subtract the ImageNet BGR means, no scaling (Keras ResNet50).
     imagenet: x/255, subtract mean and divide by std per RGB channel (torchvision).
     half:     (x/255 - 0.5) / 0.5 (EfficientNet-Lite).
+    meanstd:  x/255, subtract `mean` and divide by `std` per channel: a model's own pretrained config
+              (timm's `pretrained_cfg`, torchvision's weights transforms, torchxrayvision's [-1024, 1024]).
+
+    `channels` is 3 (the gray X-ray repeated as RGB) or 1 (fed as one channel, torchxrayvision);
+    `interpolation` is the resize filter. Records stored before these fields existed load unchanged.
     """
 
     mode: str = "imagenet"
     size: int = 224
+    mean: tuple[float, ...] | None = None  # meanstd: per-channel mean of x/255
+    std: tuple[float, ...] | None = None  # meanstd: per-channel std of x/255
+    channels: int = 3  # network input channels: 3 (RGB) or 1 (grayscale)
+    interpolation: str = "bilinear"  # resize filter: bilinear | bicubic | nearest | lanczos
 
     def __post_init__(self) -> None:
         if self.mode not in PREPROCESSING_MODES:
             raise CxrError(f"unknown preprocessing mode {self.mode!r}; allowed: {', '.join(PREPROCESSING_MODES)}")
+        if self.channels not in CHANNEL_COUNTS:
+            raise CxrError(f"preprocessing channels must be 1 or 3, got {self.channels!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise CxrError(f"unknown preprocessing interpolation {self.interpolation!r}; "
+                           f"allowed: {', '.join(INTERPOLATIONS)}")
+        if self.mode != "meanstd":
+            if self.mean is not None or self.std is not None or self.channels != 3:
+                raise CxrError(f"preprocessing mode {self.mode!r} has fixed RGB mean/std; use mode meanstd "
+                               "for a model's own mean, std or channel count")
+            return
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if (not isinstance(values, tuple | list) or len(values) != self.channels
+                    or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)):
+                raise CxrError(f"preprocessing meanstd needs {self.channels} {name} values, got {values!r}")
+            object.__setattr__(self, name, tuple(float(v) for v in values))
+        if min(self.std) <= 0:
+            raise CxrError(f"preprocessing std must be positive, got {self.std}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The record as stored; fields at their defaults are left out (older records look the same)."""
+        data = asdict(self)
+        for key, default in _DEFAULTS.items():
+            if data[key] == default:
+                del data[key]
+            elif isinstance(data[key], tuple):
+                data[key] = list(data[key])
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
@@ -54,55 +97,70 @@ class Preprocessing:
         crafted size would make every prediction allocate gigabytes."""
         if not isinstance(data, dict):
             raise CxrError(f"preprocessing record must be a mapping, got {type(data).__name__}")
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        allowed = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(allowed))
         if unknown:
-            raise CxrError(f"preprocessing record has unknown keys {unknown}; allowed: mode, size")
+            raise CxrError(f"preprocessing record has unknown keys {unknown}; allowed: {', '.join(allowed)}")
         size = data.get("size", cls.size)
         if isinstance(size, bool) or not isinstance(size, int) or size not in INPUT_SIZES:
             raise CxrError(f"preprocessing size must be an integer in {INPUT_SIZES.start}..{INPUT_SIZES.stop - 1}, "
                            f"got {size!r}")
         return cls(**data)
 
-    def mean_std(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Per-channel (mean, std) in network channel order, applied to pixel values in [0, 255]."""
-        if self.mode == "caffe":
-            return (103.939, 116.779, 123.68), (1.0, 1.0, 1.0)
-        if self.mode == "imagenet":
-            return (0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255)
-        return (127.5, 127.5, 127.5), (127.5, 127.5, 127.5)
+        if self.mode in _FIXED:
+            return _FIXED[self.mode]
+        return tuple(m * 255 for m in self.mean or ()), tuple(s * 255 for s in self.std or ())
 
     @property
     def bgr(self) -> bool:
         return self.mode == "caffe"
 
+    def describe(self) -> str:
+        """'imagenet' or 'meanstd mean (0.5,) std (0.000488,), 1 channel, bicubic' for listings."""
+        text = self.mode
+        if self.mode == "meanstd":
+            text += f" mean {tuple(round(m, 6) for m in self.mean or ())} std {tuple(round(s, 6) for s in self.std or ())}"
+        if self.channels != 3:
+            text += f", {self.channels} channel"
+        if self.interpolation != "bilinear":
+            text += f", {self.interpolation}"
+        return text
+
 
 def normalize(pixels: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
     """Map float pixels in [0, 255] of shape (..., 3, H, W) (RGB order) or (..., 1, H, W) to network input.
 
-    Works on single images and batches; a one-channel input is expanded to three channels.
+    Works on single images and batches; a one-channel input is expanded to three channels unless the
+    record feeds one channel (`pre.channels == 1`).
     """
-    if pixels.shape[-3] == 1:
+    if pixels.shape[-3] == 1 and pre.channels == 3:
         pixels = pixels.expand(*pixels.shape[:-3], 3, *pixels.shape[-2:])
+    elif pixels.shape[-3] != pre.channels:
+        raise CxrError(f"preprocessing expects {pre.channels} channel(s), got pixels of shape {tuple(pixels.shape)}")
     if pre.bgr:
         pixels = pixels.flip(-3)
     mean, std = pre.mean_std()
-    mean_t = torch.tensor(mean, dtype=pixels.dtype, device=pixels.device).view(3, 1, 1)
-    std_t = torch.tensor(std, dtype=pixels.dtype, device=pixels.device).view(3, 1, 1)
+    mean_t = torch.tensor(mean, dtype=pixels.dtype, device=pixels.device).view(pre.channels, 1, 1)
+    std_t = torch.tensor(std, dtype=pixels.dtype, device=pixels.device).view(pre.channels, 1, 1)
     return (pixels - mean_t) / std_t
 
 
-def resize_gray(img: np.ndarray, size: int) -> np.ndarray:
-    """Resize a uint8 (H, W) image to (size, size) with PIL's bilinear filter (returned as is if it fits)."""
+def resize_gray(img: np.ndarray, size: int, interpolation: str = "bilinear") -> np.ndarray:
+    """Resize a uint8 (H, W) image to (size, size) with a PIL filter (bilinear by default; returned as
+    is if it fits)."""
     if img.ndim != 2:
         raise CxrError(f"expected a grayscale (H, W) image, got shape {img.shape}")
     if img.shape == (size, size):
         return img
-    resized = Image.fromarray(img).resize((size, size), Image.Resampling.BILINEAR)
+    resized = Image.fromarray(img).resize((size, size), INTERPOLATIONS[interpolation])
     return np.array(resized)  # a writable copy (np.asarray of a PIL image is read-only)
 
 
 def to_input(img: np.ndarray, pre: Preprocessing) -> torch.Tensor:
-    """Grayscale (H, W) pixels in [0, 255] (uint8 or float) -> normalised float32 tensor (3, H, W)."""
+    """Grayscale (H, W) pixels in [0, 255] (uint8 or float) -> normalised float32 tensor (C, H, W),
+    C = `pre.channels`."""
     pixels = torch.from_numpy(np.array(img, dtype=np.float32, order="C"))
     return normalize(pixels.unsqueeze(0), pre).contiguous()
 

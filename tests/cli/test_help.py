@@ -51,7 +51,7 @@ def test_run_help_shows_the_seed_defaults_and_allowed_values():
     text = " ".join(_commands(build_parser())["cxr run"].format_help().split())
     assert "training epochs: >= 1 (default: 20, the seed's)" in text
     assert "(default: 123, the seed's)" in text  # --seed: train.seed and data.split_seed alike
-    assert "resnet50 | resnet50-keras | efficientnet_lite0 (default: resnet50, the seed's)" in text
+    assert "resnet50 | resnet50-keras | efficientnet_lite0 | timm:NAME | tv:NAME (default: resnet50, the seed's)" in text
     assert "lite0-imagenet (efficientnet_lite0)" in text and "auto | fp32 | bf16 | fp16" in text
     assert "(default: the --out folder's name, else the config's name)" in text
 

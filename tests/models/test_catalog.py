@@ -54,7 +54,7 @@ def test_listings_and_messages():
         "imagenet", "imagenet-v1", "keras-imagenet:PATH", "file:PATH", "lite0-imagenet", "random",
     ]
     assert catalog.allowed_for("efficientnet_lite0") == "lite0-imagenet, file:PATH, random"
-    assert catalog.backbones_help() == "resnet50 | resnet50-keras | efficientnet_lite0"
+    assert catalog.backbones_help() == "resnet50 | resnet50-keras | efficientnet_lite0 | timm:NAME | tv:NAME"
     assert "file:PATH | random (any backbone)" in catalog.weights_help()
     with pytest.raises(CxrError, match=r"unknown backbone 'efficientnet-lite0'.*did you mean 'efficientnet_lite0'"):
         catalog.get_backbone("efficientnet-lite0")

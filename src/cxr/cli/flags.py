@@ -58,11 +58,15 @@ FLAGS: dict[str, Flag] = {
         Flag("--task", ("data.task",), "one class per image (softmax) or several findings per image (sigmoid; "
              "a manifest with '|' labels or 0/1/-1 finding columns)", "TASK"),
         Flag("--uncertain", ("data.uncertain",), "multi-label: what an uncertain (-1) finding becomes", "POLICY"),
+        Flag("--track", ("track.backend",), "experiment tracking besides the run folder: tensorboard event "
+             "files in RUN/tensorboard/, or an mlflow run", "BACKEND"),
+        Flag("--track-uri", ("track.uri",), "mlflow tracking URI (default: sqlite:///<folder of the run "
+             "folder>/mlflow.db)", "URI", allowed=False),
     )
 }
 RUN_FLAGS = tuple(FLAGS[o] for o in (
     "--backbone", "--weights", "--freeze", "--epochs", "--batch-size", "--lr", "--seed", "--name", "--device",
-    "--precision", "--compile", "--no-feature-cache", "--task", "--uncertain",
+    "--precision", "--compile", "--no-feature-cache", "--task", "--uncertain", "--track", "--track-uri",
 ))
 DEMO_FLAGS = tuple(FLAGS[o] for o in ("--epochs", "--no-feature-cache", "--device"))
 MODEL_FLAGS = tuple(FLAGS[o] for o in ("--backbone", "--weights", "--freeze", "--dropout"))

@@ -1,8 +1,9 @@
-"""`cxr model ...` subcommands: layer table and parameter counts, and the available weights."""
+"""`cxr model ...` subcommands: layer table and parameter counts, the backbones and the available weights."""
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import sys
 from typing import TYPE_CHECKING
@@ -48,6 +49,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         model_sub, "weights", run_weights, "list weight specs per backbone and the cache state"
     )
     weights.add_argument("--json", action="store_true", help="print JSON instead of text")
+    listing = add_command(
+        model_sub, "list", run_list,
+        "the backbones: built-in ones, the timm:/tv: families (their models with --family) and cached weights",
+    )
+    listing.add_argument("--family", choices=("timm", "tv", "xrv"),
+                         help="list the models of one family (timm needs the extra cxr[timm])")
+    listing.add_argument("--filter", metavar="TEXT",
+                         help="only names containing TEXT (or matching it, with * and ? wildcards)")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
 def _parse_head(text: str) -> tuple[int, ...]:
@@ -74,9 +84,15 @@ def run_summary(args: argparse.Namespace) -> int:
     _emit(format_table(rows))
     _emit()
     entry, _ = catalog.find_weights(cfg.weights, cfg.backbone)
-    _emit(f"backbone {cfg.backbone}, weights {cfg.weights}, freeze {cfg.freeze}, input 1x3x{size}x{size}")
+    channels = model.preprocessing.channels
+    _emit(f"backbone {cfg.backbone}, weights {cfg.weights}, freeze {cfg.freeze}, input 1x{channels}x{size}x{size}")
     _emit(f"backbone: {catalog.get_backbone(cfg.backbone).description}; weights: {entry.help}")
-    _emit(f"preprocessing: {model.preprocessing.mode}")
+    _emit(f"preprocessing: {model.preprocessing.describe()}")
+    describe = getattr(model.backbone, "describe_params", None)
+    origin = describe() if callable(describe) else f"cxr {cfg.backbone}"
+    _emit(f"backbone {count_parameters(model.backbone)['total']:,} ({origin})")
+    widths = " -> ".join(str(w) for w in (*cfg.head, args.classes))
+    _emit(f"head {count_parameters(model.head)['total']:,} (GAP -> {widths})")
     for key, label in (("total", "Total"), ("trainable", "Trainable"), ("non_trainable", "Non-trainable")):
         _emit(f"{label} params: {counts[key]:,}")
     return 0
@@ -113,7 +129,7 @@ def layer_table(model: nn.Module, size: int, depth: int | None = None) -> list[d
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros(1, 3, size, size))
+            model(torch.zeros(1, getattr(model.preprocessing, "channels", 3), size, size))
     finally:
         for hook in hooks:
             hook.remove()
@@ -197,4 +213,61 @@ def run_weights(args: argparse.Namespace) -> int:
     for spec, entry in info["torchvision"].items():
         state = "cached" if entry["cached"] else "not cached: download the URL to that path"
         _emit(f"{spec:12s} {entry['url']}\n{'':12s} {entry['path']} ({state})")
+    return 0
+
+
+def _matches(name: str, text: str | None) -> bool:
+    if not text:
+        return True
+    return fnmatch.fnmatch(name, text) if any(c in text for c in "*?[") else text in name
+
+
+def family_names(family: str) -> list[str]:
+    """Every NAME of a family (xrv: the weights names)."""
+    from cxr.models import families
+
+    if family == "xrv":
+        return list(families.XRV_WEIGHTS)
+    return catalog.FAMILIES[f"{family}:"].names()  # type: ignore[misc]  # both families list their names
+
+
+def run_list(args: argparse.Namespace) -> int:
+    """Built-in backbones, families with examples, the weights caches; or one family's models."""
+    from cxr.models.cache import cached_weights
+
+    if args.family:
+        names = [n for n in family_names(args.family) if _matches(n, args.filter)]
+        prefix = f"{args.family}:"
+        if args.json:
+            _emit(json.dumps([prefix + n for n in names]))
+        else:
+            for name in names:
+                _emit(prefix + name)
+            _emit(f"{len(names)} {args.family} name(s)" + (f" matching {args.filter!r}" if args.filter else ""))
+        return 0
+    info = {
+        "builtin": {name: {"description": bb.description, "weights": catalog.allowed_for(name)}
+                    for name, bb in catalog.BACKBONES.items()},
+        "families": {prefix: {"description": fam.description, "examples": [prefix + e for e in fam.examples],
+                              "weights": "imagenet (the library's pretrained weights), file:PATH, random"}
+                     for prefix, fam in catalog.FAMILIES.items()},
+        "xrv": {"weights": [f"xrv:{n}" for n in family_names("xrv")], "backbones": ["tv:densenet121", "tv:resnet50"]},
+        "cached": cached_weights(),
+    }
+    if args.json:
+        _emit(json.dumps(info, indent=2))
+        return 0
+    _emit("built-in backbones:")
+    for name, entry in info["builtin"].items():
+        _emit(f"  {name:20s} {entry['description']}; weights {entry['weights']}")
+    _emit("families (`cxr model list --family timm|tv [--filter TEXT]` lists their models):")
+    for prefix, entry in info["families"].items():
+        _emit(f"  {prefix + 'NAME':20s} {entry['description']}; e.g. {', '.join(entry['examples'])}; "
+              f"weights {entry['weights']}")
+    _emit(f"chest X-ray weights (for {', '.join(info['xrv']['backbones'])}, extra cxr[xrv]): "
+          f"{', '.join(info['xrv']['weights'])}")
+    _emit("cached weights:")
+    for cache, entry in info["cached"].items():
+        files = entry["files"]
+        _emit(f"  {cache}: {entry['folder']}: " + (", ".join(files) if files else "(none)"))
     return 0

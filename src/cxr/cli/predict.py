@@ -43,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("image", type=existing_path, help="the image file")
     p.add_argument("--out", type=Path, required=True, metavar="FILE", help="output PNG")
     p.add_argument("--class", dest="class_name", metavar="NAME", help="class to explain (default: the predicted one)")
+    p.add_argument("--cam-layer", metavar="LAYER",
+                   help="backbone layer to explain, e.g. layer3 or features.denseblock3 (default: the checkpoint's "
+                        "model.cam_layer, else the feature map the head pools)")
     p.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
 
     p = add_command(sub, "export", cmd_export, "export a checkpoint to ONNX or TorchScript",
@@ -250,7 +253,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device)
     if args.class_name is not None:
         predictor.class_index(args.class_name)  # fails early, listing the classes
-    result = explain(predictor, args.image, args.class_name)
+    result = explain(predictor, args.image, args.class_name, layer=args.cam_layer)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(result.overlay()).save(args.out)
     pred = result.prediction

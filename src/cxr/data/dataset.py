@@ -89,7 +89,7 @@ class SplitDataset(Dataset):
     def image(self, index: int) -> np.ndarray:
         """The resized uint8 (S, S) image of row `index`, before augmentation."""
         img = read_image(self.root / self.rows[index].path)
-        return resize_gray(img, self.pre.size)
+        return resize_gray(img, self.pre.size, self.pre.interpolation)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         try:
@@ -100,7 +100,7 @@ class SplitDataset(Dataset):
             if not self._bad[index]:
                 log.warning("skipped %s", exc)
             self._bad[index] = 1
-            return torch.zeros(3, self.pre.size, self.pre.size), self._skipped_target()
+            return torch.zeros(self.pre.channels, self.pre.size, self.pre.size), self._skipped_target()
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             img = self.augment(img, rng)

@@ -43,7 +43,7 @@ class Classifier(nn.Module):
         self.freeze = "none"
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised images (N, 3, H, W) -> backbone feature map (N, C, h, w)."""
+        """Normalised images (N, C_in, H, W) -> backbone feature map (N, C, h, w)."""
         return self.backbone.forward_features(x)
 
     def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
@@ -115,8 +115,8 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
 
 def build_model(cfg: ModelConfig, num_classes: int, *, load_weights: bool = True) -> Classifier:
     """Build the classifier of a model config; ``load_weights=False`` touches no file (checkpoint restore)."""
-    backbone = create_backbone(cfg.backbone)
     record = resolve_weights(cfg.weights, cfg.backbone)
+    backbone = create_backbone(cfg.backbone, in_chans=record.preprocessing.channels)
     if load_weights:
         record.load(backbone)
     head = Head(backbone.num_features, tuple(cfg.head), num_classes, cfg.dropout)

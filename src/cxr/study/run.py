@@ -34,6 +34,8 @@ from cxr.study.logfile import run_log
 from cxr.study.phases import TrainingRun, train_phases
 from cxr.study.presets import default_cache_dir
 from cxr.study.summary import run_summary, write_predictions_csv, write_result_figures
+from cxr.tracking.base import NullTracker, Tracker
+from cxr.tracking.session import tracking
 from cxr.training.distributed import DistributedContext, distributed_session, run_on_main
 
 log = logging.getLogger(__name__)
@@ -100,8 +102,10 @@ def train_run(
     figures: bool,
     provenance: Provenance,
     dist_ctx: DistributedContext | None = None,
+    tracker: Tracker | None = None,
 ) -> TrainingRun:
-    """Split the data (rank 0), draw the data figures, build the model and run the training phases."""
+    """Split the data (rank 0), draw the data figures, build the model and run the training phases
+    (each history row also goes to `tracker`)."""
     started = time.perf_counter()
     set_threads()
     seed_everything(cfg.train.seed)
@@ -137,7 +141,8 @@ def train_run(
     cache_dir = cache_dir or default_cache_dir()
     module, loaders, cached, result, phases = train_phases(
         model, prepared, cfg, run, compute=compute, cache_dir=cache_dir, resume=resume,
-        dist_ctx=dist_ctx, on_save=provenance.save if main else None)
+        dist_ctx=dist_ctx, on_save=provenance.save if main else None,
+        on_epoch_end=None if tracker is None or isinstance(tracker, NullTracker) else tracker.log_epoch)
     return TrainingRun(cfg=cfg, prepared=prepared, model=model, module=module, loaders=loaders,
                        feature_cache=cached, compute=compute, result=result, cache_dir=cache_dir,
                        seconds=time.perf_counter() - started, info={"parameters": params, "phases": phases})
@@ -160,11 +165,13 @@ def train(
     if force and split_csv is not None and Path(split_csv).resolve() == run.split.resolve():
         raise CxrError(f"--force would delete {split_csv}, the --split-csv to train on: copy it out of {out_dir} first")
     with distributed_session(cfg.train.device) as dist_ctx:  # no-op unless launched by torchrun
-        with claim(cfg, Path(data), run, resume=resume, force=force) as cfg, run_log(run, append=resume):
+        with (claim(cfg, Path(data), run, resume=resume, force=force) as cfg, run_log(run, append=resume),
+              tracking(cfg, run, resume=resume) as tracker):
             provenance = Provenance(run, resume=resume)
             trained = train_run(cfg, Path(data), run, resume=resume, split_csv=Path(split_csv) if split_csv else None,
                                 cache_dir=Path(cache_dir) if cache_dir else None, progress=progress, figures=False,
-                                provenance=provenance, dist_ctx=dist_ctx)
+                                provenance=provenance, dist_ctx=dist_ctx, tracker=tracker)
+            tracker.log_artifacts([run.config, run.history, run.best])
             log.info("training done in %.1f s: best epoch %d (val loss %.4f), checkpoints in %s", trained.seconds,
                      trained.result.best_epoch, trained.result.best_val_loss, trained.result.checkpoint_dir)
     return StudyResult(run.root, {}, trained.result.history)
@@ -188,19 +195,22 @@ def run_study(
     tune_malloc()
     run = RunDir(out_dir)
     with distributed_session(cfg.train.device) as dist_ctx:  # no-op unless launched by torchrun
-        with claim(cfg, Path(data), run, resume=resume, force=force) as cfg, run_log(run, append=resume):
+        with (claim(cfg, Path(data), run, resume=resume, force=force) as cfg, run_log(run, append=resume),
+              tracking(cfg, run, resume=resume) as tracker):
             provenance = Provenance(run, resume=resume)
             trained = train_run(cfg, Path(data), run, resume=resume, split_csv=None,
                                 cache_dir=Path(cache_dir) if cache_dir else None, progress=progress, figures=True,
-                                provenance=provenance, dist_ctx=dist_ctx)
+                                provenance=provenance, dist_ctx=dist_ctx, tracker=tracker)
             if not is_main_process():
                 return StudyResult(run.root, {}, trained.result.history)
-            finish_study(trained, run, provenance, processes=dist_ctx.world_size if dist_ctx else 1)
+            finish_study(trained, run, provenance, processes=dist_ctx.world_size if dist_ctx else 1, tracker=tracker)
     return StudyResult.read(run.root)
 
 
-def finish_study(trained: TrainingRun, run: RunDir, provenance: Provenance, *, processes: int) -> dict[str, Any]:
-    """Evaluate best.pt on the test split, write predictions, figures, metrics.json and the report."""
+def finish_study(trained: TrainingRun, run: RunDir, provenance: Provenance, *, processes: int,
+                 tracker: Tracker | None = None) -> dict[str, Any]:
+    """Evaluate best.pt on the test split, write predictions, figures, metrics.json and the report;
+    the test metrics and those files also go to `tracker`."""
     metrics, rows, y_true, probs = evaluate_best(trained)
     classes = trained.prepared.classes
     write_predictions_csv(rows, y_true, probs, classes, run.predictions, thresholds=metrics.get("thresholds"))
@@ -211,6 +221,10 @@ def finish_study(trained: TrainingRun, run: RunDir, provenance: Provenance, *, p
     provenance.save()
     write_json(run.metrics, summary)
     write_report(run.root)
+    tracker = tracker or NullTracker()
+    tracker.log_test(metrics, step=len(trained.result.history))
+    tracker.log_artifacts([run.config, run.history, run.metrics, run.predictions, run.figures, run.report_md,
+                           run.report_html, run.best])
     log.info("test: accuracy %.4f, macro-F1 %.4f, loss %.4f (n=%d); wall time %.1f s", metrics["accuracy"],
              metrics["macro_f1"], metrics["loss"], metrics["n"], summary["wall_seconds"],
              extra=RESULT)  # the command prints these two itself
