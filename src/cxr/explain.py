@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from cxr.data.masks import Region
 from cxr.errors import CxrError
 from cxr.predict import ImageInput, Prediction, Predictor
 
@@ -104,11 +105,14 @@ class Explanation:
         return buf.getvalue()
 
 
-def explain(predictor: Predictor, image: ImageInput, class_name: str | None = None, name: str | None = None) -> Explanation:
-    """Grad-CAM of `image` for `class_name` (default: the predicted class) with a predictor's model."""
-    gray = predictor.load(image, name=name)
+def explain(predictor: Predictor, image: ImageInput, class_name: str | None = None, name: str | None = None,
+            *, box: Region | None = None) -> Explanation:
+    """Grad-CAM of `image` for `class_name` (default: the predicted class) with a predictor's model.
+    `box`: the lung region, which a lung-crop model crops to (the explanation's image is then the crop)."""
+    full = predictor.load(image, name=name)
+    gray = predictor.lung_input(full, box)
     index = predictor.class_index(class_name) if class_name is not None else None
-    x = predictor.preprocess(gray).to(predictor.device)
+    x = predictor.preprocess(full, box).to(predictor.device)
     cam, index, probs = grad_cam(predictor.model, x, index)
     classes = predictor.classes
     table = {c: float(p) for c, p in zip(classes, probs, strict=True)}

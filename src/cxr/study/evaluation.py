@@ -13,6 +13,7 @@ from cxr.checkpoint import config_of, load_checkpoint, model_from_checkpoint
 from cxr.config import RunConfig
 from cxr.data.dataset import SplitDataset, make_loader
 from cxr.data.discover import Discovery, discover
+from cxr.data.masks import region_options, with_regions
 from cxr.errors import CxrError
 from cxr.logs import RESULT
 from cxr.malloc import tune_malloc
@@ -21,6 +22,7 @@ from cxr.rundir import SPLITS, RunDir, SplitRow, read_split_csv, write_json
 from cxr.runtime import Compute, describe, set_threads
 from cxr.study.inputs import image_loaders
 from cxr.study.phases import TrainingRun
+from cxr.study.scoring import require_regions, rows_with_regions
 from cxr.study.summary import write_predictions_csv, write_result_figures
 from cxr.training.epoch import evaluate_epoch
 
@@ -91,19 +93,22 @@ def evaluate_checkpoint(
     classes = list(state["classes"])
     if not Path(data).exists():
         raise CxrError(f"data not found: {data}")
-    found = discover(data)
+    found = with_regions(discover(data), cfg.data.masks, cfg.data.boxes)
     if list(found.classes) != classes:
         raise CxrError(
             f"class mismatch: checkpoint {ckpt_path} was trained on classes {classes}, "
             f"but the data at {data} has classes {list(found.classes)}"
         )
-    rows = evaluation_rows(ckpt_path, cfg, Path(data), found, split, split_csv)
+    rows = rows_with_regions(evaluation_rows(ckpt_path, cfg, Path(data), found, split, split_csv), found)
     if not rows:
         raise CxrError(f"no images to evaluate in split {split!r} of {data}")
+    if cfg.data.lung_crop:
+        require_regions(rows, f"{ckpt_path} (trained on lung crops)")
     set_threads()
     compute = Compute.resolve(device, precision, channels_last=cfg.train.channels_last, progress=progress)
     model = model_from_checkpoint(state).to(compute.device)
-    dataset = SplitDataset(found.root, rows, classes, model.preprocessing, None, seed=cfg.train.seed)
+    dataset = SplitDataset(found.root, rows, classes, model.preprocessing, None, seed=cfg.train.seed,
+                           regions=region_options(cfg))
     loader = make_loader(dataset, batch_size=batch_size or cfg.train.batch_size, shuffle=False,
                          num_workers=cfg.data.num_workers, seed=cfg.train.seed)
     loss, y_true, probs = evaluate_epoch(model, loader, nn.CrossEntropyLoss(), compute, tta=tta,
@@ -157,4 +162,4 @@ def evaluation_rows(
 
 def all_rows(found: Discovery) -> list[SplitRow]:
     """Every discovered image as a 'test' row."""
-    return [SplitRow(s.path, s.label, "test", s.group or s.path) for s in found.samples]
+    return [SplitRow(s.path, s.label, "test", s.group or s.path, s.mask) for s in found.samples]

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from cxr.config import RunConfig
 from cxr.data.dataset import SplitDataset, make_loader
+from cxr.data.masks import region_options
 from cxr.models.build import build_model
 from cxr.rundir import SPLITS
 from cxr.runtime import Compute, main_process_first
@@ -39,7 +40,7 @@ def image_loaders(
     loaders = {}
     for name in splits:
         dataset = SplitDataset(prepared.root, prepared.split(name), prepared.classes, pre,
-                               augment if name == "train" else None, seed=cfg.train.seed)
+                               augment if name == "train" else None, seed=cfg.train.seed, regions=region_options(cfg))
         loaders[name] = make_loader(dataset, batch_size=cfg.train.batch_size, shuffle=name == "train",
                                     num_workers=cfg.data.num_workers, seed=cfg.train.seed)
     return loaders

@@ -25,6 +25,7 @@ from cxr.rank import is_main_process
 from cxr.report.document import write_report
 from cxr.rundir import RunDir, read_history_csv, read_json, write_json
 from cxr.runtime import Compute, describe, seed_everything, set_threads
+from cxr.study.audits import study_extras
 from cxr.study.data import prepare_data, write_augmented_samples, write_dataset_figures
 from cxr.study.evaluation import evaluate_best
 from cxr.study.folder import claim
@@ -199,7 +200,9 @@ def finish_study(trained: TrainingRun, run: RunDir, provenance: Provenance, *, p
     write_predictions_csv(rows, y_true, probs, classes, run.predictions)
     write_result_figures(read_history_csv(run.history), metrics, y_true, probs, classes, run.figures,
                          trained.cfg.eval.ece_bins)
+    extras = study_extras(trained, run, rows, y_true, probs)  # shortcut audit, external sets
     summary = run_summary(trained, metrics, processes=processes, wall_seconds=provenance.wall_seconds())
+    summary.update(extras)
     summary["provenance"] = provenance.to_json()
     provenance.save()
     write_json(run.metrics, summary)
