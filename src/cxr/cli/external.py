@@ -49,14 +49,15 @@ def occlude_modes(args: argparse.Namespace) -> tuple[str, ...] | None:
     return OCCLUDE_CHOICES if args.shortcut else None
 
 
-def run_extras(args: argparse.Namespace, target: Path | None) -> dict[str, Any]:
-    """Add the asked-for evaluations to `target` (a run or --out folder; None: print only) and print them."""
+def run_extras(args: argparse.Namespace, target: Path | None, create: bool = False) -> dict[str, Any]:
+    """Add the asked-for evaluations to `target` (a run or, with `create`, an --out folder; None: print
+    only) and print them."""
     from cxr.study.audits import add_evaluations, external_from_flags
 
     external = external_from_flags(args.external or [])
     added = add_evaluations(target, checkpoint=args.checkpoint, data=args.data, external=external,
                             label_map=str(args.label_map) if args.label_map else None, occlude=occlude_modes(args),
-                            device=args.device, precision=args.precision)
+                            device=args.device, precision=args.precision, create=create)
     for line in summary_lines(added, [name for name, _ in args.external or []]):
         _say(line)
     return added

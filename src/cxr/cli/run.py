@@ -190,7 +190,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     elif not wants_extras(args):
         raise CxrError("give --data PATH (the images to score) and/or --external NAME=PATH")
     if wants_extras(args):
-        run_extras(args, args.out)
+        run_extras(args, args.out, create=True)
     if args.out is not None:
         _say(args.out / "metrics.json")
     return 0

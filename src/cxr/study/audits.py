@@ -86,19 +86,23 @@ def add_evaluations(
     device: str = "auto",
     precision: str = "auto",
     progress: bool = True,
+    create: bool = False,
 ) -> dict[str, Any]:
     """Add the shortcut audit (when `occlude` is given: the modes of the masked-region test) and the
     external sets to the metrics.json of `run_dir` and rewrite its report; returns what was added.
 
     The checkpoint defaults to the run's best.pt, the data to the one it was trained on. With
-    `run_dir` None nothing is written (figures neither) and `checkpoint` is needed.
+    `run_dir` None nothing is written (figures neither) and `checkpoint` is needed; `create` makes a
+    missing `run_dir` (an --out folder) instead of refusing it.
     """
     tune_malloc()
     if run_dir is None and checkpoint is None:
         raise CxrError("give a run folder or a checkpoint to evaluate")
     run = RunDir(run_dir) if run_dir is not None else None
     ckpt = Path(checkpoint) if checkpoint is not None else run.best
-    if run is not None and not run.root.is_dir():
+    if run is not None and create:
+        run.root.mkdir(parents=True, exist_ok=True)
+    elif run is not None and not run.root.is_dir():
         raise CxrError(f"run folder not found: {run.root}")
     state = load_checkpoint(ckpt)
     cfg = config_of(state)
