@@ -14,6 +14,7 @@ from cxr import study
 from cxr.cli import main
 from cxr.config import RunConfig
 from cxr.data.synthetic import generate_dataset
+from cxr.errors import CxrError
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
@@ -42,7 +43,8 @@ def finished(tmp_path_factory) -> dict:
     data = generate_dataset(base / "data", n_per_class=6, size=48, seed=0, masks=True)
     hosp = _external(base / "hospB", {"COVID": "COVID-19", "Normal": "No_Finding", "Lung_Opacity": "Tuberculosis"})
     (base / "map.yaml").write_text("Tuberculosis: ignore\n")
-    cfg = _config({"hospB": {"data": str(hosp), "label_map": str(base / "map.yaml")}})
+    odd = _external(base / "odd", {"COVID": "COVID", "Normal": "Healthyish"}, n=2)
+    cfg = _config({"hospB": {"data": str(hosp), "label_map": str(base / "map.yaml")}, "broken": str(odd)})
     run = study.run_study(cfg, data, base / "run", progress=False).run_dir
     return {"base": base, "run": run, "data": data}
 
@@ -65,6 +67,14 @@ def test_the_study_scores_each_external_set_on_the_classes_it_holds(finished):
     assert "## External validation (domain shift)" in report and "| External: hospB | 8 | COVID, Normal |" in report
     assert "| Internal test, hospB's classes |" in report and "## Shortcut audit" in report
     assert "| Tuberculosis | ignored | label map |" in report
+    assert "'Healthyish'" in section["sets"]["broken"]["error"]  # a set that fails does not lose the study
+    assert "External set broken" in report and "could not be scored" in report
+
+
+def test_a_missing_external_set_is_refused_before_training(tmp_path):
+    with pytest.raises(CxrError, match="external set gone: data not found"):
+        study.run_study(_config({"gone": str(tmp_path / "nowhere")}), tmp_path, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def _digests(run: Path) -> dict[str, str]:
@@ -85,7 +95,8 @@ def test_evaluate_run_dir_adds_an_external_set_and_touches_nothing_else(finished
     assert {k: v for k, v in metrics_after.items() if k != "external"} == {
         k: v for k, v in metrics_before.items() if k != "external"}
     sets = metrics_after["external"]["sets"]
-    assert list(sets) == ["hospB", "onlyNormal"] and sets["hospB"] == metrics_before["external"]["sets"]["hospB"]
+    assert list(sets) == ["hospB", "broken", "onlyNormal"]
+    assert sets["hospB"] == metrics_before["external"]["sets"]["hospB"]
     single = sets["onlyNormal"]["metrics"]
     assert single["roc_auc_macro"] is None and single["abnormal_auroc"] is None  # one class: cannot be computed
     report = (run / "report.md").read_text()

@@ -204,3 +204,20 @@ def test_the_dataset_yields_masks_crops_and_blanks_on_request(tmp_path):
 def test_region_check_json_is_plain_json(tmp_path):
     data = generate_dataset(tmp_path / "data", n_per_class=1, size=32, classes=["COVID", "Normal"], masks=True)
     json.dumps(audit(discover(data), progress=False).to_json())
+
+
+def test_cxr_data_inspect_reports_the_lung_regions(tmp_path, capsys):
+    from cxr.cli import main
+
+    data = generate_dataset(tmp_path / "data", n_per_class=2, size=32, classes=["COVID", "Normal"], masks=True)
+    put(data / "Normal" / "masks" / "normal_0001.png", np.zeros((32, 32)))  # an empty mask
+    assert main(["data", "inspect", str(data), "--json", str(tmp_path / "audit.json")]) == 0
+    out = capsys.readouterr().out
+    assert "lung regions: 4 image(s) (4 masks, 0 boxes), 0 without" in out and "1 empty" in out
+    assert "1 empty lung mask(s): Normal/images/normal_0001.png" in out
+    regions = json.loads((tmp_path / "audit.json").read_text())["lung_regions"]
+    assert regions["empty"] == ["Normal/images/normal_0001.png"]
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text("path,x0,y0,x1,y1\ncovid_0000.png,2,2,20,30\n")
+    assert main(["data", "inspect", str(data), "--boxes", str(boxes)]) == 0
+    assert "(3 masks, 1 boxes)" in capsys.readouterr().out

@@ -49,7 +49,7 @@ def study_extras(
     sets = external_sets(cfg.eval.external, cfg.eval.label_map)
     if sets:
         out["external"] = external_section(trained.model, classes, cfg, sets, trained.compute,
-                                           internal=(y_true, probs), fig_dir=run.figures)
+                                           internal=(y_true, probs), fig_dir=run.figures, tolerant=True)
     return out
 
 

@@ -61,6 +61,17 @@ def external_sets(entries: dict[str, Any], label_map: str | None = None) -> list
     return out
 
 
+def check_external_sets(sets: list[ExternalSet]) -> None:
+    """Refuse, before a study trains, an external set whose data, masks, boxes or label map is missing
+    (or whose label map does not parse)."""
+    for ext in sets:
+        for what, path in (("data", ext.data), ("masks", ext.masks), ("boxes", ext.boxes), ("label map", ext.label_map)):
+            if path is not None and not Path(path).exists():
+                raise CxrError(f"external set {ext.name}: {what} not found: {path}")
+        if ext.label_map:
+            read_label_map(ext.label_map)
+
+
 def internal_reference(y_true: np.ndarray, probs: np.ndarray, classes: list[str], cfg: RunConfig) -> dict[str, Any]:
     """The internal test split summarised like an external set (all its classes)."""
     return present_class_metrics(y_true, probs, classes, n_boot=cfg.eval.bootstrap, ece_bins=cfg.eval.ece_bins,
@@ -125,9 +136,21 @@ def external_section(
     *,
     internal: tuple[np.ndarray, np.ndarray] | None,
     fig_dir: Path | None,
+    tolerant: bool = False,
 ) -> dict[str, Any]:
-    """metrics.json["external"]: the internal test reference and every external set's entry."""
+    """metrics.json["external"]: the internal test reference and every external set's entry.
+
+    `tolerant` (a study, whose training must not be lost): a set that fails with a CxrError is logged
+    and recorded as {"data", "error"} instead of stopping.
+    """
     reference = internal_reference(*internal, classes, cfg) if internal is not None else None
-    entries = {ext.name: evaluate_external(model, classes, cfg, ext, compute, internal=internal, fig_dir=fig_dir)
-               for ext in sets}
+    entries = {}
+    for ext in sets:
+        try:
+            entries[ext.name] = evaluate_external(model, classes, cfg, ext, compute, internal=internal, fig_dir=fig_dir)
+        except CxrError as exc:
+            if not tolerant:
+                raise
+            log.error("external set %s was not scored: %s", ext.name, exc)
+            entries[ext.name] = {"data": str(ext.data), "error": str(exc)}
     return {"internal_test": reference, "sets": entries, "rule": WORSE_RULE}

@@ -28,6 +28,7 @@ from cxr.runtime import Compute, describe, seed_everything, set_threads
 from cxr.study.audits import study_extras
 from cxr.study.data import prepare_data, write_augmented_samples, write_dataset_figures
 from cxr.study.evaluation import evaluate_best
+from cxr.study.external import check_external_sets, external_sets
 from cxr.study.folder import claim
 from cxr.study.inputs import build_classifier
 from cxr.study.logfile import run_log
@@ -181,6 +182,7 @@ def run_study(
     """
     tune_malloc()
     run = RunDir(out_dir)
+    check_external_sets(external_sets(cfg.eval.external, cfg.eval.label_map))  # before training, not after
     with distributed_session(cfg.train.device) as dist_ctx:  # no-op unless launched by torchrun
         with claim(cfg, Path(data), run, resume=resume, force=force) as cfg, run_log(run, append=resume):
             provenance = Provenance(run, resume=resume)

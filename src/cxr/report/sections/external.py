@@ -43,6 +43,8 @@ def _shift_table(section: dict[str, Any]) -> Table:
     if isinstance(internal, dict):
         rows.append(_row("Internal test", internal))
     for name, entry in (section.get("sets") or {}).items():
+        if entry.get("error"):
+            continue
         same = entry.get("internal_same_classes")
         if isinstance(same, dict) and same.get("classes_present") != all_classes:
             rows.append(_row(f"Internal test, {name}'s classes", same))
@@ -51,6 +53,9 @@ def _shift_table(section: dict[str, Any]) -> Table:
 
 
 def _worse_sentences(name: str, entry: dict[str, Any]) -> Para:
+    if entry.get("error"):
+        return Para((f"External set {name} ({plain(entry.get('data'))}) could not be scored: {entry['error']}",),
+                    missing=True)
     worse = entry.get("worse_than_internal") or []
     same, ext = entry.get("internal_same_classes"), entry.get("metrics") or {}
     if not isinstance(same, dict):
@@ -116,5 +121,6 @@ def external(files: RunFiles) -> list[Block]:
     if rule:
         blocks.append(para(f"Rule: {rule}."))
     for name, entry in section["sets"].items():
-        blocks += _set_blocks(name, entry)
+        if not entry.get("error"):
+            blocks += _set_blocks(name, entry)
     return blocks
