@@ -297,9 +297,18 @@ def _relative_to(file: Path, root: Path) -> str:
         return file.resolve().as_posix()
 
 
-def with_regions(found: Discovery, masks: str | Path | None = None, boxes: str | Path | None = None) -> Discovery:
+def with_regions(
+    found: Discovery, masks: str | Path | None = None, boxes: str | Path | None = None, *, missing_ok: bool = False
+) -> Discovery:
     """`found` with masks from `masks` (a folder) and/or boxes from `boxes` (a CSV) attached; a mask
-    found by discovery is replaced by the given one."""
+    found by discovery is replaced by the given one. `missing_ok` (paths from a checkpoint's config,
+    perhaps of another machine): a path that does not exist is skipped with a warning."""
+    for what, path in (("masks folder", masks), ("boxes file", boxes)):
+        if missing_ok and path is not None and not Path(path).exists():
+            log.warning("the run's %s %s is not here: its lung regions are not used", what, path)
+    if missing_ok:
+        masks = masks if masks is not None and Path(masks).exists() else None
+        boxes = boxes if boxes is not None and Path(boxes).exists() else None
     if masks is not None:
         found = attach_masks_dir(found, masks)
     if boxes is not None:

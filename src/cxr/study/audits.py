@@ -70,7 +70,7 @@ def _test_rows(ckpt: Path, cfg: RunConfig, data: str | Path | None) -> tuple[Pat
     source = data or cfg.data.root
     if source is None:
         raise CxrError(f"{ckpt}: its config names no data folder; give --data PATH")
-    found = with_regions(discover(source), cfg.data.masks, cfg.data.boxes)
+    found = with_regions(discover(source), cfg.data.masks, cfg.data.boxes, missing_ok=True)
     rows = evaluation_rows(ckpt, cfg, Path(source), found, "test", None)
     return Path(found.root), rows_with_regions(rows, found)
 

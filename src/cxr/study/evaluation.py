@@ -93,7 +93,7 @@ def evaluate_checkpoint(
     classes = list(state["classes"])
     if not Path(data).exists():
         raise CxrError(f"data not found: {data}")
-    found = with_regions(discover(data), cfg.data.masks, cfg.data.boxes)
+    found = with_regions(discover(data), cfg.data.masks, cfg.data.boxes, missing_ok=True)
     if list(found.classes) != classes:
         raise CxrError(
             f"class mismatch: checkpoint {ckpt_path} was trained on classes {classes}, "

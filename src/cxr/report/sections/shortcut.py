@@ -74,8 +74,8 @@ def occlusion_sentence(occlusion: dict[str, Any]) -> Para:
         parts.append("Blanking the lungs costs accuracy: the model depends on the lungs.")
     if outside and occlusion.get("informative"):
         kept = outside.get("drop") is not None and outside["drop"] <= 0.10
-        parts.append(" With only the lungs left it " + ("keeps its accuracy." if kept else "loses accuracy, so it "
-                     "also uses what lies outside the lungs."))
+        parts.append(" With only the lungs left it " + ("keeps its accuracy: the lungs alone suffice." if kept
+                     else "loses accuracy: it needs what lies outside them."))
     return para(*parts)
 
 
