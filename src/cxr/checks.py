@@ -17,6 +17,7 @@ from cxr.errors import CxrError
 from cxr.rundir import SPLITS
 from cxr.suggest import did_you_mean
 
+EXTERNAL_KEYS = ("data", "masks", "boxes", "label_map")  # an external set given as a mapping
 RATIO_TOLERANCE = 1e-6  # how far from 1 the split ratios may sum (float rounding of 0.7 + 0.1 + 0.2)
 NUMBER_PLACEHOLDER = "N"  # a choice NAME:N stands for NAME: followed by a non-negative integer
 
@@ -195,3 +196,43 @@ class Ratios(Check):
 
     def describe(self) -> str:
         return "3 positive numbers (train val test) summing to 1"
+
+
+@dataclass(frozen=True)
+class OptionalPath(Check):
+    """None, or a non-empty path string (whether it exists is checked where it is used)."""
+
+    def __call__(self, key: str, value: Any) -> None:
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise CxrError(f"{key} must be a path (a non-empty string) or null, got {value!r}")
+
+    def describe(self) -> str:
+        return "a path, or null"
+
+
+@dataclass(frozen=True)
+class ExternalSets(Check):
+    """NAME: PATH entries, or NAME: {data: PATH, masks: DIR, boxes: FILE, label_map: FILE}; NAME is a
+    short word (letters, digits, '-', '_') that names the set in metrics.json, the report and figure files."""
+
+    def __call__(self, key: str, value: Any) -> None:
+        if not isinstance(value, dict):
+            raise CxrError(f"{key} must be a mapping NAME: PATH, got {value!r}")
+        for name, entry in value.items():
+            if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_" for c in name):
+                raise CxrError(f"{key}: external set name {name!r} must be letters, digits, '-' or '_'")
+            if isinstance(entry, dict):
+                unknown = sorted(set(entry) - set(EXTERNAL_KEYS))
+                if unknown:
+                    raise CxrError(f"{key}.{name}: unknown key(s) {unknown}{did_you_mean(str(unknown[0]), EXTERNAL_KEYS)}; "
+                                   f"allowed: {', '.join(EXTERNAL_KEYS)}")
+                paths = entry
+            else:
+                paths = {"data": entry}
+            if not isinstance(paths.get("data"), str) or not paths["data"].strip():
+                raise CxrError(f"{key}.{name}: needs a data path (a folder or CSV manifest), got {entry!r}")
+            for sub, path in paths.items():
+                OptionalPath()(f"{key}.{name}.{sub}", path)
+
+    def describe(self) -> str:
+        return "NAME: PATH (or NAME: {data, masks, boxes, label_map})"

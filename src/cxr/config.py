@@ -17,7 +17,20 @@ from typing import Any
 
 import yaml
 
-from cxr.checks import FRACTION, Check, Choice, Each, Matches, NonEmpty, Ratios, Span, above, at_least
+from cxr.checks import (
+    FRACTION,
+    Check,
+    Choice,
+    Each,
+    ExternalSets,
+    Matches,
+    NonEmpty,
+    OptionalPath,
+    Ratios,
+    Span,
+    above,
+    at_least,
+)
 from cxr.errors import CxrError
 from cxr.models import catalog
 from cxr.suggest import did_you_mean
@@ -36,6 +49,8 @@ MIN_IMAGE_SIZE = 32  # the backbones downsample 32x: a smaller input leaves no f
 SWITCHES = ("auto", "on", "off")  # auto: on where it helps (see the field)
 TASKS = ("auto", "multiclass", "multilabel")  # auto: multilabel for a manifest with '|' labels or 0/1/-1 columns
 UNCERTAIN_POLICIES = ("ignore", "zeros", "ones")  # what a CheXpert-style -1 (uncertain) finding becomes
+OCCLUDE_CHOICES = ("lungs", "outside")  # the masked-region test blanks the lungs, or everything outside them
+FILL_CHOICES = ("median", "zero")  # what blanked pixels become: the image's median pixel value, or black
 
 
 def setting(default: Any, check: Check | None = None, *, describe: Callable[[], str] | None = None) -> Any:
@@ -62,6 +77,10 @@ class DataConfig:
     decoded_cache: str = setting("auto", Choice(SWITCHES))
     task: str = setting("auto", Choice(TASKS))  # multiclass (one class per image, softmax) | multilabel (findings, sigmoid)
     uncertain: str = setting("ignore", Choice(UNCERTAIN_POLICIES))  # multilabel: -1 labels ignored, or taken as 0 / 1
+    masks: str | None = setting(None, OptionalPath())  # folder of lung masks matched to images by path or file name
+    boxes: str | None = setting(None, OptionalPath())  # CSV path,x0,y0,x1,y1 of lung boxes (a box = a rectangular mask)
+    lung_crop: bool = False  # crop each image to its lung mask's or boxes' bounding box (+ margin) before resizing
+    lung_crop_margin: float = setting(0.05, FRACTION)  # the crop's margin, a fraction of the box's width/height
 
 
 @dataclass
@@ -121,6 +140,12 @@ class EvalConfig:
     ece_bins: int = setting(15, at_least(1))  # bins of the expected calibration error
     aug_samples: int = setting(20, at_least(0))  # augmented training images saved to aug_images/
     grid_per_class: int = setting(5, at_least(1))  # images per class in the sample grid
+    external: dict[str, Any] = field(default_factory=dict, metadata={"check": ExternalSets()})  # NAME: PATH (or {data, masks, boxes, label_map}) scored after the test split
+    label_map: str | None = setting(None, OptionalPath())  # YAML 'their class name: our class | ignore' for external sets
+    shortcut_audit: bool = True  # with lung masks/boxes: Grad-CAM share inside the lungs and the masked-region test
+    shortcut_max_images: int = setting(200, at_least(1))  # images per set the shortcut audit looks at (evenly per class)
+    shortcut_gallery: int = setting(8, at_least(0))  # overlays of the images whose attention lies most outside the lungs
+    occlude_fill: str = setting("median", Choice(FILL_CHOICES))  # blanked pixels: each image's median value, or zero
 
 
 @dataclass
@@ -185,6 +210,10 @@ def _coerce(f: dataclasses.Field, value: Any, where: str) -> Any:
         return _build(value, type(default), where + ".")
     if value is None or default is None:
         return value
+    if isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise CxrError(f"config key '{where}' must be a mapping (NAME: VALUE), got {value!r}")
+        return {str(k): v for k, v in value.items()}
     if isinstance(default, tuple):
         if not isinstance(value, list | tuple):
             raise CxrError(f"config key '{where}' must be a list, got {value!r}")

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from cxr.data.masks import Region
 from cxr.errors import CxrError
 from cxr.models.stages import as_feature_map, find_layer
 from cxr.predict import ImageInput, Prediction, Predictor
@@ -155,12 +156,14 @@ class Explanation:
 
 
 def explain(predictor: Predictor, image: ImageInput, class_name: str | None = None, name: str | None = None,
-            layer: str | None = None) -> Explanation:
+            layer: str | None = None, box: Region | None = None) -> Explanation:
     """Grad-CAM of `image` for `class_name` (default: the predicted class) with a predictor's model, at
-    `layer` (default: the checkpoint's ``model.cam_layer``, else the feature map the head pools)."""
-    gray = predictor.load(image, name=name)
+    `layer` (default: the checkpoint's ``model.cam_layer``, else the feature map the head pools).
+    `box`: the lung region, which a lung-crop model crops to (the explanation's image is then the crop)."""
+    full = predictor.load(image, name=name)
+    gray = predictor.lung_input(full, box)
     index = predictor.class_index(class_name) if class_name is not None else None
-    x = predictor.preprocess(gray).to(predictor.device)
+    x = predictor.preprocess(full, box).to(predictor.device)
     cam, index, probs = grad_cam(predictor.model, x, index, layer=layer or cam_layer_of(predictor))
     classes = predictor.classes
     table = {c: float(p) for c, p in zip(classes, probs, strict=True)}

@@ -22,6 +22,7 @@ from PIL import Image
 from torch import nn
 
 from cxr.checkpoint import config_of, load_checkpoint, model_from_checkpoint
+from cxr.data.masks import Region, crop_to_lungs
 from cxr.errors import CxrError
 from cxr.hashing import file_sha256
 from cxr.io import pil_to_gray, read_image, read_image_bytes
@@ -87,6 +88,7 @@ class Predictor:
         self.preprocessing = preprocessing
         self.name = name
         self.info = info or CheckpointInfo()
+        self.lung_crop: float | None = None  # the crop margin of a model trained on lung crops (data.lung_crop)
 
     @classmethod
     def from_checkpoint(
@@ -114,6 +116,7 @@ class Predictor:
         )
         name = f"{cfg.name}/{cfg.model.backbone}@{sha[:12]}"
         predictor = cls(model, ckpt["classes"], pre, device=device, precision=precision, name=name, info=info)
+        predictor.lung_crop = cfg.data.lung_crop_margin if cfg.data.lung_crop else None
         log.info("loaded %s (%d classes, %s on %s)", name, len(predictor.classes), predictor.precision, predictor.device)
         return predictor
 
@@ -148,10 +151,15 @@ class Predictor:
             "or a uint8 array"
         )
 
-    def preprocess(self, gray: np.ndarray) -> torch.Tensor:
-        """uint8 (H, W) -> normalised network input (C, S, S) following the checkpoint's record."""
+    def preprocess(self, gray: np.ndarray, box: Region | None = None) -> torch.Tensor:
+        """uint8 (H, W) -> normalised network input (C, S, S) following the checkpoint's record; a model
+        trained on lung crops crops to `box` (lung boxes or a mask) first and refuses an image without one."""
         pre = self.preprocessing
-        return to_input(resize_gray(gray, pre.size, pre.interpolation), pre)
+        return to_input(resize_gray(self.lung_input(gray, box), pre.size, pre.interpolation), pre)
+
+    def lung_input(self, gray: np.ndarray, box: Region | None = None) -> np.ndarray:
+        """The image as the network sees it before resizing: cropped to `box` for a lung-crop model."""
+        return crop_to_lungs(gray, self.lung_crop, box)
 
     # ------------------------------------------------------------------------------- inference
 
@@ -161,21 +169,26 @@ class Predictor:
         batch_size: int = 32,
         tta: bool = False,
         progress: Callable[[int], Any] | None = None,
+        box: Region | None = None,
+        boxes: Sequence[Region | None] | None = None,
     ) -> list[Prediction]:
         """Predict every image; one `Prediction` per input, in order.
 
         `images` is a list of file paths, encoded image bytes, PIL images (any mode; 16-bit is scaled)
         or uint8 arrays ((H, W) gray or (H, W, 3|4) colour); a single one of those is accepted too. An unreadable file raises
         `ImageReadError` naming it (the CLI catches it per file and goes on). `progress(n)` is
-        called after each batch with the number of images it held.
+        called after each batch with the number of images it held. `box`: the lung region of every image
+        (boxes in image pixels, (x0, y0, x1, y1) or a list of them, or a mask array); `boxes`: one region
+        per image. A model trained on lung crops needs one for each image (others ignore them).
         """
         if batch_size < 1:
             raise CxrError(f"batch_size must be >= 1, got {batch_size}")
         items = [images] if _is_single(images) else list(images)
+        regions = _per_image(box, boxes, len(items))
         results: list[Prediction] = []
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
-            batch = torch.stack([self.preprocess(self.load(item)) for item in chunk])
+            batch = torch.stack([self.preprocess(self.load(item), regions[start + i]) for i, item in enumerate(chunk)])
             probs = self.predict_tensor(batch, tta=tta)
             results.extend(self.to_prediction(p, _source_of(item)) for p, item in zip(probs, chunk, strict=True))
             if progress is not None:
@@ -211,6 +224,17 @@ def as_gray_uint8(image: np.ndarray) -> np.ndarray:
     if image.ndim == 3 and image.shape[2] in (3, 4):
         return np.clip(np.rint(image[..., :3] @ RGB_LUMA), 0, 255).astype(np.uint8)
     raise CxrError(f"image arrays must have shape (H, W) or (H, W, 3|4), got {image.shape}")
+
+
+def _per_image(box: Any, boxes: Sequence[Any] | None, count: int) -> list[Any]:
+    """One region per image: `box` for every image, or `boxes` (one per image)."""
+    if boxes is None:
+        return [box] * count
+    if box is not None:
+        raise CxrError("give box (one lung region for every image) or boxes (one per image), not both")
+    if len(boxes) != count:
+        raise CxrError(f"boxes holds {len(boxes)} lung regions for {count} images; give one per image")
+    return list(boxes)
 
 
 def _is_single(images: Any) -> bool:

@@ -30,6 +30,7 @@ from cxr.errors import CxrError
 
 SPLITS = ("train", "val", "test")
 SPLIT_COLUMNS = ("path", "label", "split", "group")
+MASK_COLUMN = "mask"  # written after SPLIT_COLUMNS when any row has a lung region (cxr.data.regions)
 METRIC_NAMES = ("loss", "accuracy", "precision", "recall", "macro_f1")
 HISTORY_COLUMNS = (
     "epoch", "lr",
@@ -308,10 +309,14 @@ class SplitRow:
     label: str
     split: str
     group: str
+    mask: str | None = None  # lung mask path or 'box:...' lung boxes (cxr.data.regions), when known
 
 
 def write_split_csv(rows: Sequence[SplitRow], path: str | Path) -> Path:
-    """Write `path,label,split,group`; equal splits give identical bytes."""
+    """Write `path,label,split,group` (and `mask` when any row has one); equal splits give identical bytes."""
+    if any(r.mask for r in rows):
+        return write_csv(path, (*SPLIT_COLUMNS, MASK_COLUMN),
+                         ((r.path, r.label, r.split, r.group, r.mask or "") for r in rows))
     return write_csv(path, SPLIT_COLUMNS, ((r.path, r.label, r.split, r.group) for r in rows))
 
 
@@ -335,7 +340,7 @@ def read_split_csv(path: str | Path) -> list[SplitRow]:
                 raise CxrError(
                     f"split file {path} line {line}: split {raw['split']!r} is not one of {', '.join(SPLITS)}"
                 )
-            rows.append(SplitRow(raw["path"], raw["label"], raw["split"], raw["group"]))
+            rows.append(SplitRow(raw["path"], raw["label"], raw["split"], raw["group"], raw.get(MASK_COLUMN) or None))
     return rows
 
 

@@ -80,10 +80,16 @@ def test_the_flag_table_maps_flags_to_config_keys():
     assert flag_overrides(args, DEMO_FLAGS) == {"train.epochs": 2, "train.device": "cpu"}
     args = parser.parse_args(["model", "summary", "--dropout", "0.5"])
     assert flag_overrides(args, MODEL_FLAGS) == {"model.dropout": 0.5}
-    for flag in RUN_FLAGS:  # a flag's value parses to its key's type
-        if flag.sets is None:
+    for flag in RUN_FLAGS:  # a flag's value parses to its key's type (given where the default is None)
+        if flag.sets is None and not flag.entries:
             action = next(a for a in _commands(parser)["cxr run"]._actions if flag.option in a.option_strings)
-            assert action.type is type(get_value(RunConfig(), flag.keys[0]))
+            assert action.type is (flag.kind or type(get_value(RunConfig(), flag.keys[0])))
+    args = parser.parse_args(["run", "--data", "x", "--external", "b=/d/b", "--external", "c=/d/c,boxes=/d/c.csv",
+                              "--label-map", "m.yaml", "--lung-crop"])
+    assert flag_overrides(args, RUN_FLAGS) == {  # NAME=PATH entries set entries of the mapping key
+        "eval.external.b": "/d/b", "eval.external.c": {"data": "/d/c", "boxes": "/d/c.csv"},
+        "eval.label_map": "m.yaml", "data.lung_crop": True,
+    }
 
 
 @pytest.mark.parametrize("command", [[], ["run"], ["train"], ["model", "summary"], ["predict"], ["data", "split"]])

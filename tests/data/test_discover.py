@@ -34,7 +34,8 @@ def test_kaggle_v4_layout(tmp_path):
     assert found.classes == list(CANONICAL_CLASSES)
     assert found.counts() == dict.fromkeys(CANONICAL_CLASSES, 2)
     assert all("/images/" in s.path and "masks" not in s.path for s in found.samples)
-    assert Sample("Viral Pneumonia/images/Viral Pneumonia-1.png", "Viral_Pneumonia") in found.samples
+    assert Sample("Viral Pneumonia/images/Viral Pneumonia-1.png", "Viral_Pneumonia",
+                  mask="Viral Pneumonia/masks/Viral Pneumonia-1.png") in found.samples  # masks ride along
     assert found.skipped_non_image == 0 and found.unknown_folders == []
 
 

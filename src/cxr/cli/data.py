@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--figures", type=Path, metavar="DIR", help="write bar_chart.png, pie_chart.png, dataset_images.png"
     )
     p.add_argument("--strict", action="store_true", help="exit with status 1 if any file is unreadable")
+    p.add_argument("--masks", type=Path, metavar="DIR",
+                   help="folder of lung masks matched to the images by path or file name (checked against them)")
+    p.add_argument("--boxes", type=Path, metavar="FILE", help="CSV path,x0,y0,x1,y1 of lung bounding boxes")
     p.add_argument(
         "--grid-per-class",
         type=positive_int,
@@ -111,10 +114,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     """Audit the dataset, print a summary, optionally write JSON and figures."""
     from cxr.data.audit import audit
     from cxr.data.discover import discover
+    from cxr.data.masks import with_regions
 
     writable_output(args.json)
     writable_output(args.figures, folder=True)
-    discovery = discover(args.path)
+    discovery = with_regions(discover(args.path), args.masks, args.boxes)
     report = audit(discovery, near_threshold=args.near_threshold, progress=True)
     _print_inspect(report)
     if args.json:
@@ -138,6 +142,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         _out(f"\n--strict: {len(report.unreadable)} unreadable file(s), exiting with status 1")
         return 1
     return 0
+
+
+def _print_regions(regions: dict) -> None:
+    """The lung-mask check of `cxr data inspect`."""
+    area = regions.get("area_fraction") or {}
+    share = f"; lung area {area['mean']:.0%} of the image on average" if area else ""
+    _out(f"lung regions: {regions['with_region']} image(s) ({regions['masks']} masks, {regions['boxes']} boxes), "
+         f"{regions['without_region']} without; {regions['scaled_to_image']} mask(s) scaled to their image's size, "
+         f"{len(regions['empty'])} empty, {len(regions['unusable'])} not usable{share}")
+    for item in regions["unusable"][:_SHOWN_GROUPS]:
+        _out(f"  {item['path']}: {item['reason']}")
 
 
 def _print_inspect(report: AuditReport) -> None:
@@ -183,6 +198,8 @@ def _print_inspect(report: AuditReport) -> None:
         f"{sum(g.cross_class for g in near)} group(s) across classes"
     )
     _print_groups(near)
+    if report.regions is not None:
+        _print_regions(report.regions)
     if report.skipped_hidden or report.skipped_non_image:
         _out(f"skipped: {report.skipped_hidden} hidden, {report.skipped_non_image} non-image file(s)")
     if report.unknown_folders:

@@ -27,6 +27,8 @@ class Flag:
     sets: Any = None  # a switch (takes no value): what it sets the keys to when given
     default: str | None = None  # the default to show instead of the config's values
     allowed: bool = True  # append the key's allowed values to the help
+    kind: type | None = None  # the value's type when the config's default (None) does not tell it
+    entries: bool = False  # repeatable NAME=VALUE: each sets the entry NAME of the mapping key
 
     @property
     def dest(self) -> str:
@@ -62,11 +64,26 @@ FLAGS: dict[str, Flag] = {
              "files in RUN/tensorboard/, or an mlflow run", "BACKEND"),
         Flag("--track-uri", ("track.uri",), "mlflow tracking URI (default: sqlite:///<folder of the run "
              "folder>/mlflow.db)", "URI", allowed=False),
+        Flag("--external", ("eval.external",), "score best.pt on this other data set too (repeatable): a folder or "
+             "CSV manifest named NAME in the report; add ,masks=DIR ,boxes=FILE ,label_map=FILE for its lung masks, "
+             "lung boxes or class names", "NAME=PATH", default="none", allowed=False, entries=True),
+        Flag("--label-map", ("eval.label_map",), "YAML file mapping the external sets' class names to this model's "
+             "('NORMAL: Normal', 'PNEUMONIA: Viral_Pneumonia', 'Other: ignore')", "FILE", kind=str, allowed=False,
+             default="built-in aliases only"),
+        Flag("--masks", ("data.masks",), "folder of lung masks, matched to the images by relative path or file name "
+             "(Kaggle v4 masks beside the images are found without it)", "DIR", kind=str, allowed=False,
+             default="masks found beside the images"),
+        Flag("--boxes", ("data.boxes",), "CSV path,x0,y0,x1,y1 of lung bounding boxes in image pixels (several rows "
+             "per image for several boxes); a box is used as a rectangular lung mask", "FILE", kind=str,
+             allowed=False, default="none"),
+        Flag("--lung-crop", ("data.lung_crop",), "crop every image to its lung mask's or boxes' bounding box plus "
+             "data.lung_crop_margin before resizing (train, evaluate, predict and serve)", sets=True),
     )
 }
 RUN_FLAGS = tuple(FLAGS[o] for o in (
     "--backbone", "--weights", "--freeze", "--epochs", "--batch-size", "--lr", "--seed", "--name", "--device",
     "--precision", "--compile", "--no-feature-cache", "--task", "--uncertain", "--track", "--track-uri",
+    "--external", "--label-map", "--masks", "--boxes", "--lung-crop",
 ))
 DEMO_FLAGS = tuple(FLAGS[o] for o in ("--epochs", "--no-feature-cache", "--device"))
 MODEL_FLAGS = tuple(FLAGS[o] for o in ("--backbone", "--weights", "--freeze", "--dropout"))
@@ -83,7 +100,12 @@ def add_flags(
         if flag.sets is not None:
             action = parser.add_argument(flag.option, action="store_true", help=flag.help)
             continue
-        kind = type(get_value(RunConfig(), flag.keys[0]))
+        if flag.entries:
+            action = parser.add_argument(flag.option, action="append", type=entry_value(flag.option),
+                                         metavar=flag.metavar, help=flag.help)
+            action.default_text = _default_text(flag, base, whose)  # type: ignore[attr-defined]
+            continue
+        kind = flag.kind or type(get_value(RunConfig(), flag.keys[0]))
         allowed = allowed_values(flag.keys[0]) if flag.allowed else None
         action = parser.add_argument(
             flag.option, type=kind, metavar=flag.metavar, help=f"{flag.help}: {allowed}" if allowed else flag.help
@@ -109,6 +131,29 @@ def flag_overrides(args: argparse.Namespace, flags: Iterable[Flag]) -> dict[str,
         value = getattr(args, flag.dest, None)
         if flag.sets is not None:
             value = flag.sets if value else None
-        if value is not None:
+        if flag.entries:
+            for name, entry in value or ():
+                out[f"{flag.keys[0]}.{name}"] = entry
+        elif value is not None:
             out.update(dict.fromkeys(flag.keys, value))
     return out
+
+
+def entry_value(option: str) -> Callable[[str], tuple[str, Any]]:
+    """The argparse type of a NAME=PATH[,key=value...] option: (NAME, PATH) or (NAME, {data: PATH, key: value})."""
+
+    def parse(text: str) -> tuple[str, Any]:
+        name, sep, rest = text.partition("=")
+        parts = rest.split(",")
+        if not sep or not name.strip() or not parts[0].strip():
+            raise argparse.ArgumentTypeError(f"{option} expects NAME=PATH, got {text!r}")
+        extra = {}
+        for part in parts[1:]:
+            key, sep, value = part.partition("=")
+            if not sep or not key.strip() or not value.strip():
+                raise argparse.ArgumentTypeError(f"{option}: {part!r} in {text!r} is not key=value")
+            extra[key.strip()] = value.strip()
+        path = parts[0].strip()
+        return name.strip(), {"data": path, **extra} if extra else path
+
+    return parse

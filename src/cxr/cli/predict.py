@@ -37,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average over flip and small shifts")
     p.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="images per forward pass")
     p.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
+    _region_arguments(p, "every image's lung region, which a model trained on lung crops (data.lung_crop) needs")
 
     p = add_command(sub, "explain", cmd_explain, "Grad-CAM heatmap of one image, overlaid on the X-ray")
     p.add_argument("checkpoint", type=existing_path, help="a cxr checkpoint (.pt)")
@@ -47,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="backbone layer to explain, e.g. layer3 or features.denseblock3 (default: the checkpoint's "
                         "model.cam_layer, else the feature map the head pools)")
     p.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
+    _region_arguments(p, "the lung region: its outline is drawn on the overlay (and a lung-crop model crops to it)")
 
     p = add_command(sub, "export", cmd_export, "export a checkpoint to ONNX or TorchScript",
                     description="Export the classifier (input: the normalised tensor, output: class probabilities; "
@@ -97,6 +99,27 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "slower clients are dropped")
     limits.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout_s,
                         help="most seconds without a byte of a request body")
+
+
+def _region_arguments(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--box", action="append", metavar="X0,Y0,X1,Y1",
+                   help=f"a lung bounding box in image pixels (repeatable: one per lung): {what}")
+    p.add_argument("--mask", type=existing_path, metavar="FILE", help=f"a lung mask image: {what}")
+
+
+def _region(args: argparse.Namespace) -> Any:
+    """The --box boxes or the --mask array of the command line; None when neither is given."""
+    if args.box and args.mask:
+        raise CxrError("give --box or --mask, not both")
+    if args.mask:
+        from cxr.io import read_image
+
+        return read_image(args.mask)
+    if args.box:
+        from cxr.data.regions import parse_boxes
+
+        return [b for text in args.box for b in parse_boxes(text, "--box")]
+    return None
 
 
 def _echo(text: str) -> None:
@@ -181,6 +204,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not files:
         raise CxrError(f"no image files found in {', '.join(args.inputs)}")
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device)
+    region = _region(args)
     results: list[tuple[str, Prediction]] = []
     with tqdm(total=len(files), desc="predict", unit="img", disable=None) as bar:
         for paths, images, bad in read_chunks(files, args.batch_size):
@@ -188,7 +212,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 log.warning("skipped %s: %s", path, reason)
             skipped.extend(bad)
             if images:
-                preds = predictor.predict(images, batch_size=args.batch_size, tta=args.tta)
+                preds = predictor.predict(images, batch_size=args.batch_size, tta=args.tta, box=region)
                 results.extend(zip(paths, preds, strict=True))
             bar.update(len(paths) + len(bad))
     classes = predictor.classes
@@ -253,9 +277,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device)
     if args.class_name is not None:
         predictor.class_index(args.class_name)  # fails early, listing the classes
-    result = explain(predictor, args.image, args.class_name, layer=args.cam_layer)
+    region = _region(args)
+    result = explain(predictor, args.image, args.class_name, layer=args.cam_layer, box=region)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(result.overlay()).save(args.out)
+    picture = result.overlay()
+    if region is not None:
+        from cxr.explain_masks import lungs_on_explanation
+
+        picture = lungs_on_explanation(picture, predictor, args.image, region)
+    Image.fromarray(picture).save(args.out)
     pred = result.prediction
     _echo(f"{args.image}: predicted {pred.label} ({pred.confidence:.3f}); heatmap for {result.class_name} -> {args.out}")
     return 0

@@ -11,6 +11,8 @@ from typing import Any
 import yaml
 
 from cxr.cli._common import add_command, positive_int, writable_output
+from cxr.cli.external import add_arguments as add_external_arguments
+from cxr.cli.external import cmd_run_dir, run_extras, wants_extras
 from cxr.cli.flags import DEMO_FLAGS, RUN_FLAGS, add_flags, flag_overrides
 from cxr.config import DEVICES, PRECISIONS
 from cxr.errors import CxrError
@@ -51,17 +53,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="train on the rows of this split.csv (paths relative to --data) instead of a new split")
 
     evaluate = add_command(
-        sub, "evaluate", cmd_evaluate, "score a checkpoint on a data folder",
+        sub, "evaluate", cmd_evaluate, "score a checkpoint on a data folder, on external sets, for shortcuts",
         description=(
             "Evaluate a checkpoint on a data folder: loss, accuracy, Keras precision/recall, macro-F1 with "
             "bootstrap CIs, per-class metrics, ROC-AUC, calibration. The rows are the --split of the run's "
             "split.csv when the checkpoint was trained on this data (folder or manifest); on other data, "
             "--split test (the default) scores every image and train/val are refused. "
-            "The data's classes must equal the checkpoint's."
+            "The data's classes must equal the checkpoint's. "
+            "`cxr evaluate RUN_DIR --external NAME=PATH --shortcut` adds external sets (any subset of the "
+            "classes, names mapped with --label-map) and the shortcut audit to a finished run's metrics.json "
+            "and report; --external/--shortcut/--occlude also work beside --checkpoint (and --data)."
         ),
     )
-    evaluate.add_argument("--checkpoint", required=True, type=Path, metavar="CKPT", help="a cxr checkpoint (.pt)")
-    evaluate.add_argument("--data", required=True, type=Path, metavar="PATH", help="data folder or CSV manifest")
+    evaluate.add_argument("--checkpoint", type=Path, metavar="CKPT",
+                          help="a cxr checkpoint (.pt); with RUN_DIR, instead of its best.pt")
+    evaluate.add_argument("--data", type=Path, metavar="PATH",
+                          help="data folder or CSV manifest (with RUN_DIR: instead of the run's data)")
     evaluate.add_argument("--split", default="test", choices=("train", "val", "test", "all"),
                           help="which rows of the run's split.csv to score; 'all' scores every image of --data")
     evaluate.add_argument("--split-csv", type=Path, metavar="FILE", help="take the rows from this split.csv")
@@ -74,6 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--precision", default="auto", choices=PRECISIONS, metavar="MODE",
                           help="compute precision: auto (bf16 where native, else fp32; fp16 on older GPUs) | "
                                + " | ".join(PRECISIONS[1:]))
+    add_external_arguments(evaluate)
 
     demo = add_command(
         sub, "demo", cmd_demo, "the main job on built-in synthetic images (a few minutes on a CPU)",
@@ -169,12 +177,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from cxr.study import evaluate_checkpoint
 
+    if args.run_dir is not None:
+        return cmd_run_dir(args)
+    if args.checkpoint is None:
+        raise CxrError("give RUN_DIR (a finished run) or --checkpoint CKPT with --data PATH and/or --external NAME=PATH")
     writable_output(args.out, folder=True)
-    metrics = evaluate_checkpoint(args.checkpoint, args.data, args.split, out_dir=args.out, tta=args.tta,
-                                  device=args.device, precision=args.precision, batch_size=args.batch_size,
-                                  split_csv=args.split_csv)
-    _say(_metrics_line(metrics))
-    _say(metrics["classification_report"].rstrip())
+    if args.data is not None:
+        metrics = evaluate_checkpoint(args.checkpoint, args.data, args.split, out_dir=args.out, tta=args.tta,
+                                      device=args.device, precision=args.precision, batch_size=args.batch_size,
+                                      split_csv=args.split_csv)
+        _say(_metrics_line(metrics))
+        _say(metrics["classification_report"].rstrip())
+    elif not wants_extras(args):
+        raise CxrError("give --data PATH (the images to score) and/or --external NAME=PATH")
+    if wants_extras(args):
+        run_extras(args, args.out, create=True)
     if args.out is not None:
         _say(args.out / "metrics.json")
     return 0

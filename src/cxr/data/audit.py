@@ -34,6 +34,7 @@ from cxr.data.hashes import (
     phash,
     pixel_sha1,
 )
+from cxr.data.masks import check_regions, region_warnings
 from cxr.data.multilabel import label_names
 from cxr.errors import ImageReadError
 from cxr.io import read_image_with_info
@@ -112,6 +113,7 @@ class AuditReport:
     skipped_non_image: int = 0
     unknown_folders: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    regions: dict[str, Any] | None = None  # the lung-mask check (cxr.data.masks.check_regions), when any
 
     @property
     def unreadable(self) -> list[ImageRecord]:
@@ -157,9 +159,12 @@ class AuditReport:
             out.append(f"folders without images: {', '.join(self.unknown_folders)}")
         if self.skipped_hidden or self.skipped_non_image:
             out.append(f"skipped {self.skipped_hidden} hidden and {self.skipped_non_image} non-image file(s)")
+        if self.regions is not None:
+            out.extend(region_warnings(self.regions))
         return out
 
     def to_json(self) -> dict[str, Any]:
+        extra = {"lung_regions": self.regions} if self.regions is not None else {}
         return {
             "root": str(self.root),
             "layout": self.layout,
@@ -183,6 +188,7 @@ class AuditReport:
             "unknown_folders": list(self.unknown_folders),
             "warnings": self.warnings(),
             "seconds": round(self.seconds, 2),
+            **extra,
         }
 
 
@@ -197,6 +203,10 @@ def audit(
     records = scan_images(discovery.root, discovery.samples, progress=progress, workers=workers)
     exact = exact_duplicate_groups(records)
     near = near_duplicate_groups(records, near_threshold)
+    regions = None
+    if any(s.mask for s in discovery.samples):
+        sizes = {r.path: (int(r.width), int(r.height)) for r in records if r.ok}
+        regions = check_regions(discovery.root, discovery.samples, sizes)
     report = AuditReport(
         root=discovery.root,
         layout=discovery.layout,
@@ -209,6 +219,7 @@ def audit(
         skipped_non_image=discovery.skipped_non_image,
         unknown_folders=list(discovery.unknown_folders),
         seconds=time.perf_counter() - start,
+        regions=regions,
     )
     log.info("audited %d images in %.1f s", len(records), report.seconds)
     return report

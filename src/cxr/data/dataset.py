@@ -1,7 +1,8 @@
 """A torch Dataset over the rows of one split, and a reproducible DataLoader.
 
-Each item is read with `cxr.io.read_image`, resized to the preprocessing size, augmented (training
-only) and normalised. The augmentation generator of item `i` in epoch `e` is
+Each item is read with `cxr.io.read_image`, optionally cropped to its lung region or with the lungs
+(or all else) blanked (`cxr.data.masks.RegionOptions`), resized to the preprocessing size, augmented
+(training only) and normalised; `with_mask` also yields the lung mask, resized with the image. The augmentation generator of item `i` in epoch `e` is
 `np.random.default_rng([seed, e, i])`, so a run gives the same images whatever the number of
 workers. The epoch lives in shared memory, so `set_epoch` also reaches persistent worker processes,
 and it also selects the shuffle order of `make_loader` (`EpochShuffle`).
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from cxr.data.masks import RegionOptions, RegionProblem, apply_region, load_region, scale_mask
 from cxr.data.multilabel import targets
 from cxr.errors import CxrError, ImageReadError
 from cxr.io import read_image
@@ -55,9 +57,16 @@ class SplitDataset(Dataset):
         seed: int = 0,
         skip_unreadable: bool = True,
         multilabel: bool = False,
+        *,
+        regions: RegionOptions | None = None,
+        with_mask: bool = False,
     ) -> None:
         if int(seed) < 0:
             raise CxrError(f"the data seed must be >= 0, got {seed}")
+        if with_mask and augment is not None:
+            raise CxrError("SplitDataset: with_mask yields the mask of the unaugmented image; give augment=None")
+        self.regions = regions if regions is not None and regions.needs_region else None
+        self.with_mask = with_mask
         self.root = Path(root)
         self.rows = list(rows)
         self.classes = list(classes)
@@ -88,23 +97,43 @@ class SplitDataset(Dataset):
 
     def image(self, index: int) -> np.ndarray:
         """The resized uint8 (S, S) image of row `index`, before augmentation."""
-        img = read_image(self.root / self.rows[index].path)
-        return resize_gray(img, self.pre.size, self.pre.interpolation)
+        return self.pixels(index)[0]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def pixels(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The resized uint8 (S, S) image of row `index` and, when masks are used, its boolean lung mask
+        (S, S) (None for a row without a region). With `regions` a row without a region is a RegionProblem."""
+        row = self.rows[index]
+        img = read_image(self.root / row.path)
+        mask = None
+        if self.regions is not None or self.with_mask:
+            mask = load_region(self.root, getattr(row, "mask", None), img.shape)
+            if self.regions is not None:
+                if mask is None:
+                    raise RegionProblem(row.path, "no lung mask or box, which the lung crop or occlusion needs")
+                img, mask = apply_region(img, mask, self.regions)
+        size = self.pre.size
+        return resize_gray(img, size, self.pre.interpolation), scale_mask(mask, (size, size)) if mask is not None else None
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        size = self.pre.size
         try:
-            img = self.image(index)
+            img, mask = self.pixels(index)
         except ImageReadError as exc:
             if not self.skip_unreadable:
                 raise
             if not self._bad[index]:
                 log.warning("skipped %s", exc)
             self._bad[index] = 1
-            return torch.zeros(self.pre.channels, self.pre.size, self.pre.size), self._skipped_target()
+            blank = torch.zeros(self.pre.channels, size, size), self._skipped_target()
+            return (*blank, torch.zeros(size, size)) if self.with_mask else blank
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             img = self.augment(img, rng)
-        return to_input(img, self.pre), self._target(index)
+        item = to_input(img, self.pre), self._target(index)
+        if not self.with_mask:
+            return item
+        lungs = torch.from_numpy(mask.astype(np.float32)) if mask is not None else torch.zeros(size, size)
+        return (*item, lungs)
 
     def _target(self, index: int) -> int | torch.Tensor:
         if self.multilabel:
@@ -120,7 +149,7 @@ class SplitDataset(Dataset):
         out = []
         for index in torch.nonzero(self._bad).flatten().tolist():
             try:
-                read_image(self.root / self.rows[index].path)
+                self.pixels(index)
                 reason = "could not be read during the pass"
             except ImageReadError as exc:
                 reason = exc.reason

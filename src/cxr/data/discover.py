@@ -5,9 +5,13 @@ Recognised inputs:
   (`masks/` folders and `*.metadata.xlsx` files are ignored);
 - its older flat release: `COVID-19/`, `NORMAL/`, `Viral Pneumonia/` holding `COVID-19 (12).png` ...;
 - any class-per-folder dataset (`<root>/<class>/**/<image>`);
-- a CSV manifest `path,label[,group]` (paths relative to the CSV's folder, or absolute), also
-  multi-label: findings joined by '|' in `label` (NIH) or one 0/1/-1 column per finding (CheXpert),
-  see `cxr.data.multilabel`.
+- a CSV manifest `path,label[,group][,mask][,lung_box]` (paths relative to the CSV's folder, or
+  absolute), also multi-label: findings joined by '|' in `label` (NIH) or one 0/1/-1 column per
+  finding (CheXpert), see `cxr.data.multilabel`.
+
+Lung masks are found beside the images in the Kaggle v4 layout (`<Class>/masks/<name>.png`, also for
+images directly under `<Class>/`), and a manifest may name a `mask` file or `lung_box` boxes per image
+(`cxr.data.regions`); `cxr.data.masks` attaches masks from another folder or boxes from a CSV.
 
 Folders that hold a cxr run (a `.cxr-run` marker, `cxr.rundir.RUN_MARKER`) are never searched, so a run
 written inside its data folder does not become a class of later runs. A folder that cannot be read
@@ -28,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxr.data.multilabel import manifest_labels
+from cxr.data.regions import is_box_spec, manifest_region, mask_beside
 from cxr.errors import CxrError
 from cxr.io import IMAGE_EXTENSIONS
 from cxr.rundir import RUN_MARKER
@@ -59,6 +64,7 @@ class Sample:
     path: str
     label: str
     group: str | None = None
+    mask: str | None = None  # lung region: a mask path (like `path`) or 'box:...' (cxr.data.regions)
 
 
 @dataclass
@@ -73,6 +79,7 @@ class Discovery:
     skipped_non_image: int
     unknown_folders: list[str]
     task: str = "multiclass"  # multilabel: `classes` are findings, labels are cxr.data.multilabel strings
+    renamed: dict[str, str] = field(default_factory=dict)  # folder or manifest name -> class, where they differ
 
     def counts(self) -> dict[str, int]:
         """Images per class, in class order."""
@@ -95,11 +102,12 @@ def order_classes(names: set[str] | list[str]) -> list[str]:
     return known + sorted(names - set(known))
 
 
-def discover(path: str | Path, *, task: str = "auto", uncertain: str = "ignore") -> Discovery:
+def discover(path: str | Path, *, task: str = "auto", uncertain: str = "ignore", min_classes: int = 2) -> Discovery:
     """Find the labelled images under a folder (any supported layout) or in a CSV manifest.
 
     task: auto | multiclass | multilabel (a manifest only; auto detects it, see `cxr.data.multilabel`);
-    uncertain: what a CheXpert-style -1 becomes (ignore | zeros | ones).
+    uncertain: what a CheXpert-style -1 becomes (ignore | zeros | ones); `min_classes`: fewer classes
+    are a CxrError (2 to train; an external test set may hold only one; a multi-label set needs one finding).
     """
     path = Path(path)
     if not path.exists():
@@ -112,7 +120,7 @@ def discover(path: str | Path, *, task: str = "auto", uncertain: str = "ignore")
         if task == "multilabel":
             raise CxrError(f"a multi-label dataset needs a CSV manifest (findings per image), not the folder {path}")
         found = _discover_folder(path)
-    _check(found, path)
+    _check(found, path, min_classes)
     log.info(
         "found %d images in %d classes (%s layout) under %s",
         len(found.samples),
@@ -123,13 +131,13 @@ def discover(path: str | Path, *, task: str = "auto", uncertain: str = "ignore")
     return found
 
 
-def _check(found: Discovery, path: Path) -> None:
+def _check(found: Discovery, path: Path, min_classes: int = 2) -> None:
     if not found.samples:
         extra = (
             f"; folders without images: {', '.join(found.unknown_folders)}" if found.unknown_folders else ""
         )
         raise CxrError(f"no images found in {path} (extensions {', '.join(sorted(IMAGE_EXTENSIONS))}){extra}")
-    if len(found.classes) < 2:
+    if found.task == "multiclass" and len(found.classes) < min_classes:
         raise CxrError(
             f"only one class ({found.classes[0]!r}) found in {path}; a classifier needs at least 2 "
             "(expected one folder per class, or a manifest with 2 or more labels)"
@@ -220,7 +228,9 @@ def _discover_folder(path: Path) -> Discovery:
             continue
         raw_names.add(entry.name)
         label = normalize_class_name(entry.name)
-        samples.extend(Sample(_relative(f, root), label) for f in walk.files[before:])
+        for file in walk.files[before:]:
+            mask = mask_beside(file, Path(entry.path), IMAGE_EXTENSIONS)
+            samples.append(Sample(_relative(file, root), label, mask=_relative(mask, root) if mask else None))
     if len(raw_names) != len({normalize_class_name(n) for n in raw_names}):
         log.warning("several folders map to the same class and are merged: %s", ", ".join(sorted(raw_names)))
     if has_images_subfolders:
@@ -239,6 +249,7 @@ def _discover_folder(path: Path) -> Discovery:
         skipped_hidden=walk.hidden,
         skipped_non_image=walk.non_image,
         unknown_folders=sorted(unknown),
+        renamed={n: normalize_class_name(n) for n in sorted(raw_names) if normalize_class_name(n) != n},
     )
 
 
@@ -255,8 +266,11 @@ def _relative(file: Path, root: Path) -> str:
 def _discover_manifest(csv_path: Path, task: str = "auto", uncertain: str = "ignore") -> Discovery:
     rows, columns = _read_manifest_rows(csv_path)
     labels, task, findings = manifest_labels(rows, columns, task, uncertain, f"manifest {csv_path}")
+    renamed = {}
     for row, label in zip(rows, labels, strict=True):
         row["label"] = label if task == "multilabel" else normalize_class_name(label)
+        if row["label"] != label:
+            renamed[label] = row["label"]
     root, missing = _manifest_root(csv_path, [row["path"] for row in rows])
     if missing:
         shown = ", ".join(missing[:_MAX_LISTED]) + (" ..." if len(missing) > _MAX_LISTED else "")
@@ -274,7 +288,10 @@ def _discover_manifest(csv_path: Path, task: str = "auto", uncertain: str = "ign
         if file.suffix.lower() not in IMAGE_EXTENSIONS:
             non_image += 1
             continue
-        sample = Sample(_relative(file, root), row["label"], row.get(MANIFEST_GROUP) or None)
+        sample = Sample(
+            _relative(file, root), row["label"], row.get(MANIFEST_GROUP) or None,
+            _manifest_mask(row, root, f"manifest {csv_path} ({raw_path})"),
+        )
         previous = by_path.get(sample.path)
         if previous is not None and previous != sample:
             raise CxrError(
@@ -292,7 +309,22 @@ def _discover_manifest(csv_path: Path, task: str = "auto", uncertain: str = "ign
         skipped_non_image=non_image,
         unknown_folders=[],
         task=task,
+        renamed=renamed,
     )
+
+
+def _read_manifest_rows(csv_path: Path) -> tuple[list[dict[str, str]], list[str]]:
+    """The CSV's rows and columns (header: path, then label[,group] or finding columns), with empty
+    paths (and, with a label column, empty labels) refused by line."""
+def _manifest_mask(row: dict[str, str], root: Path, where: str) -> str | None:
+    """The row's lung region: a mask path (relative to `root` like the images; it must exist) or boxes."""
+    region = manifest_region(row, where)
+    if region is None or is_box_spec(region):
+        return region
+    mask = root / region
+    if not mask.is_file():
+        raise CxrError(f"{where}: mask file not found: {mask}")
+    return _relative(mask, root)
 
 
 def _read_manifest_rows(csv_path: Path) -> tuple[list[dict[str, str]], list[str]]:

@@ -68,6 +68,7 @@ def make_split(
         audit_report = audit(discovery, near_threshold=near_threshold, progress=progress)
     near_threshold = audit_report.near_threshold
     groups_of = {s.path: s.group for s in discovery.samples}
+    masks_of = {s.path: s.mask for s in discovery.samples}
     records = sorted(audit_report.records, key=lambda r: r.path)
 
     excluded_paths = {r.path for r in records if not r.ok}
@@ -98,7 +99,7 @@ def make_split(
 
     rows = []
     for component, gid, split in zip(components, group_ids, assignment, strict=True):
-        rows.extend(SplitRow(kept[i].path, kept[i].label, split, gid) for i in component)
+        rows.extend(SplitRow(kept[i].path, kept[i].label, split, gid, masks_of.get(kept[i].path)) for i in component)
     rows.sort(key=lambda r: r.path)
 
     counts = finding_counts(rows, classes) if discovery.task == "multilabel" else split_counts(rows, classes)

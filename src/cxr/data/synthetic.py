@@ -13,6 +13,12 @@ jitter. Each class adds its own pattern at random positions, sizes and intensiti
 
 The patterns are strong enough for a small CNN to learn in a few epochs. Everything is drawn from
 the generator passed in, so a seed gives the same images on every machine.
+
+For the shortcut audit (`cxr.study.shortcut`): `masks=True` also writes each image's lung mask in the
+Kaggle v4 layout (`<Class>/images/<name>.png`, `<Class>/masks/<name>.png`), and `marker="corner"`
+burns a class-dependent text-like block into one corner, outside the lungs (`SHORTCUT_CORNERS`): a
+shortcut a model can learn instead of the lungs, as real models learn hospital text and borders.
+`marker="lungs"` puts the same block inside a lung: the control whose evidence lies in the lungs.
 """
 
 from __future__ import annotations
@@ -36,6 +42,10 @@ MIN_SIZE = 16  # smallest image side drawn
 NOISE_CELLS = 24  # coarse grid of the smooth noise fields, independent of the image size
 RETICULAR_CELLS = 44  # finer grid whose zero crossings draw the viral-pneumonia net
 BRONCHOGRAM_CELLS = 14  # coarse grid whose zero crossings draw air bronchograms in a consolidation
+LUNG_THRESHOLD = 0.5  # the soft lung field above this is the written lung mask
+SHORTCUT_CORNERS = (("top", "left"), ("top", "right"), ("bottom", "left"), ("bottom", "right"))  # per class
+MARKER_SIDE = 7  # a class marker's side is 1/7 of the image side
+MARKER_PLACES = ("corner", "lungs")  # where class markers go: the shortcut, or inside a lung (a control)
 
 
 @dataclass(frozen=True)
@@ -230,14 +240,29 @@ def _finish(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
 
 
-def make_image(label: str, rng: np.random.Generator, size: int = 224) -> np.ndarray:
+def make_image(label: str, rng: np.random.Generator, size: int = 224, *, marker: str | None = None) -> np.ndarray:
     """Draw one synthetic chest-X-ray-like uint8 (size, size) image of class `label`.
 
     The class pattern has its own generator, split off first, so from the same generator state the
     four classes share anatomy, exposure and noise and differ only by their pattern. The smooth
     anatomy (the bulk of the work) is drawn at half resolution and resized; the fine reticular
-    pattern, the marker and the noise are drawn at full resolution.
+    pattern, the marker and the noise are drawn at full resolution. `marker`: add the class's
+    marker (`class_marker`).
     """
+    return make_image_and_mask(label, rng, size, marker=marker)[0]
+
+
+def make_image_and_mask(
+    label: str, rng: np.random.Generator, size: int = 224, *, marker: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """`make_image` and the lung fields it drew, as a uint8 (size, size) mask (255 = lung, 0 = not).
+
+    `marker` ("corner": the shortcut, "lungs": the same block inside a lung) draws the class's
+    marker (`class_marker`) from a generator spawned off `rng`, so the rest of the image is the one
+    drawn without it.
+    """
+    if marker is not None and marker not in MARKER_PLACES:
+        raise CxrError(f"unknown synthetic marker place {marker!r}; allowed: {', '.join(MARKER_PLACES)}")
     if label not in CLASSES:
         raise CxrError(f"unknown synthetic class {label!r}; allowed: {', '.join(CLASSES)}")
     if size < MIN_SIZE:
@@ -249,9 +274,41 @@ def make_image(label: str, rng: np.random.Generator, size: int = 224) -> np.ndar
     if label in _COARSE_PATTERNS:
         image += _COARSE_PATTERNS[label](pattern_rng, coarse, lungs)
     image = _resize(_expose(rng, image), size)
+    lung_mask = _resize(lungs, size) > LUNG_THRESHOLD
     if label in _FINE_PATTERNS:
         image = image + _FINE_PATTERNS[label](pattern_rng, _canvas(pose, size), _resize(lungs, size))
-    return _finish(rng, image)
+    marker_rng = rng.spawn(1)[0] if marker else None  # spawning leaves rng's own draws unchanged
+    image = _finish(rng, image)
+    if marker_rng is not None:
+        class_marker(image, CLASSES.index(label), marker_rng, marker, lung_mask)
+    return image, np.where(lung_mask, 255, 0).astype(np.uint8)
+
+
+def class_marker(
+    image: np.ndarray, class_index: int, rng: np.random.Generator, place: str = "corner",
+    lungs: np.ndarray | None = None,
+) -> np.ndarray:
+    """Burn the class's marker into a uint8 image (in place): a text-like block of `class_index + 1`
+    bright bars, its side `1/MARKER_SIDE` of the image, jittered by a few pixels. Its pattern tells
+    the class. "corner": in corner `SHORTCUT_CORNERS[class_index]`, outside the lungs (the shortcut);
+    "lungs": centred in the image-left lung of the boolean mask `lungs` (evidence inside the lungs)."""
+    size = image.shape[0]
+    side = max(size // MARKER_SIDE, 4)
+    jitter = [int(rng.integers(0, max(size // 64, 1) + 1)) for _ in range(2)]
+    if place == "corner":
+        top_bottom, left_right = SHORTCUT_CORNERS[class_index % len(SHORTCUT_CORNERS)]
+        top = size // 40 + jitter[0] if top_bottom == "top" else size - size // 40 - jitter[0] - side
+        left = size // 40 + jitter[1] if left_right == "left" else size - size // 40 - jitter[1] - side
+    else:
+        rows, cols = np.nonzero(lungs[:, : size // 2]) if lungs is not None else ((), ())
+        centre_row, centre_col = (np.mean(rows), np.mean(cols)) if len(rows) else (size / 2, size / 4)
+        top = int(centre_row) - side // 2 + jitter[0] - jitter[1]
+        left = int(centre_col) - side // 2 + jitter[1] - jitter[0]
+    bars = class_index + 1
+    rows = np.arange(side) * (2 * bars) // side  # 2 * bars stripes: bright, dark, bright, ...
+    block = np.where(rows % 2 == 0, int(rng.integers(235, 256)), int(rng.integers(0, 20)))
+    image[top : top + side, left : left + side] = block.astype(np.uint8)[:, None]
+    return image
 
 
 def generate_dataset(
@@ -260,11 +317,17 @@ def generate_dataset(
     size: int = 224,
     seed: int = 0,
     classes: Sequence[str] = CLASSES,
+    *,
+    masks: bool = False,
+    marker: str | None = None,
 ) -> Path:
     """Write `n_per_class` synthetic PNGs per class to `<out_dir>/<Class>/<class>_<i>.png`; returns out_dir.
 
     Image `i` of a class is drawn from `default_rng([seed, position of the class in CLASSES, i])`,
-    so the files do not depend on which other classes are generated.
+    so the files do not depend on which other classes are generated. `masks`: the Kaggle v4 layout
+    instead, `<Class>/images/<class>_<i>.png` with its lung mask `<Class>/masks/<class>_<i>.png`.
+    `marker`: every image carries its class's marker (`class_marker`): "corner" outside the lungs
+    (a shortcut a model can learn instead of the lungs), "lungs" inside one (the same cue, in the lungs).
     """
     unknown = [name for name in classes if name not in CLASSES]
     if unknown:
@@ -273,10 +336,17 @@ def generate_dataset(
         raise CxrError(f"n_per_class must be >= 1, got {n_per_class}")
     out = Path(out_dir)
     jobs = [(name, i) for name in classes for i in range(n_per_class)]
-    for name in classes:
-        (out / name).mkdir(parents=True, exist_ok=True)
+    folders = {name: (out / name / "images", out / name / "masks") if masks else (out / name, None) for name in classes}
+    for images, mask_dir in folders.values():
+        for folder in (images, mask_dir):
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
     for name, i in tqdm(jobs, desc="synthetic images", unit="img", disable=None):
-        image = make_image(name, np.random.default_rng([seed, CLASSES.index(name), i]), size)
-        Image.fromarray(image).save(out / name / f"{name.lower()}_{i:04d}.png", compress_level=1)
+        rng = np.random.default_rng([seed, CLASSES.index(name), i])
+        image, mask = make_image_and_mask(name, rng, size, marker=marker)
+        images, mask_dir = folders[name]
+        Image.fromarray(image).save(images / f"{name.lower()}_{i:04d}.png", compress_level=1)
+        if mask_dir is not None:
+            Image.fromarray(mask).save(mask_dir / f"{name.lower()}_{i:04d}.png", compress_level=1)
     log.info("wrote %d synthetic images (%d classes) to %s", len(jobs), len(classes), out)
     return out

@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException
 from cxr import __version__
 from cxr.errors import CxrError
 from cxr.predict import Predictor
-from cxr.serve import docs
+from cxr.serve import docs, lungs
 from cxr.serve.guard import API_PREFIX, ApiKeyMiddleware, BodyGuardMiddleware
 from cxr.serve.limits import ServeLimits
 from cxr.serve.modelcard import NOT_A_MEDICAL_DEVICE, build_model_card
@@ -103,7 +103,8 @@ class Inference:
         self.limits = limits
         self.admission = Admission(limits.max_queue, lambda: worker.seconds_per_image)
         self._decoders = asyncio.Semaphore(limits.decoders)
-        self._min_side = SHRINK_MARGIN * predictor.preprocessing.size
+        # lung boxes are in the uploaded pixels: a lung-crop model's uploads are not shrunk early
+        self._min_side = SHRINK_MARGIN * predictor.preprocessing.size if predictor.lung_crop is None else None
 
     async def decoded(self, upload: Upload, then: Callable[[np.ndarray], Any] | None = None) -> Any:
         """The upload decoded (and passed through `then`) in the thread pool, `limits.decoders` at a time."""
@@ -115,7 +116,8 @@ class Inference:
             return await run_in_threadpool(work)
 
     async def predicted(self, upload: Upload) -> dict[str, Any]:
-        prediction = await self.worker.predict(await self.decoded(upload, self.predictor.preprocess))
+        prepare = lungs.preprocessor(self.predictor, lungs.upload_boxes(self.predictor, upload.fields))
+        prediction = await self.worker.predict(await self.decoded(upload, prepare))
         return {"label": prediction.label, "probabilities": prediction.probabilities}
 
     async def batch_result(self, upload: Upload) -> dict[str, Any]:
@@ -180,8 +182,9 @@ def _add_routes(app: FastAPI, predictor: Predictor, worker: InferenceWorker, lim
             raise HTTPException(
                 422, f"unknown class {class_name!r}; this model's classes: {', '.join(predictor.classes)}"
             )
+        boxes = lungs.upload_boxes(predictor, upload.fields)
         with run.admission.hold(1):
-            result = await worker.explain(await run.decoded(upload), class_name)
+            result = await worker.explain(await run.decoded(upload), class_name, boxes)
         png = await run_in_threadpool(result.to_png)
         headers = {
             "X-Cxr-Class": result.class_name,

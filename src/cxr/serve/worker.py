@@ -84,8 +84,8 @@ class InferenceWorker:
         """Prediction for one normalised input (3, S, S)."""
         return await asyncio.wrap_future(self.submit("predict", x))
 
-    async def explain(self, gray: np.ndarray, class_name: str | None) -> Explanation:
-        return await asyncio.wrap_future(self.submit("explain", (gray, class_name)))
+    async def explain(self, gray: np.ndarray, class_name: str | None, box: Any = None) -> Explanation:
+        return await asyncio.wrap_future(self.submit("explain", (gray, class_name, box)))
 
     def _run(self) -> None:
         carry: _Job | None = None
@@ -131,8 +131,8 @@ class InferenceWorker:
         self.images += len(tensors)
         return [self.predictor.to_prediction(p) for p in probs]
 
-    def _explain(self, payloads: list[tuple[np.ndarray, str | None]]) -> list[Explanation]:
-        return [explain(self.predictor, gray, class_name) for gray, class_name in payloads]
+    def _explain(self, payloads: list[tuple[np.ndarray, str | None, Any]]) -> list[Explanation]:
+        return [explain(self.predictor, gray, class_name, box=box) for gray, class_name, box in payloads]
 
 
 class Admission:

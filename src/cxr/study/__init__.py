@@ -8,6 +8,8 @@ scores a saved model on a data folder. One responsibility per module:
 - `phases`: the phase plan (head, then optional fine-tuning) and running one phase;
 - `evaluation`: best.pt on the test split, any checkpoint on any data;
 - `summary`: metrics.json, predictions.csv and the result figures;
+- `scoring`, `shortcut`, `external`, `audits`: scoring with lung regions, the shortcut audit, external
+  validation, and both in a study or added to a finished run (`cxr evaluate RUN_DIR`);
 - `run`: the entry points and the run-folder checks; `demo`: the synthetic demo;
 - `presets`, `logfile`: named settings and the run's log.txt.
 """

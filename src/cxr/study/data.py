@@ -13,6 +13,7 @@ from cxr.config import RunConfig
 from cxr.data.audit import audit
 from cxr.data.dataset import label_targets
 from cxr.data.discover import Discovery, discover
+from cxr.data.masks import with_regions
 from cxr.data.multilabel import finding_counts
 from cxr.data.samples import write_augmented_samples as write_samples
 from cxr.data.split import make_split
@@ -29,6 +30,7 @@ from cxr.rundir import (
     write_json,
     write_split_csv,
 )
+from cxr.study.scoring import require_regions
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +78,8 @@ def prepare_data(
     A given `split_csv` is used as is; on resume the run's split.csv is reused, so the resumed run
     trains on exactly the same images.
     """
-    found = discover(data, task=cfg.data.task, uncertain=cfg.data.uncertain)
+    found = with_regions(discover(data, task=cfg.data.task, uncertain=cfg.data.uncertain), cfg.data.masks,
+                         cfg.data.boxes)  # lung masks/boxes from elsewhere
     classes = list(found.classes)
     report: dict[str, Any] | None = None
     if split_csv is not None:
@@ -115,6 +118,8 @@ def prepare_data(
                 f"(now {list(cfg.data.ratios)})"
             )
     warn_small_classes(prepared)
+    if cfg.data.lung_crop:
+        require_regions(rows, "data.lung_crop")
     return prepared
 
 

@@ -12,6 +12,7 @@ from cxr.checkpoint import config_of, load_checkpoint, model_from_checkpoint
 from cxr.config import RunConfig
 from cxr.data.dataset import SplitDataset, make_loader
 from cxr.data.discover import Discovery, discover
+from cxr.data.masks import region_options, with_regions
 from cxr.errors import CxrError
 from cxr.logs import RESULT
 from cxr.malloc import tune_malloc
@@ -21,6 +22,7 @@ from cxr.runtime import Compute, describe, set_threads
 from cxr.study.inputs import decoded_cache_of, image_loaders
 from cxr.study.multilabel import score_multilabel, store_thresholds, validation_thresholds
 from cxr.study.phases import TrainingRun
+from cxr.study.scoring import require_regions, rows_with_regions
 from cxr.study.summary import write_predictions_csv, write_result_figures
 from cxr.training.epoch import evaluate_epoch
 from cxr.training.losses import EvalLoss
@@ -101,21 +103,24 @@ def evaluate_checkpoint(
     classes = list(state["classes"])
     if not Path(data).exists():
         raise CxrError(f"data not found: {data}")
-    found = discover(data, task=cfg.data.task, uncertain=cfg.data.uncertain)
+    found = with_regions(discover(data, task=cfg.data.task, uncertain=cfg.data.uncertain), cfg.data.masks,
+                         cfg.data.boxes, missing_ok=True)
     if list(found.classes) != classes:
         raise CxrError(
             f"class mismatch: checkpoint {ckpt_path} was trained on classes {classes}, "
             f"but the data at {data} has classes {list(found.classes)}"
         )
-    rows = evaluation_rows(ckpt_path, cfg, Path(data), found, split, split_csv)
+    rows = rows_with_regions(evaluation_rows(ckpt_path, cfg, Path(data), found, split, split_csv), found)
     if not rows:
         raise CxrError(f"no images to evaluate in split {split!r} of {data}")
+    if cfg.data.lung_crop:
+        require_regions(rows, f"{ckpt_path} (trained on lung crops)")
     set_threads()
     compute = Compute.resolve(device, precision, channels_last=cfg.train.channels_last, progress=progress)
     model = model_from_checkpoint(state).to(compute.device)
     multilabel = found.task == "multilabel"
     dataset = SplitDataset(found.root, rows, classes, model.preprocessing, None, seed=cfg.train.seed,
-                           multilabel=multilabel)
+                           multilabel=multilabel, regions=region_options(cfg))
     loader = make_loader(dataset, batch_size=batch_size or cfg.train.batch_size, shuffle=False,
                          num_workers=cfg.data.num_workers, seed=cfg.train.seed)
     loss, y_true, probs = evaluate_epoch(model, loader, EvalLoss(), compute, tta=tta, desc=f"evaluate {split}")
@@ -172,4 +177,4 @@ def evaluation_rows(
 
 def all_rows(found: Discovery) -> list[SplitRow]:
     """Every discovered image as a 'test' row."""
-    return [SplitRow(s.path, s.label, "test", s.group or s.path) for s in found.samples]
+    return [SplitRow(s.path, s.label, "test", s.group or s.path, s.mask) for s in found.samples]

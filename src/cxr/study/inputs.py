@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from cxr.config import RunConfig
 from cxr.data.dataset import SplitDataset, label_targets, make_loader
 from cxr.data.image_cache import DecodedImages, build_image_cache
+from cxr.data.masks import region_options
 from cxr.device_augment import DEVICE_FILL_MODES, DeviceAugment
 from cxr.models.build import build_model
 from cxr.rundir import SPLITS
@@ -41,6 +42,9 @@ def with_device_augment(cfg: RunConfig, pre: Preprocessing, compute: Compute) ->
     (auto: CUDA only), so image batches are augmented where the model runs; else `compute` as is."""
     mode = cfg.data.decoded_cache
     if mode == "off" or (mode == "auto" and compute.device.type != "cuda"):
+        return compute
+    if cfg.data.lung_crop:  # the cache holds whole images; crops are made per image
+        log.info("data.lung_crop crops each image on the CPU: decoded cache off")
         return compute
     if cfg.augment.fill_mode not in DEVICE_FILL_MODES:
         if mode == "on":
@@ -77,7 +81,7 @@ def image_loaders(
             dataset = DecodedImages(images, targets, aug, cfg.train.seed)
         else:
             dataset = SplitDataset(prepared.root, rows, prepared.classes, pre, aug, seed=cfg.train.seed,
-                                   multilabel=prepared.multilabel)
+                                   multilabel=prepared.multilabel, regions=region_options(cfg))
         loaders[name] = make_loader(dataset, batch_size=cfg.train.batch_size, shuffle=name == "train",
                                     num_workers=cfg.data.num_workers, seed=cfg.train.seed)
     return loaders

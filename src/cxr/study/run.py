@@ -26,8 +26,10 @@ from cxr.rank import is_main_process
 from cxr.report.document import write_report
 from cxr.rundir import RunDir, read_history_csv, read_json, write_json
 from cxr.runtime import Compute, describe, seed_everything, set_threads
+from cxr.study.audits import study_extras
 from cxr.study.data import prepare_data, write_augmented_samples, write_dataset_figures
 from cxr.study.evaluation import evaluate_best
+from cxr.study.external import check_external_sets, external_sets
 from cxr.study.folder import claim
 from cxr.study.inputs import build_classifier, with_device_augment
 from cxr.study.logfile import run_log
@@ -194,6 +196,7 @@ def run_study(
     """
     tune_malloc()
     run = RunDir(out_dir)
+    check_external_sets(external_sets(cfg.eval.external, cfg.eval.label_map))  # before training, not after
     with distributed_session(cfg.train.device) as dist_ctx:  # no-op unless launched by torchrun
         with (claim(cfg, Path(data), run, resume=resume, force=force) as cfg, run_log(run, append=resume),
               tracking(cfg, run, resume=resume) as tracker):
@@ -216,7 +219,9 @@ def finish_study(trained: TrainingRun, run: RunDir, provenance: Provenance, *, p
     write_predictions_csv(rows, y_true, probs, classes, run.predictions, thresholds=metrics.get("thresholds"))
     write_result_figures(read_history_csv(run.history), metrics, y_true, probs, classes, run.figures,
                          trained.cfg.eval.ece_bins)
+    extras = study_extras(trained, run, rows, y_true, probs)  # shortcut audit, external sets
     summary = run_summary(trained, metrics, processes=processes, wall_seconds=provenance.wall_seconds())
+    summary.update(extras)
     summary["provenance"] = provenance.to_json()
     provenance.save()
     write_json(run.metrics, summary)

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from cxr.config import RunConfig
 from cxr.data.dataset import SplitDataset, label_targets, make_loader
+from cxr.data.masks import region_options
 from cxr.errors import CxrError
 from cxr.progress import Progress
 from cxr.rundir import SPLITS, write_json
@@ -268,7 +269,7 @@ def _extract_split(job: _Extraction, split: str, rows: list[Any], n_views: int, 
     cfg = job.cfg
     augment = SeedAugment(cfg.augment) if split == "train" and cfg.augment.enabled else None
     dataset = SplitDataset(job.root, list(rows), job.classes, job.model.preprocessing, augment, cfg.train.seed,
-                           multilabel=cfg.data.task == "multilabel")
+                           multilabel=cfg.data.task == "multilabel", regions=region_options(cfg))
     loader = make_loader(dataset, batch_size=cfg.train.batch_size, shuffle=False,
                          num_workers=cfg.data.num_workers, seed=cfg.train.seed)
     store: np.ndarray | None = None

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from cxr.config import RunConfig, to_dict
+from cxr.data.regions import is_box_spec
 from cxr.errors import CxrError
 from cxr.hashing import update_with_file
 from cxr.rundir import SPLITS
@@ -54,8 +55,12 @@ def cache_key(
         "seed": cfg.train.seed,
         "precision": precision,
     }
+    if cfg.data.lung_crop:  # only then: other entries keep their keys
+        settings["lung_crop_margin"] = cfg.data.lung_crop_margin
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     digest.update(files_digest(root, rows).encode())
+    if cfg.data.lung_crop:
+        digest.update(regions_digest(root, rows).encode())
     for row in rows:  # features are stored in the rows' order, which the loaders' batches follow
         digest.update(f"{row.split}\0{row.path}\n".encode())
     return digest.hexdigest()
@@ -71,6 +76,20 @@ def files_digest(root: Path, rows: Sequence[Any]) -> str:
         except OSError as exc:
             raise CxrError(f"cannot read image {Path(root) / row.path} for the feature cache key: {exc}") from None
         digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def regions_digest(root: Path, rows: Sequence[Any]) -> str:
+    """SHA-256 over each row's lung region: its boxes, or its mask file's bytes (the lung crop's input)."""
+    digest = hashlib.sha256()
+    for row in sorted(rows, key=lambda r: r.path):
+        region = getattr(row, "mask", None) or ""
+        digest.update(f"{row.path}\0{region}\0".encode())
+        if region and not is_box_spec(region):
+            try:
+                update_with_file(digest, Path(root) / region)
+            except OSError as exc:
+                raise CxrError(f"cannot read lung mask {Path(root) / region} for the feature cache key: {exc}") from None
     return digest.hexdigest()
 
 

@@ -14,13 +14,17 @@ from cxr.report.blocks import Block, Heading
 from cxr.report.format import get, plain
 from cxr.report.runfiles import RunFiles
 from cxr.report.sections.closing import limitations, other_figures
+from cxr.report.sections.external import external
 from cxr.report.sections.overview import dataset, summary
 from cxr.report.sections.results import results
+from cxr.report.sections.shortcut import shortcut, shortcut_banner
 from cxr.report.sections.training import augmented, training
 
 Section = Callable[[RunFiles], list[Block]]
 
-SECTIONS: tuple[Section, ...] = (summary, dataset, results, training, augmented, other_figures, limitations)
+SECTIONS: tuple[Section, ...] = (
+    shortcut_banner, summary, dataset, results, external, shortcut, training, augmented, other_figures, limitations,
+)
 
 
 def report_title(files: RunFiles) -> str:

@@ -5,12 +5,13 @@ from __future__ import annotations
 from cxr.report.blocks import Block, Bold, Bullets, Heading, para
 from cxr.report.runfiles import RunFiles
 from cxr.report.sections.common import DATASET_FIGURES, TEST_FIGURES, TRAINING_FIGURES, figures
+from cxr.report.sections.shortcut import claims_figure
 
 
 def other_figures(files: RunFiles) -> list[Block]:
     """Other figures: every PNG of figures/ that no section shows, so none is silently dropped."""
     known = set(DATASET_FIGURES) | set(TRAINING_FIGURES) | set(TEST_FIGURES)
-    others = [stem for stem in files.figures if stem not in known]
+    others = [stem for stem in files.figures if stem not in known and not claims_figure(stem)]
     return [Heading(2, "Other figures"), *figures(files, others)] if others else []
 
 
