@@ -55,13 +55,17 @@ FLAGS: dict[str, Flag] = {
         Flag("--no-feature-cache", ("train.feature_cache",),
              "with freeze=base, still run the backbone on images every epoch (the direct path)", sets=False),
         Flag("--dropout", ("model.dropout",), "dropout before each hidden layer of the head", "P"),
+        Flag("--engine", ("train.engine",), "what runs the frozen backbone for the feature cache (CPU): auto = "
+             "the fastest installed here, measured once per machine; torch = PyTorch eager", "NAME"),
+        Flag("--threads", ("train.threads",), "intra-op threads; 0 = $OMP_NUM_THREADS, else one per core free "
+             "at start (a busy machine is not oversubscribed)", "N"),
     )
 }
 RUN_FLAGS = tuple(FLAGS[o] for o in (
     "--backbone", "--weights", "--freeze", "--epochs", "--batch-size", "--lr", "--seed", "--name", "--device",
-    "--precision", "--compile", "--no-feature-cache",
+    "--precision", "--compile", "--no-feature-cache", "--engine", "--threads",
 ))
-DEMO_FLAGS = tuple(FLAGS[o] for o in ("--epochs", "--no-feature-cache", "--device"))
+DEMO_FLAGS = tuple(FLAGS[o] for o in ("--epochs", "--no-feature-cache", "--device", "--engine", "--threads"))
 MODEL_FLAGS = tuple(FLAGS[o] for o in ("--backbone", "--weights", "--freeze", "--dropout"))
 
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import yaml
 
-from cxr.cli._common import add_command, positive_int
+from cxr.cli._common import ENGINE_HELP, THREADS_HELP, add_command, non_negative_int, positive_int
 from cxr.cli.flags import DEMO_FLAGS, RUN_FLAGS, add_flags, flag_overrides
-from cxr.config import DEVICES, PRECISIONS
+from cxr.config import DEVICES, EVAL_ENGINES, PRECISIONS
 from cxr.errors import CxrError
 from cxr.rank import is_main_process
 
@@ -74,6 +74,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--precision", default="auto", choices=PRECISIONS, metavar="MODE",
                           help="compute precision: auto (bf16 where native, else fp32; fp16 on older GPUs) | "
                                + " | ".join(PRECISIONS[1:]))
+    evaluate.add_argument("--engine", choices=EVAL_ENGINES, metavar="NAME",
+                          help=f"{ENGINE_HELP} (default: the checkpoint's eval.engine, auto)")
+    evaluate.add_argument("--threads", type=non_negative_int, default=0, metavar="N", help=THREADS_HELP)
 
     demo = add_command(
         sub, "demo", cmd_demo, "the main job on built-in synthetic images (a few minutes on a CPU)",
@@ -171,7 +174,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     metrics = evaluate_checkpoint(args.checkpoint, args.data, args.split, out_dir=args.out, tta=args.tta,
                                   device=args.device, precision=args.precision, batch_size=args.batch_size,
-                                  split_csv=args.split_csv)
+                                  split_csv=args.split_csv, engine=args.engine, threads=args.threads)
     _say(_metrics_line(metrics))
     _say(metrics["classification_report"].rstrip())
     if args.out is not None:

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from cxr.data.discover import CANONICAL_CLASSES
 from cxr.errors import CxrError
+from cxr.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -275,8 +275,10 @@ def generate_dataset(
     jobs = [(name, i) for name in classes for i in range(n_per_class)]
     for name in classes:
         (out / name).mkdir(parents=True, exist_ok=True)
-    for name, i in tqdm(jobs, desc="synthetic images", unit="img", disable=None):
-        image = make_image(name, np.random.default_rng([seed, CLASSES.index(name), i]), size)
-        Image.fromarray(image).save(out / name / f"{name.lower()}_{i:04d}.png", compress_level=1)
+    with Progress(len(jobs), "synthetic images") as bar:
+        for name, i in jobs:
+            image = make_image(name, np.random.default_rng([seed, CLASSES.index(name), i]), size)
+            Image.fromarray(image).save(out / name / f"{name.lower()}_{i:04d}.png", compress_level=1)
+            bar.update(1)
     log.info("wrote %d synthetic images (%d classes) to %s", len(jobs), len(classes), out)
     return out

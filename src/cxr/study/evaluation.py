@@ -7,12 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from cxr.checkpoint import config_of, load_checkpoint, model_from_checkpoint
 from cxr.config import RunConfig
-from cxr.data.dataset import SplitDataset, make_loader
+from cxr.data.dataset import SKIPPED, SplitDataset, make_loader
 from cxr.data.discover import Discovery, discover
+from cxr.engine.module import evaluation_module
+from cxr.engine.parity import PARITY_IMAGES
 from cxr.errors import CxrError
 from cxr.logs import RESULT
 from cxr.malloc import tune_malloc
@@ -49,13 +52,18 @@ def evaluate_best(run: TrainingRun) -> tuple[dict[str, Any], list[SplitRow], np.
         raise CxrError(f"the test split is empty; change data.ratios (now {list(cfg.data.ratios)})")
     best = load_checkpoint(run.result.best_path, map_location=run.compute.device)
     run.model.load_state_dict(best["model"])
+    compute = run.compute
     if run.feature_cache and not cfg.eval.tta:
         module, loader = run.module, run.loaders["test"]
     else:
-        module = run.model
         loader = image_loaders(run.prepared, run.model.preprocessing, cfg, ("test",))["test"]
-    module.to(run.compute.device)
-    loss, y_true, probs = evaluate_epoch(module, loader, nn.CrossEntropyLoss(), run.compute, tta=cfg.eval.tta,
+        run.model.to(compute.device)
+        module, compute, _ = evaluation_module(
+            run.model, cfg.eval.engine, compute, batch_size=cfg.train.batch_size,
+            images=len(run.prepared.split("test")), checkpoint=run.result.best_path, data_root=cfg.data.root,
+            classes=run.prepared.classes)
+    module.to(compute.device)
+    loss, y_true, probs = evaluate_epoch(module, loader, nn.CrossEntropyLoss(), compute, tta=cfg.eval.tta,
                                          desc="test")
     metrics = classification_metrics(y_true, probs, run.prepared.classes, loss=loss, n_boot=cfg.eval.bootstrap,
                                      ece_bins=cfg.eval.ece_bins, seed=cfg.train.seed)
@@ -74,8 +82,13 @@ def evaluate_checkpoint(
     batch_size: int | None = None,
     split_csv: str | Path | None = None,
     progress: bool = True,
+    engine: str | None = None,
+    threads: int = 0,
 ) -> dict[str, Any]:
     """Classification metrics of a checkpoint on a data folder; optionally writes them to `out_dir`.
+
+    `engine` runs the model (`cxr.engine`; default: the checkpoint's `eval.engine`); `threads` is
+    the intra-op thread count (0: $OMP_NUM_THREADS, else one per free core).
 
     Rows: `split_csv` when given; else the run's split.csv beside the checkpoint when it was trained
     on this same data, folder or CSV manifest (rows of `split`); else, for `split='test'`, every image
@@ -100,13 +113,19 @@ def evaluate_checkpoint(
     rows = evaluation_rows(ckpt_path, cfg, Path(data), found, split, split_csv)
     if not rows:
         raise CxrError(f"no images to evaluate in split {split!r} of {data}")
-    set_threads()
+    set_threads(threads)
     compute = Compute.resolve(device, precision, channels_last=cfg.train.channels_last, progress=progress)
     model = model_from_checkpoint(state).to(compute.device)
     dataset = SplitDataset(found.root, rows, classes, model.preprocessing, None, seed=cfg.train.seed)
-    loader = make_loader(dataset, batch_size=batch_size or cfg.train.batch_size, shuffle=False,
-                         num_workers=cfg.data.num_workers, seed=cfg.train.seed)
-    loss, y_true, probs = evaluate_epoch(model, loader, nn.CrossEntropyLoss(), compute, tta=tta,
+    batch = batch_size or cfg.train.batch_size
+    loader = make_loader(dataset, batch_size=batch, shuffle=False, num_workers=cfg.data.num_workers,
+                         seed=cfg.train.seed)
+    engine = engine or cfg.eval.engine
+    module, compute, ran_on = evaluation_module(
+        model, engine, compute, batch_size=batch, images=len(rows),
+        sample=_sample(dataset) if engine != "torch" else None, checkpoint=ckpt_path, data_root=cfg.data.root,
+        classes=classes)
+    loss, y_true, probs = evaluate_epoch(module, loader, nn.CrossEntropyLoss(), compute, tta=tta,
                                          desc=f"evaluate {split}")
     skipped = [{"path": row.path, "reason": reason} for row, reason in dataset.unreadable()]
     rows = scored_rows(loader, rows)
@@ -122,11 +141,17 @@ def evaluate_checkpoint(
         write_json(out.metrics, {
             split if split != "all" else "test": metrics, "classes": classes, "checkpoint": str(ckpt_path),
             "data": str(Path(data).resolve()), "split": split, "tta": tta,
-            "device": describe(compute.device, compute.precision), "skipped": skipped,
+            "device": describe(compute.device, compute.precision), "engine": ran_on, "skipped": skipped,
         })
         write_predictions_csv(rows, y_true, probs, classes, out.predictions)
         write_result_figures(None, metrics, y_true, probs, classes, out.figures, cfg.eval.ece_bins)
     return metrics
+
+
+def _sample(dataset: SplitDataset, n: int = PARITY_IMAGES) -> torch.Tensor | None:
+    """The first readable images of `dataset`, to check an engine against PyTorch on."""
+    readable = [x for x, label in (dataset[i] for i in range(min(n, len(dataset)))) if label != SKIPPED]
+    return torch.stack(readable) if readable else None
 
 
 def evaluation_rows(
