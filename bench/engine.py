@@ -7,7 +7,9 @@ Measures the frozen backbone + global average pooling (what the feature cache co
   autocast (where the CPU has native bf16), ONNX Runtime fp32, OpenVINO fp32 and bf16 (THROUGHPUT
   hint, the batch split over its streams), OpenVINO int8 (NNCF, calibrated on synthetic images:
   a speed row only, `--engine openvino-int8` checks accuracy on the run's own data), and the engine
-  `auto` picks (measured fresh, in a temporary cache);
+  `auto` picks (measured fresh, in a temporary cache; exported engines in fp32, as cxr runs them
+  unless --precision bf16 is given). bf16 and int8 rows are speed rows: bf16 changed 2.5-3.3% of a
+  trained model's labels on X-rays (cxr.engine.base.engine_precision);
 - the machine's fp32 limit: the best of a large fp32 matmul in torch and in numpy (GFLOP/s, all
   threads), beside an estimate from the CPU's flags and clock; and the model's FLOPs per image
   (counted with torch.utils.flop_counter), so each row prints GFLOP/s and its fraction of the limit;
@@ -138,7 +140,8 @@ def engine_rows(model: torch.nn.Module, args: argparse.Namespace, batch: int, th
         configs += [("openvino_fp32", "openvino", "fp32", False), ("openvino_bf16", "openvino", "bf16", False)]
     rows: dict[str, dict[str, Any]] = {}
     for key, name, precision, channels_last in configs:
-        spec = EngineSpec("features", precision=precision, batch_size=batch, threads=threads, channels_last=channels_last)
+        spec = EngineSpec("features", precision=precision, export_precision=precision, batch_size=batch,
+                          threads=threads, channels_last=channels_last)
         engine = build_engine(name, model, spec, sample)
         data = x.contiguous(memory_format=torch.channels_last) if channels_last else x
         run = (lambda e=engine, d=data: e(d)) if name == "torch" else (lambda e=engine: e.run(x_np))

@@ -101,8 +101,9 @@ def test_predict_times_the_command_and_the_engines_agree(data, tmp_path):
     result = run_script("predict.py", str(data), "--n", "8", "--train-images", "30", "--epochs", "1",
                         "--image-size", "64",
                         "--weights", "random", "--batch", "4", "--engine", "onnxruntime", "--out", str(tmp_path))
-    assert set(result["predict"]) == {"torch", "onnxruntime_cold", "onnxruntime_warm"}
+    assert set(result["predict"]) == {"torch_fp32", "torch", "onnxruntime_cold", "onnxruntime_warm"}
+    assert result["predict"]["torch_fp32"]["label_agreement_with_torch_fp32"] == 1.0
     for run in result["predict"].values():
-        assert run["images_per_s_with_startup"] > 0 and run["label_agreement_with_torch"] >= 0.75
+        assert run["images_per_s_with_startup"] > 0 and run["label_agreement_with_torch_fp32"] >= 0.75
     assert result["evaluate"]["onnxruntime"]["engine"].startswith("onnxruntime")
     assert result["evaluate"]["pred_agreement"] >= 0.75

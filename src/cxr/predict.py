@@ -26,7 +26,7 @@ from PIL import Image
 from torch import nn
 
 from cxr.checkpoint import config_of, load_checkpoint, model_from_checkpoint
-from cxr.engine.base import INT8_ENGINE, Engine
+from cxr.engine.base import INT8_ENGINE, Engine, engine_precision
 from cxr.engine.parity import synthetic_inputs
 from cxr.engine.select import EngineSpec, select_engine
 from cxr.errors import CxrError
@@ -89,6 +89,7 @@ class Predictor:
         engine: Engine | None = None,
     ) -> None:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.requested_precision = precision  # exported engines take bf16 only when it is asked for by name
         self.precision = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         self._classes = list(classes)
@@ -140,8 +141,8 @@ class Predictor:
         `sample` (normalised inputs: give a few of the images to be predicted), else on synthetic
         images. 'openvino-int8' needs the run's split.csv and images (`cxr.engine.int8`).
         """
-        spec = EngineSpec("logits", precision=self.precision, batch_size=batch_size, hint=hint,
-                          device=str(self.device), channels_last=False)
+        spec = EngineSpec("logits", precision=self.precision, export_precision=engine_precision(self.requested_precision),
+                          batch_size=batch_size, hint=hint, device=str(self.device), channels_last=False)
         if name == INT8_ENGINE:
             from cxr.engine.int8 import int8_engine_for_run
 

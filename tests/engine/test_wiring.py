@@ -79,7 +79,7 @@ def test_predict_command_with_an_engine_logs_progress_lines_off_a_terminal(check
                                                                           monkeypatch):
     monkeypatch.setattr(progress, "LOG_INTERVAL", 0.0)  # a line after every chunk
     out_engine, out_torch = tmp_path / "engine.json", tmp_path / "torch.json"
-    argv = ["predict", str(checkpoint), str(data), "--batch-size", "4", "--threads", "1"]
+    argv = ["predict", str(checkpoint), str(data), "--batch-size", "4", "--threads", "1", "--precision", "fp32"]
     assert main([*argv, "--engine", EXPORTED, "--out", str(out_engine)]) == 0
     err = capsys.readouterr().err
     lines = [m for m in map(LINE.match, err.splitlines()) if m and m["desc"] == "predict"]

@@ -20,7 +20,7 @@ from cxr.cli._common import (
     non_negative_int,
     positive_int,
 )
-from cxr.config import DEVICES, EVAL_ENGINES
+from cxr.config import DEVICES, EVAL_ENGINES, PRECISIONS
 from cxr.errors import CxrError, ImageReadError
 from cxr.serve.limits import ServeLimits, read_api_key
 
@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 OUTPUT_SUFFIXES = (".csv", ".json")
 EXPORT_FORMATS = ("onnx", "torchscript")
 DEVICE_HELP = f"where to compute: {' | '.join(DEVICES)}"
+PRECISION_HELP = (f"compute precision: {' | '.join(PRECISIONS)}; auto = PyTorch in bf16 where the CPU has it natively, "
+                  "exported engines in fp32 (bf16 only when asked for: it changes some labels)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,6 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="images per forward pass")
     p.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
     p.add_argument("--engine", choices=EVAL_ENGINES, default="auto", metavar="NAME", help=ENGINE_HELP)
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", metavar="MODE", help=PRECISION_HELP)
     p.add_argument("--threads", type=non_negative_int, default=0, metavar="N", help=THREADS_HELP)
 
     p = add_command(sub, "explain", cmd_explain, "Grad-CAM heatmap of one image, overlaid on the X-ray")
@@ -196,7 +199,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not files:
         raise CxrError(f"no image files found in {', '.join(args.inputs)}")
     set_threads(args.threads)
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device)
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, precision=args.precision)
     results: list[tuple[str, Prediction]] = []
     engine_chosen = False
     with Progress(len(files), "predict") as bar:

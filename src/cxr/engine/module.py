@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cxr.engine.base import INT8_ENGINE, Engine
+from cxr.engine.base import INT8_ENGINE, Engine, engine_precision
 from cxr.engine.select import EngineSpec, select_engine
 from cxr.runtime import Compute
 
@@ -27,16 +27,17 @@ class EngineModule(nn.Module):
 def evaluation_module(
     model: nn.Module, name: str, compute: Compute, *, batch_size: int, images: int | None = None,
     sample: torch.Tensor | None = None, checkpoint: str | Path | None = None, data_root: str | None = None,
-    classes: list[str] | None = None,
+    classes: list[str] | None = None, requested_precision: str = "auto",
 ) -> tuple[nn.Module, Compute, str]:
     """(module to score with, its Compute, the engine's description) for engine `name` on `model`.
 
     torch (or `auto` choosing torch) gives `model` and `compute` back unchanged; another engine gives
     an `EngineModule` and `compute` without channels_last (engines take NCHW). 'openvino-int8' needs
-    the run's `checkpoint`, `data_root` and `classes` (`cxr.engine.int8`).
+    the run's `checkpoint`, `data_root` and `classes` (`cxr.engine.int8`). Exported engines compute
+    in `engine_precision(requested_precision)`.
     """
-    spec = EngineSpec("logits", precision=compute.precision, batch_size=batch_size, device=str(compute.device),
-                      channels_last=compute.channels_last)
+    spec = EngineSpec("logits", precision=compute.precision, export_precision=engine_precision(requested_precision),
+                      batch_size=batch_size, device=str(compute.device), channels_last=compute.channels_last)
     if name == INT8_ENGINE:
         from cxr.engine.int8 import int8_engine_for_run
 

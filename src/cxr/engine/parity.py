@@ -7,9 +7,12 @@ images from `cxr.data.synthetic`), the engine's output is compared with the refe
   logits), bounded by 1e-3 for fp32 engines and 5e-2 for bf16/int8 ones. fp32 graph rewrites
   (fused convolutions, other summation orders) move probabilities by ~1e-6; a bound 1000x larger
   still catches a wrong graph (a missing normalisation or layer moves them by 0.1 or more), while
-  bf16's 8-bit mantissa moves them by up to ~1e-2;
-- features engines (the feature cache, where no trained head exists yet): the largest absolute
-  difference of the pooled features relative to the largest reference feature, with the same bounds.
+  bf16's 8-bit mantissa moved them by up to 0.03 (PyTorch's own bf16 autocast as much as OpenVINO's);
+- features engines (the feature cache, where no trained head exists yet): the largest relative
+  error of an image's feature vector, max_i |f_i - g_i| / |f_i| (Euclidean norms), bounded by 1e-3
+  for fp32 and 0.15 for bf16. On EfficientNet-Lite0 with ImageNet weights bf16 gives 0.07-0.10
+  (cosine similarity >= 0.995), PyTorch's bf16 autocast (what cxr already uses on CPUs with native
+  bf16) and OpenVINO's alike; fp32 engines give ~1e-6.
 
 Above its bound an engine is refused with a CxrError that gives both numbers.
 """
@@ -30,13 +33,16 @@ from cxr.transforms import Preprocessing, resize_gray, to_input
 log = logging.getLogger(__name__)
 
 FP32_TOLERANCE = 1e-3
-LOW_PRECISION_TOLERANCE = 5e-2  # bf16 and int8
+LOW_PRECISION_TOLERANCE = 5e-2  # probabilities, bf16 and int8
+LOW_PRECISION_FEATURE_TOLERANCE = 0.15  # relative feature error, bf16
 PARITY_IMAGES = 8
 
 
-def tolerance(precision: str) -> float:
-    """The bound for an engine computing in `precision`."""
-    return FP32_TOLERANCE if precision == "fp32" else LOW_PRECISION_TOLERANCE
+def tolerance(precision: str, output: str = "logits") -> float:
+    """The bound for an engine computing in `precision` and returning `output`."""
+    if precision == "fp32":
+        return FP32_TOLERANCE
+    return LOW_PRECISION_FEATURE_TOLERANCE if output == "features" else LOW_PRECISION_TOLERANCE
 
 
 def synthetic_inputs(pre: Preprocessing, n: int = PARITY_IMAGES, seed: int = 0) -> torch.Tensor:
@@ -66,15 +72,16 @@ def parity_error(reference: np.ndarray, candidate: np.ndarray, output: str) -> f
         ref = torch.softmax(torch.from_numpy(reference).double(), 1)
         got = torch.softmax(torch.from_numpy(candidate).double(), 1)
         return float((ref - got).abs().max())
-    scale = max(float(np.abs(reference).max()), np.finfo(np.float32).tiny)
-    return float(np.abs(reference.astype(np.float64) - candidate).max() / scale)
+    ref = reference.astype(np.float64)
+    norms = np.maximum(np.linalg.norm(ref, axis=1), np.finfo(np.float32).tiny)
+    return float((np.linalg.norm(ref - candidate, axis=1) / norms).max())
 
 
 def check_parity(engine: Engine, model: nn.Module, x: torch.Tensor) -> float:
     """Compare `engine` with PyTorch on `x`; log the difference and raise a CxrError above the bound."""
     error = parity_error(reference_output(model, engine.output, x), engine.run(x), engine.output)
-    bound = tolerance(engine.precision)
-    what = "max abs probability difference" if engine.output == "logits" else "max feature difference (relative)"
+    bound = tolerance(engine.precision, engine.output)
+    what = "max abs probability difference" if engine.output == "logits" else "max relative feature error"
     log.info("engine %s vs PyTorch fp32 on %d images: %s %.3g (bound %g)", engine.describe(), len(x), what,
              error, bound)
     if not error <= bound:

@@ -17,6 +17,7 @@ run on the CPU only; `auto` on a GPU is torch.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.metadata
 import json
@@ -65,7 +66,8 @@ class EngineSpec:
     """What an engine is built for; the same spec on the same machine gives the same `auto` choice."""
 
     output: str  # features | logits (cxr.engine.base.OUTPUTS)
-    precision: str = "fp32"  # resolved compute precision: fp32 | bf16
+    precision: str = "fp32"  # the torch engine's resolved precision: fp32 | bf16 (autocast)
+    export_precision: str = "fp32"  # what exported engines compute in: fp32, or bf16 when asked (base.engine_precision)
     batch_size: int = 32  # the batch the engine will mostly see (auto measures at it)
     threads: int = field(default_factory=torch.get_num_threads)  # intra-op threads
     hint: str = "throughput"  # throughput (batches) | latency (one request at a time)
@@ -79,7 +81,11 @@ class EngineSpec:
 
 
 def build_engine(name: str, model: nn.Module, spec: EngineSpec, sample: torch.Tensor | None = None) -> Engine:
-    """Engine `name` (torch, onnxruntime, openvino) for `model`; exports are checked on `sample`."""
+    """Engine `name` (torch, onnxruntime, openvino) for `model`; exports are checked on `sample`.
+
+    A bf16 export that misses its bound is rebuilt in fp32 (with a warning): bf16 only where it
+    stays accurate.
+    """
     if name == "torch":
         return TorchEngine(model, spec.output, device=torch.device(spec.device), precision=spec.precision,
                            channels_last=spec.channels_last, compiled=spec.compiled, batch_size=spec.batch_size)
@@ -90,24 +96,35 @@ def build_engine(name: str, model: nn.Module, spec: EngineSpec, sample: torch.Te
                        "use --device cpu, or --engine torch (or auto) on a GPU")
     require_installed(name)
     sample = _sample(model, sample)
-    size = int(sample.shape[-1])
+    engine = _exported_engine(name, model, spec, int(sample.shape[-1]))
+    try:
+        check_parity(engine, model, sample[:PARITY_IMAGES])
+    except CxrError as exc:
+        if engine.precision == "fp32":
+            raise
+        log.warning("engine %s: %s is not accurate enough for this model (%s); using fp32", name,
+                    engine.precision, exc)
+        fp32 = dataclasses.replace(spec, export_precision="fp32")
+        engine = _exported_engine(name, model, fp32, int(sample.shape[-1]))
+        check_parity(engine, model, sample[:PARITY_IMAGES])
+    return engine
+
+
+def _exported_engine(name: str, model: nn.Module, spec: EngineSpec, size: int) -> Engine:
     try:
         if name == "onnxruntime":
             from cxr.engine.ort import OrtEngine
 
-            engine: Engine = OrtEngine(onnx_export(model, spec.output, size), spec.output, spec.threads)
-        else:
-            from cxr.engine.openvino import OpenVinoEngine
+            return OrtEngine(onnx_export(model, spec.output, size), spec.output, spec.threads)
+        from cxr.engine.openvino import OpenVinoEngine
 
-            engine = OpenVinoEngine(openvino_export(model, spec.output, size), spec.output, spec.threads,
-                                    spec.precision, spec.hint)
+        return OpenVinoEngine(openvino_export(model, spec.output, size), spec.output, spec.threads,
+                              spec.export_precision, spec.hint)
     except CxrError:
         raise
     except Exception as exc:  # noqa: BLE001 - an exporter's or runtime's failure, told as one line
         raise CxrError(f"engine {name!r} could not be built for {type(model).__name__}: "
                        f"{type(exc).__name__}: {exc}") from exc
-    check_parity(engine, model, sample[:PARITY_IMAGES])
-    return engine
 
 
 def select_engine(name: str, model: nn.Module, spec: EngineSpec, *, sample: torch.Tensor | None = None,
@@ -128,8 +145,9 @@ def select_engine(name: str, model: nn.Module, spec: EngineSpec, *, sample: torc
     path = cache_root() / CHOICES_FILE
     cached = read_choices(path).get(digest)
     if cached and cached.get("engine") in CONCRETE_ENGINES and installed(cached["engine"]):
-        try:
-            engine = build_engine(cached["engine"], model, spec, sample)
+        ran = "fp32" if cached.get("precision") == "fp32" else spec.export_precision
+        try:  # at the precision that passed its check when measured (a bf16 miss is not retried)
+            engine = build_engine(cached["engine"], model, dataclasses.replace(spec, export_precision=ran), sample)
         except CxrError as exc:
             log.warning("engine auto: the cached choice %s cannot be used (%s); using torch", cached["engine"], exc)
             return build_engine("torch", model, spec)
@@ -155,7 +173,7 @@ def _measure_and_choose(model: nn.Module, spec: EngineSpec, sample: torch.Tensor
             best = engine
     if best is None:  # pragma: no cover - torch is always installed and always builds
         return build_engine("torch", model, spec)
-    record = {"key": key, "engine": best.name, "images_per_s": rates,
+    record = {"key": key, "engine": best.name, "precision": best.precision, "images_per_s": rates,
               "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"), "loadavg": [round(v, 2) for v in os.getloadavg()]}
     write_choice(path, digest, record)
     log.info("engine auto: %s, the fastest here (%s; cached in %s)", best.describe(), _rates_text(rates), path)

@@ -61,7 +61,7 @@ def evaluate_best(run: TrainingRun) -> tuple[dict[str, Any], list[SplitRow], np.
         module, compute, _ = evaluation_module(
             run.model, cfg.eval.engine, compute, batch_size=cfg.train.batch_size,
             images=len(run.prepared.split("test")), checkpoint=run.result.best_path, data_root=cfg.data.root,
-            classes=run.prepared.classes)
+            classes=run.prepared.classes, requested_precision=cfg.train.precision)
     module.to(compute.device)
     loss, y_true, probs = evaluate_epoch(module, loader, nn.CrossEntropyLoss(), compute, tta=cfg.eval.tta,
                                          desc="test")
@@ -124,7 +124,7 @@ def evaluate_checkpoint(
     module, compute, ran_on = evaluation_module(
         model, engine, compute, batch_size=batch, images=len(rows),
         sample=_sample(dataset) if engine != "torch" else None, checkpoint=ckpt_path, data_root=cfg.data.root,
-        classes=classes)
+        classes=classes, requested_precision=precision)
     loss, y_true, probs = evaluate_epoch(module, loader, nn.CrossEntropyLoss(), compute, tta=tta,
                                          desc=f"evaluate {split}")
     skipped = [{"path": row.path, "reason": reason} for row, reason in dataset.unreadable()]

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from cxr.config import RunConfig
 from cxr.data.dataset import SKIPPED, SplitDataset, make_loader
-from cxr.engine.base import Engine
+from cxr.engine.base import Engine, engine_precision
 from cxr.engine.parity import PARITY_IMAGES
 from cxr.engine.select import EngineSpec, select_engine
 from cxr.engine.torch_engine import PooledBackbone
@@ -191,8 +191,9 @@ def build_entry(
     forwards = sum(len(rows) * (views if split == "train" else 1) for split, rows in by_split.items())
     engine = extraction_engine(model, root, by_split, classes, cfg, device, precision, forwards)
     job = _Extraction(model, root, classes, cfg, device, precision, engine, progress)
+    where = describe(device, precision) if engine.name == "torch" else engine.describe()
     log.info("feature cache: extracting %s on %s (%d views per training image%s)",
-             cfg.model.backbone, describe(device, precision), views, ", compiled" if cfg.train.compile else "")
+             cfg.model.backbone, where, views, ", compiled" if cfg.train.compile else "")
     entry.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(entry.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{entry.name}-{_owner()}-", dir=entry.parent))
@@ -244,8 +245,9 @@ def build_entry(
 def extraction_engine(model: nn.Module, root: Path, by_split: dict[str, list[Any]], classes: list[str],
                       cfg: RunConfig, device: torch.device, precision: str, forwards: int) -> Engine:
     """The engine of `cfg.train.engine` for the backbone (checked on a few training images)."""
-    spec = EngineSpec("features", precision=precision, batch_size=cfg.train.batch_size, device=str(device),
-                      channels_last=cfg.train.channels_last, compiled=cfg.train.compile)
+    spec = EngineSpec("features", precision=precision, export_precision=engine_precision(cfg.train.precision),
+                      batch_size=cfg.train.batch_size, device=str(device), channels_last=cfg.train.channels_last,
+                      compiled=cfg.train.compile)
     sample = None
     if cfg.train.engine != "torch":
         rows = [r for split in SPLITS for r in by_split[split]][:PARITY_IMAGES]
