@@ -80,3 +80,40 @@ def test_input_pipeline_times_both_paths_and_training_fed_by_each(data, tmp_path
     for table in (result["input_images_per_s"], result["train_images_per_s"]):
         assert set(table) == {"per_image_workers", "decoded_cache_device_augment"}
         assert all(value > 0 for value in table.values())
+
+
+def test_engine_rows_ratios_and_the_machine_limit():
+    result = run_script("engine.py", "--size", "32", "--batch", "2", "--iters", "1", "--warmup", "0",
+                        "--matmul", "128", "--skip", "int8,torch_bf16")
+    rows = result["rows"]
+    assert {"torch_eager_fp32", "torch_channels_last_fp32", "auto"} <= set(rows)
+    assert rows["torch_eager_fp32"]["ratio_to_eager_fp32"] == 1.0
+    limit = result["machine_fp32_limit"]["limit_gflops"]
+    assert limit > 0 and 0 < result["gflop_per_image"] < 0.1  # Lite0 at 32 px: ~0.02 GFLOP
+    for row in rows.values():
+        assert row["images_per_s"] > 0
+        assert row["fraction_of_fp32_limit"] == pytest.approx(row["gflops"] / limit, abs=2e-3)
+    assert result["best"] in rows and result["best_fp32"] in rows
+    assert len(result["environment"]["loadavg_start"]) == 3
+
+
+def test_busy_reports_idle_and_busy_throughput_as_a_ratio():
+    result = run_script("busy.py", "--size", "32", "--batch", "2", "--seconds", "0.2", "--configs", "cxr_torch")
+    row = result["configs"]["cxr_torch"]
+    assert row["idle"]["images_per_s"] > 0 and row["busy"]["images_per_s"] > 0
+    assert row["ratio_busy_to_idle"] == pytest.approx(row["busy"]["images_per_s"] / row["idle"]["images_per_s"],
+                                                      abs=1e-3)
+    assert row["idle"]["omp_wait_policy"] is None  # --no-malloc-tune: the parent set no wait policy
+    assert len(result["loadavg_start"]) == 3
+
+
+def test_predict_times_the_command_and_the_engines_agree(data, tmp_path):
+    result = run_script("predict.py", str(data), "--n", "8", "--train-images", "30", "--epochs", "1",
+                        "--image-size", "64",
+                        "--weights", "random", "--batch", "4", "--engine", "onnxruntime", "--out", str(tmp_path))
+    assert set(result["predict"]) == {"torch_fp32", "torch", "onnxruntime_cold", "onnxruntime_warm"}
+    assert result["predict"]["torch_fp32"]["label_agreement_with_torch_fp32"] == 1.0
+    for run in result["predict"].values():
+        assert run["images_per_s_with_startup"] > 0 and run["label_agreement_with_torch_fp32"] >= 0.75
+    assert result["evaluate"]["onnxruntime"]["engine"].startswith("onnxruntime")
+    assert result["evaluate"]["pred_agreement"] >= 0.75

@@ -19,7 +19,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "cxr"
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 80
-TORCH_FREE = ("cxr.report", "cxr.rundir", "cxr.rank", "cxr.config", "cxr.errors", "cxr.progress", "cxr.hashing")
+TORCH_FREE = ("cxr.report", "cxr.rundir", "cxr.rank", "cxr.config", "cxr.errors", "cxr.progress", "cxr.hashing",
+              "cxr.threads")
 
 
 def _module_name(path: Path) -> str:

@@ -40,6 +40,8 @@ SCHEDULES = ("none", "step", "cosine")
 CLASS_WEIGHTS = ("none", "balanced")  # balanced: sklearn's compute_class_weight('balanced')
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: bf16 where native, fp16 on older GPUs, else fp32
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+ENGINES = ("auto", "torch", "onnxruntime", "openvino")  # auto: the fastest installed here, measured once (cxr.engine)
+EVAL_ENGINES = (*ENGINES, "openvino-int8")  # int8: only where validation macro-F1 stays within 0.01 of fp32
 FREEZE_MODES = ("base", "stages:N", "none")  # N's upper bound is the backbone's stage count (models.build)
 FINETUNE_FREEZE_MODES = ("stages:N", "none")
 FILL_MODES = ("nearest", "constant", "reflect", "wrap")  # Keras fill_mode values (SciPy modes)
@@ -126,6 +128,8 @@ class TrainConfig:
     precision: str = setting("auto", Choice(PRECISIONS, ignore_case=True))  # compute precision
     channels_last: bool = True  # NHWC memory format for convolutions
     compile: bool = False  # torch.compile the model
+    engine: str = setting("auto", Choice(ENGINES))  # runs the frozen backbone for the feature cache (CPU; torch on GPUs)
+    threads: int = setting(0, at_least(0))  # intra-op threads; 0 = $OMP_NUM_THREADS, else one per core free at start
     feature_cache: bool = True  # with freeze=base, train the head on cached backbone features
     feature_views: int = setting(2, at_least(1))  # augmented views per training image in the feature cache (2: measured, bench/README.md)
     finetune_epochs: int = setting(0, at_least(0))  # after the head phase, unfreeze (finetune_freeze) and train this many epochs
@@ -136,6 +140,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     tta: bool = False  # test-time augmentation: average over flip and small shifts
+    engine: str = setting("auto", Choice(EVAL_ENGINES))  # runs the model for evaluation on images (CPU; torch on GPUs)
     bootstrap: int = setting(1000, at_least(0))  # bootstrap resamples for the 95% confidence intervals
     ece_bins: int = setting(15, at_least(1))  # bins of the expected calibration error
     aug_samples: int = setting(20, at_least(0))  # augmented training images saved to aug_images/

@@ -23,6 +23,7 @@ from torch import nn
 from cxr import __version__
 from cxr.checkpoint import config_of, load_checkpoint, model_from_checkpoint
 from cxr.data.discover import discover
+from cxr.engine.exports import write_onnx
 from cxr.errors import CxrError
 from cxr.io import IMAGE_EXTENSIONS, read_image
 from cxr.logs import RESULT
@@ -96,24 +97,7 @@ def export_onnx(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(1, pre.channels, pre.size, pre.size)
-    dynamic = {name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)}
-    with warnings.catch_warnings():
-        # The TorchScript-based exporter needs no onnxscript (not installed) and handles our models;
-        # torch marks it deprecated in favour of the torch.export-based one.
-        warnings.simplefilter("ignore", category=DeprecationWarning)
-        warnings.simplefilter("ignore", category=FutureWarning)
-        _ignore_tracer_warnings()
-        torch.onnx.export(
-            ProbabilityModel(model),
-            (example,),
-            str(out),
-            dynamo=False,
-            opset_version=opset,
-            input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
-            dynamic_axes=dynamic,
-            do_constant_folding=True,
-        )
+    write_onnx(ProbabilityModel(model), example, out, INPUT_NAME, OUTPUT_NAMES, opset)
     proto = onnx.load(str(out))
     meta = describe_input(ckpt["classes"], pre)
     meta["backbone"] = config_of(ckpt).model.backbone

@@ -5,7 +5,8 @@ PyTorch on the CPU 2-4x slower in some VMs (bench/README.md: 7.3 -> 12.2 images/
 avoid it, both no-ops where the C library is not glibc or the user set GLIBC_TUNABLES:
 
 - `reexec_with_malloc_tunables(argv)`: the `cxr` command and the benchmark scripts re-execute
-  themselves once with GLIBC_TUNABLES set, before anything is allocated;
+  themselves once with GLIBC_TUNABLES set, before anything is allocated (the same re-exec sets the
+  OpenMP wait policy of `cxr.threads.openmp_env`, which must be set before OpenMP starts too);
 - `tune_malloc()`: for a process that is already running (a notebook, a script that imports cxr),
   the same thresholds through `mallopt(3)`; the Python API calls it when a study or a predictor starts.
 """
@@ -19,6 +20,8 @@ import os
 import platform
 import sys
 from collections.abc import Sequence
+
+from cxr.threads import openmp_env
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +43,23 @@ def _user_chose() -> bool:
     return "GLIBC_TUNABLES" in os.environ or bool(os.environ.get(MALLOC_TUNED_FLAG))
 
 
+def reexec_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """What the re-executed process adds to the environment: GLIBC_TUNABLES and the OpenMP wait
+    policy (`cxr.threads.openmp_env`, unless the user chose one). Empty where no re-exec happens:
+    not glibc, already re-executed, or GLIBC_TUNABLES set by the user (who then manages the
+    environment; set OMP_WAIT_POLICY=PASSIVE yourself on a shared machine)."""
+    env = dict(os.environ) if environ is None else environ
+    if not _glibc() or "GLIBC_TUNABLES" in env or env.get(MALLOC_TUNED_FLAG):
+        return {}
+    return {"GLIBC_TUNABLES": MALLOC_TUNABLES, **openmp_env(env)}
+
+
 def reexec_with_malloc_tunables(command: Sequence[str]) -> None:
-    """Re-execute `command` (a full argv) once with GLIBC_TUNABLES set; no-op where not glibc,
-    already tuned, or GLIBC_TUNABLES is set by the user."""
-    if not _glibc() or _user_chose():
+    """Re-execute `command` (a full argv) once with `reexec_env()` added; no-op when it is empty."""
+    extra = reexec_env()
+    if not extra:
         return
-    env = dict(os.environ, GLIBC_TUNABLES=MALLOC_TUNABLES, **{MALLOC_TUNED_FLAG: "1"})
+    env = dict(os.environ, **extra, **{MALLOC_TUNED_FLAG: "1"})
     try:
         os.execve(sys.executable, list(command), env)
     except OSError:  # pragma: no cover - exec not permitted: run untuned

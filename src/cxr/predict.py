@@ -6,6 +6,10 @@ decode -> grayscale uint8 -> `resize_gray(img, pre.size)` -> `to_input(img, pre)
 
 Test-time augmentation (`tta=True`) averages the class probabilities over the fixed views of
 `cxr.transforms.tta_probs`, the same function evaluation uses.
+
+The forward pass runs on an inference engine (`cxr.engine`): PyTorch (the default, and what
+`explain` always uses, since it needs gradients) or, after `use_engine`, ONNX Runtime or OpenVINO.
+Engines return logits; `postprocess` turns them into probabilities, whichever engine ran.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ from torch import nn
 
 from cxr.checkpoint import config_of, load_checkpoint, model_from_checkpoint
 from cxr.data.masks import Region, crop_to_lungs
+from cxr.engine.base import INT8_ENGINE, Engine, engine_precision
+from cxr.engine.parity import synthetic_inputs
+from cxr.engine.select import EngineSpec, select_engine
 from cxr.errors import CxrError
 from cxr.hashing import file_sha256
 from cxr.io import pil_to_gray, read_image, read_image_bytes
@@ -80,8 +87,10 @@ class Predictor:
         precision: str = "fp32",
         name: str = "model",
         info: CheckpointInfo | None = None,
+        engine: Engine | None = None,
     ) -> None:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.requested_precision = precision  # exported engines take bf16 only when it is asked for by name
         self.precision = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         self._classes = list(classes)
@@ -89,14 +98,18 @@ class Predictor:
         self.name = name
         self.info = info or CheckpointInfo()
         self.lung_crop: float | None = None  # the crop margin of a model trained on lung crops (data.lung_crop)
+        self.engine = engine  # None: PyTorch eager on self.model
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device: str = "auto", precision: str = "auto"
+        cls, path: str | Path, device: str = "auto", precision: str = "auto", engine: str = "torch",
+        batch_size: int = 32, hint: str = "throughput",
     ) -> Predictor:
         """Load a `cxr` checkpoint (safely, weights only) and rebuild its model for inference.
 
         precision 'auto': bf16 autocast where the device computes bf16 natively, else fp32.
+        engine: 'torch' (default), 'onnxruntime', 'openvino', 'openvino-int8' or 'auto' (see
+        `use_engine`; `batch_size` and `hint` are what the engine is tuned and measured for).
         """
         tune_malloc()
         path = Path(path)
@@ -118,7 +131,40 @@ class Predictor:
         predictor = cls(model, ckpt["classes"], pre, device=device, precision=precision, name=name, info=info)
         predictor.lung_crop = cfg.data.lung_crop_margin if cfg.data.lung_crop else None
         log.info("loaded %s (%d classes, %s on %s)", name, len(predictor.classes), predictor.precision, predictor.device)
+        if engine != "torch":
+            predictor.use_engine(engine, batch_size=batch_size, hint=hint)
         return predictor
+
+    def use_engine(self, name: str, *, sample: torch.Tensor | None = None, batch_size: int = 32,
+                   images: int | None = None, hint: str = "throughput") -> str:
+        """Run the forward pass on engine `name` from now on; returns the engine's description.
+
+        'auto' picks the fastest engine installed here (measured once per machine, `cxr.engine.select`;
+        PyTorch for jobs under a few hundred `images`). Exports are checked against PyTorch on
+        `sample` (normalised inputs: give a few of the images to be predicted), else on synthetic
+        images. 'openvino-int8' needs the run's split.csv and images (`cxr.engine.int8`).
+        """
+        spec = EngineSpec("logits", precision=self.precision, export_precision=engine_precision(self.requested_precision),
+                          batch_size=batch_size, hint=hint, device=str(self.device), channels_last=False)
+        if name == INT8_ENGINE:
+            from cxr.engine.int8 import int8_engine_for_run
+
+            if self.info.path is None:
+                raise CxrError(f"engine {INT8_ENGINE!r} needs a checkpoint file (its run's images calibrate it)")
+            root = (self.info.config.get("data") or {}).get("root")
+            chosen = int8_engine_for_run(self.model, spec, self.info.path, root, self._classes, self.preprocessing)
+        else:
+            if sample is None and name != "torch":
+                sample = synthetic_inputs(self.preprocessing)
+            chosen = select_engine(name, self.model, spec, sample=sample, images=images)
+        self.engine = None if chosen.name == "torch" else chosen
+        log.info("%s: inference on %s", self.name, chosen.describe())
+        return chosen.describe()
+
+    @property
+    def engine_name(self) -> str:
+        """The engine the forward pass runs on ('torch' unless `use_engine` chose another)."""
+        return "torch" if self.engine is None else self.engine.name
 
     @property
     def classes(self) -> list[str]:
@@ -198,14 +244,21 @@ class Predictor:
     @torch.no_grad()
     def predict_tensor(self, batch: torch.Tensor, tta: bool = False) -> np.ndarray:
         """Class probabilities (N, C) float64 for a batch of normalised inputs (N, 3, S, S)."""
-        batch = batch.to(self.device, non_blocking=True)
+        if self.engine is None:
+            batch = batch.to(self.device, non_blocking=True)
         if tta:
             probs = tta_probs(self._logits, batch)
         else:
-            probs = torch.softmax(self._logits(batch).float(), dim=1)
+            probs = self.postprocess(self._logits(batch))
         return probs.cpu().numpy().astype(np.float64)
 
+    def postprocess(self, logits: torch.Tensor) -> torch.Tensor:
+        """Class probabilities from logits (N, C): the one place every engine's output passes."""
+        return torch.softmax(logits.float(), dim=1)
+
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        if self.engine is not None:
+            return self.engine(x)
         with autocast(self.device, self.precision):
             return self.model(x)
 

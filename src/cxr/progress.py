@@ -33,14 +33,15 @@ class Progress:
     """Counts work done in a step: `update(n)` after each chunk, `postfix(...)` for the bar's extras.
 
     enabled=False (or a non-main rank) reports nothing. On a terminal a transient tqdm bar is drawn;
-    otherwise a line is logged every `interval` seconds.
+    otherwise a line is logged every `interval` seconds (default: LOG_INTERVAL).
     """
 
     def __init__(
         self, total: int | None, desc: str, *, unit: str = "img", enabled: bool = True,
-        interval: float = LOG_INTERVAL, terminal: bool | None = None,
+        interval: float | None = None, terminal: bool | None = None,
     ) -> None:
-        self.total, self.desc, self.unit, self.interval = total, desc, unit, interval
+        self.total, self.desc, self.unit = total, desc, unit
+        self.interval = LOG_INTERVAL if interval is None else interval  # read now: tests may shorten it
         self.enabled = enabled and is_main_process()
         self.done = 0
         self._start = self._last_log = time.perf_counter()

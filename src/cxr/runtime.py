@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cxr import threads
 from cxr.config import DEVICES, PRECISIONS
 from cxr.errors import CxrError
 from cxr.rank import is_main_process, local_world_size, world_size
@@ -162,23 +162,21 @@ def batch_to(x: torch.Tensor, device: torch.device, channels_last: bool = False)
 
 def available_cores() -> int:
     """CPU cores this process may run on (respects affinity masks and container limits)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+    return threads.available_cores()
 
 
 def set_threads(n: int | None = None) -> int:
     """Use `n` intra-op threads; returns the number set.
 
-    Default: $OMP_NUM_THREADS when the user set it (the usual way to share a machine), else every
-    available core.
+    n >= 1: that many. n None: $OMP_NUM_THREADS when the user set it, else every available core.
+    n 0 (the config's `train.threads` default): $OMP_NUM_THREADS when set, else one thread per core
+    that is free now (`cxr.threads.plan_threads`), so that a busy machine is not oversubscribed.
     """
-    if n is None or n < 1:
-        env = os.environ.get("OMP_NUM_THREADS", "")
-        n = int(env) if env.isdigit() and int(env) > 0 else available_cores()
-    torch.set_num_threads(n)
-    return n
+    plan = threads.plan_threads(n, measure=n is not None)
+    torch.set_num_threads(plan.threads)
+    if plan.source == "free cores":
+        log.info("threads: %s", plan.describe())
+    return plan.threads
 
 
 def resolve_workers(num_workers: int, cap: int = MAX_AUTO_WORKERS) -> int:

@@ -9,8 +9,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from cxr.config import EVAL_ENGINES
 from cxr.errors import CxrError
 from cxr.suggest import did_you_mean
+
+ENGINE_HELP = (f"what runs the model: {' | '.join(EVAL_ENGINES)}; auto = the fastest installed here "
+               "(measured once per machine, PyTorch for small jobs), openvino-int8 only where validation "
+               "macro-F1 stays within 0.01 of fp32")
+THREADS_HELP = "intra-op threads; 0 = $OMP_NUM_THREADS, else one per core free at start"
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -112,6 +118,17 @@ def existing_path(value: str) -> Path:
     if not path.exists():
         raise argparse.ArgumentTypeError(f"path not found: {value}")
     return path
+
+
+def non_negative_int(value: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}")
+    return number
 
 
 def positive_int(value: str) -> int:

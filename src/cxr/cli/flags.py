@@ -78,14 +78,18 @@ FLAGS: dict[str, Flag] = {
              allowed=False, default="none"),
         Flag("--lung-crop", ("data.lung_crop",), "crop every image to its lung mask's or boxes' bounding box plus "
              "data.lung_crop_margin before resizing (train, evaluate, predict and serve)", sets=True),
+        Flag("--engine", ("train.engine",), "what runs the frozen backbone for the feature cache (CPU): auto = "
+             "the fastest installed here, measured once per machine; torch = PyTorch eager", "NAME"),
+        Flag("--threads", ("train.threads",), "intra-op threads; 0 = $OMP_NUM_THREADS, else one per core free "
+             "at start (a busy machine is not oversubscribed)", "N"),
     )
 }
 RUN_FLAGS = tuple(FLAGS[o] for o in (
     "--backbone", "--weights", "--freeze", "--epochs", "--batch-size", "--lr", "--seed", "--name", "--device",
     "--precision", "--compile", "--no-feature-cache", "--task", "--uncertain", "--track", "--track-uri",
-    "--external", "--label-map", "--masks", "--boxes", "--lung-crop",
+    "--external", "--label-map", "--masks", "--boxes", "--lung-crop", "--engine", "--threads",
 ))
-DEMO_FLAGS = tuple(FLAGS[o] for o in ("--epochs", "--no-feature-cache", "--device"))
+DEMO_FLAGS = tuple(FLAGS[o] for o in ("--epochs", "--no-feature-cache", "--device", "--engine", "--threads"))
 MODEL_FLAGS = tuple(FLAGS[o] for o in ("--backbone", "--weights", "--freeze", "--dropout"))
 
 

@@ -8,12 +8,20 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from cxr.cli._common import add_command, existing_path, positive_int, writable_output
-from cxr.config import DEVICES
+from cxr.cli._common import (
+    ENGINE_HELP,
+    THREADS_HELP,
+    add_command,
+    existing_path,
+    non_negative_int,
+    positive_int,
+    writable_output,
+)
+from cxr.config import DEVICES, EVAL_ENGINES, PRECISIONS
 from cxr.errors import CxrError, ImageReadError
 from cxr.serve.limits import ServeLimits, read_api_key
 
@@ -22,10 +30,18 @@ log = logging.getLogger(__name__)
 OUTPUT_SUFFIXES = (".csv", ".json")
 EXPORT_FORMATS = ("onnx", "torchscript")
 DEVICE_HELP = f"where to compute: {' | '.join(DEVICES)}"
+PRECISION_HELP = (f"compute precision: {' | '.join(PRECISIONS)}; auto = PyTorch in bf16 where the CPU has it natively, "
+                  "exported engines in fp32 (bf16 only when asked for: it changes some labels)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's subcommands to the `cxr` parser."""
+    _register_use(sub)
+    _register_serve(sub)
+
+
+def _register_use(sub: argparse._SubParsersAction) -> None:
+    """predict, explain and export."""
     p = add_command(sub, "predict", cmd_predict, "class probabilities of images (files or folders)",
                     description="Predict every image given (folders are searched recursively for PNG, JPEG, "
                     "BMP, TIFF and DICOM files). Unreadable files are reported by name and skipped; the exit "
@@ -38,6 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="images per forward pass")
     p.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
     _region_arguments(p, "every image's lung region, which a model trained on lung crops (data.lung_crop) needs")
+    p.add_argument("--engine", choices=EVAL_ENGINES, default="auto", metavar="NAME", help=ENGINE_HELP)
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", metavar="MODE", help=PRECISION_HELP)
+    p.add_argument("--threads", type=non_negative_int, default=0, metavar="N", help=THREADS_HELP)
 
     p = add_command(sub, "explain", cmd_explain, "Grad-CAM heatmap of one image, overlaid on the X-ray")
     p.add_argument("checkpoint", type=existing_path, help="a cxr checkpoint (.pt)")
@@ -68,6 +87,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-limit", type=positive_int, metavar="N",
                    help="with --eval: use this many images, evenly spaced (default: all)")
 
+
+def _register_serve(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "serve", cmd_serve, "serve a checkpoint over HTTP (API + web page)",
                     description="Start the HTTP API (POST /v1/predict, POST /v1/predict/batch, POST /v1/explain, "
                     "GET /v1/health, GET /v1/model), the web page at / and the API docs at /docs with uvicorn. "
@@ -78,6 +99,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="interface to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000, metavar="N", help="TCP port")
     p.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
+    p.add_argument("--engine", choices=EVAL_ENGINES, default="auto", metavar="NAME",
+                   help=ENGINE_HELP + "; tuned for latency (one request at a time); explain always runs on PyTorch")
+    p.add_argument("--threads", type=non_negative_int, default=0, metavar="N", help=THREADS_HELP)
     p.add_argument("--api-key-file", type=Path, metavar="FILE",
                    help="require the key in FILE (first line, at least 16 characters) on every /v1/* request, "
                    "as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'")
@@ -162,10 +186,13 @@ def collect_images(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]
     return files, missing
 
 
-def read_chunks(files: list[Path], size: int) -> Iterator[tuple[list[str], list[Any], list[tuple[str, str]]]]:
+def read_chunks(
+    files: list[Path], size: int, prepare: Callable[[Any], Any] | None = None
+) -> Iterator[tuple[list[str], list[Any], list[tuple[str, str]]]]:
     """Decode `files` in chunks of `size`: yields (paths, images, unreadable (path, reason)).
 
-    The next chunk is decoded in a background thread while the caller runs the model on this one.
+    The next chunk is decoded (and `prepare`d, e.g. preprocessed, when given) in a background
+    thread while the caller runs the model on this one.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -175,7 +202,8 @@ def read_chunks(files: list[Path], size: int) -> Iterator[tuple[list[str], list[
         paths, images, bad = [], [], []
         for path in chunk:
             try:
-                images.append(read_image(path))
+                image = read_image(path)
+                images.append(prepare(image) if prepare is not None else image)
                 paths.append(str(path))
             except ImageReadError as exc:
                 bad.append((str(path), exc.reason))
@@ -191,9 +219,12 @@ def read_chunks(files: list[Path], size: int) -> Iterator[tuple[list[str], list[
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    import torch
 
+    from cxr.engine.parity import PARITY_IMAGES
     from cxr.predict import Prediction, Predictor
+    from cxr.progress import Progress
+    from cxr.runtime import set_threads
 
     if args.out is not None and args.out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise CxrError(f"--out must end in {' or '.join(OUTPUT_SUFFIXES)}, got {args.out}")
@@ -203,17 +234,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
         log.warning("skipped %s: %s", item, reason)
     if not files:
         raise CxrError(f"no image files found in {', '.join(args.inputs)}")
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device)
+    set_threads(args.threads)
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, precision=args.precision)
     region = _region(args)
     results: list[tuple[str, Prediction]] = []
-    with tqdm(total=len(files), desc="predict", unit="img", disable=None) as bar:
-        for paths, images, bad in read_chunks(files, args.batch_size):
+    engine_chosen = False
+    with Progress(len(files), "predict") as bar:
+        for paths, inputs, bad in read_chunks(files, args.batch_size, lambda image: predictor.preprocess(image, region)):
             for path, reason in bad:
                 log.warning("skipped %s: %s", path, reason)
             skipped.extend(bad)
-            if images:
-                preds = predictor.predict(images, batch_size=args.batch_size, tta=args.tta, box=region)
-                results.extend(zip(paths, preds, strict=True))
+            if inputs:
+                batch = torch.stack(inputs)
+                if not engine_chosen:  # checked against PyTorch on the first images to predict
+                    predictor.use_engine(args.engine, sample=batch[:PARITY_IMAGES], batch_size=args.batch_size,
+                                         images=len(files))
+                    engine_chosen = True
+                probs = predictor.predict_tensor(batch, tta=args.tta)
+                results.extend((path, predictor.to_prediction(p)) for path, p in zip(paths, probs, strict=True))
             bar.update(len(paths) + len(bad))
     classes = predictor.classes
     if args.out is None:
@@ -340,8 +378,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     limits = ServeLimits(max_body_mb=args.max_body_mb, max_pixels=args.max_pixels, max_files=args.max_files,
                          max_queue=args.max_queue, limit_concurrency=args.limit_concurrency,
                          timeout_s=args.timeout, idle_timeout_s=args.idle_timeout)
+    from cxr.runtime import set_threads
+
     api_key = read_api_key(args.api_key_file) if args.api_key_file is not None else None
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device)
+    set_threads(args.threads)
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, engine=args.engine,
+                                          batch_size=1, hint="latency")  # measured for single requests
     log.info("serving %s on http://%s:%d/ (Ctrl-C to stop)", predictor.name, args.host, args.port)
     serve(predictor, host=args.host, port=args.port, limits=limits, api_key=api_key, docs_ui=not args.no_docs)
     return 0

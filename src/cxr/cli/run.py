@@ -10,11 +10,18 @@ from typing import Any
 
 import yaml
 
-from cxr.cli._common import add_command, positive_int, writable_output
+from cxr.cli._common import (
+    ENGINE_HELP,
+    THREADS_HELP,
+    add_command,
+    non_negative_int,
+    positive_int,
+    writable_output,
+)
 from cxr.cli.external import add_arguments as add_external_arguments
 from cxr.cli.external import cmd_run_dir, run_extras, wants_extras
 from cxr.cli.flags import DEMO_FLAGS, RUN_FLAGS, add_flags, flag_overrides
-from cxr.config import DEVICES, PRECISIONS
+from cxr.config import DEVICES, EVAL_ENGINES, PRECISIONS
 from cxr.errors import CxrError
 from cxr.rank import is_main_process
 
@@ -82,6 +89,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                           help="compute precision: auto (bf16 where native, else fp32; fp16 on older GPUs) | "
                                + " | ".join(PRECISIONS[1:]))
     add_external_arguments(evaluate)
+    evaluate.add_argument("--engine", choices=EVAL_ENGINES, metavar="NAME",
+                          help=f"{ENGINE_HELP} (default: the checkpoint's eval.engine, auto)")
+    evaluate.add_argument("--threads", type=non_negative_int, default=0, metavar="N", help=THREADS_HELP)
 
     demo = add_command(
         sub, "demo", cmd_demo, "the main job on built-in synthetic images (a few minutes on a CPU)",
@@ -185,7 +195,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.data is not None:
         metrics = evaluate_checkpoint(args.checkpoint, args.data, args.split, out_dir=args.out, tta=args.tta,
                                       device=args.device, precision=args.precision, batch_size=args.batch_size,
-                                      split_csv=args.split_csv)
+                                      split_csv=args.split_csv, engine=args.engine, threads=args.threads)
         _say(_metrics_line(metrics))
         _say(metrics["classification_report"].rstrip())
     elif not wants_extras(args):

@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from cxr.data.discover import Discovery, Sample
 from cxr.data.hashes import (
     DEFAULT_NEAR_THRESHOLD,
@@ -38,6 +36,7 @@ from cxr.data.masks import check_regions, region_warnings
 from cxr.data.multilabel import label_names
 from cxr.errors import ImageReadError
 from cxr.io import read_image_with_info
+from cxr.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -240,12 +239,12 @@ def scan_images(
     """Decode and hash every sample (in sample order) with a thread pool."""
     workers = workers or default_workers()
     jobs = [(root / s.path, s) for s in samples]
-    bar = tqdm(total=len(jobs), desc="reading images", unit="img", disable=None if progress else True)
+    bar = Progress(len(jobs), "reading images", enabled=progress)
     with bar, ThreadPoolExecutor(max_workers=workers) as pool:
         records = []
         for record in pool.map(_scan_one, jobs):
             records.append(record)
-            bar.update()
+            bar.update(1)
     return records
 
 

@@ -162,6 +162,13 @@ class SplitDataset(Dataset):
         return [row for row, flag in zip(self.rows, bad, strict=True) if not flag]
 
 
+def is_skipped(target: int | torch.Tensor) -> bool:
+    """True for the target of an item whose file could not be read (`SKIPPED`, multi-label: all NaN)."""
+    if isinstance(target, torch.Tensor) and target.dim() == 1:
+        return bool(torch.isnan(target).all())
+    return int(target) == SKIPPED
+
+
 def drop_skipped(x: Any, y: torch.Tensor) -> tuple[Any, torch.Tensor]:
     """A batch (a tensor or a dict of tensors) without its `SKIPPED` items (multi-label: all-NaN targets),
     checked on the CPU before the batch moves to a device."""

@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from cxr.data.discover import CANONICAL_CLASSES
 from cxr.errors import CxrError
+from cxr.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -341,12 +341,14 @@ def generate_dataset(
         for folder in (images, mask_dir):
             if folder is not None:
                 folder.mkdir(parents=True, exist_ok=True)
-    for name, i in tqdm(jobs, desc="synthetic images", unit="img", disable=None):
-        rng = np.random.default_rng([seed, CLASSES.index(name), i])
-        image, mask = make_image_and_mask(name, rng, size, marker=marker)
-        images, mask_dir = folders[name]
-        Image.fromarray(image).save(images / f"{name.lower()}_{i:04d}.png", compress_level=1)
-        if mask_dir is not None:
-            Image.fromarray(mask).save(mask_dir / f"{name.lower()}_{i:04d}.png", compress_level=1)
+    with Progress(len(jobs), "synthetic images") as bar:
+        for name, i in jobs:
+            rng = np.random.default_rng([seed, CLASSES.index(name), i])
+            image, mask = make_image_and_mask(name, rng, size, marker=marker)
+            images, mask_dir = folders[name]
+            Image.fromarray(image).save(images / f"{name.lower()}_{i:04d}.png", compress_level=1)
+            if mask_dir is not None:
+                Image.fromarray(mask).save(mask_dir / f"{name.lower()}_{i:04d}.png", compress_level=1)
+            bar.update(1)
     log.info("wrote %d synthetic images (%d classes) to %s", len(jobs), len(classes), out)
     return out

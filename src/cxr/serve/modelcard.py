@@ -64,7 +64,8 @@ def build_model_card(predictor: Predictor) -> dict[str, Any]:
         "training": _training(cfg),
         "validation_metrics": _validation(info.metrics),
         "test_metrics": _test_metrics(test),
-        "runtime": {"device": str(predictor.device), "precision": predictor.precision},
+        "runtime": {"device": str(predictor.device), "precision": predictor.precision,
+                    "engine": predictor.engine.info() if predictor.engine is not None else {"engine": "torch"}},
     }
 
 

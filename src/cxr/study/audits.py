@@ -41,6 +41,10 @@ def study_extras(
     for a study whose best.pt is loaded in `trained.model`; {} when neither applies."""
     cfg, classes = trained.cfg, trained.prepared.classes
     out: dict[str, Any] = {}
+    if trained.prepared.multilabel:  # both compare single-label predictions with classes
+        if cfg.eval.external or any(getattr(r, "mask", None) for r in rows):
+            log.info("shortcut audit and external sets are single-label evaluations: skipped for a multi-label run")
+        return out
     if cfg.eval.shortcut_audit:
         audit = shortcut_audit(trained.model, trained.prepared.root, rows, classes, trained.compute,
                                AuditSettings.of(cfg), name="test", fig_dir=run.figures)

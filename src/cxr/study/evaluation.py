@@ -7,12 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from cxr.checkpoint import config_of, load_checkpoint, model_from_checkpoint
 from cxr.config import RunConfig
-from cxr.data.dataset import SplitDataset, make_loader
+from cxr.data.dataset import SplitDataset, is_skipped, make_loader
 from cxr.data.discover import Discovery, discover
 from cxr.data.masks import region_options, with_regions
+from cxr.engine.module import evaluation_module
+from cxr.engine.parity import PARITY_IMAGES
 from cxr.errors import CxrError
 from cxr.logs import RESULT
 from cxr.malloc import tune_malloc
@@ -52,15 +55,20 @@ def evaluate_best(run: TrainingRun) -> tuple[dict[str, Any], list[SplitRow], np.
         raise CxrError(f"the test split is empty; change data.ratios (now {list(cfg.data.ratios)})")
     best = load_checkpoint(run.result.best_path, map_location=run.compute.device)
     run.model.load_state_dict(best["model"])
+    compute = run.compute
     if run.feature_cache and not cfg.eval.tta:
         module, loader = run.module, run.loaders["test"]
     else:
-        module = run.model
         decoded = decoded_cache_of(run.compute, run.cache_dir) if run.cache_dir is not None else None
         loader = image_loaders(run.prepared, run.model.preprocessing, cfg, ("test",), decoded_cache=decoded,
                                progress=run.compute.progress)["test"]
-    module.to(run.compute.device)
-    loss, y_true, probs = evaluate_epoch(module, loader, EvalLoss(), run.compute, tta=cfg.eval.tta, desc="test")
+        run.model.to(compute.device)
+        module, compute, _ = evaluation_module(
+            run.model, cfg.eval.engine, compute, batch_size=cfg.train.batch_size,
+            images=len(run.prepared.split("test")), checkpoint=run.result.best_path, data_root=cfg.data.root,
+            classes=run.prepared.classes, requested_precision=cfg.train.precision)
+    module.to(compute.device)
+    loss, y_true, probs = evaluate_epoch(module, loader, EvalLoss(), compute, tta=cfg.eval.tta, desc="test")
     if run.prepared.multilabel:  # thresholds chosen on validation travel with best.pt
         val_module = run.module if run.feature_cache else run.model
         val_loader = run.loaders.get("val") if run.feature_cache else image_loaders(
@@ -86,8 +94,13 @@ def evaluate_checkpoint(
     batch_size: int | None = None,
     split_csv: str | Path | None = None,
     progress: bool = True,
+    engine: str | None = None,
+    threads: int = 0,
 ) -> dict[str, Any]:
     """Classification metrics of a checkpoint on a data folder; optionally writes them to `out_dir`.
+
+    `engine` runs the model (`cxr.engine`; default: the checkpoint's `eval.engine`); `threads` is
+    the intra-op thread count (0: $OMP_NUM_THREADS, else one per free core).
 
     Rows: `split_csv` when given; else the run's split.csv beside the checkpoint when it was trained
     on this same data, folder or CSV manifest (rows of `split`); else, for `split='test'`, every image
@@ -95,35 +108,24 @@ def evaluate_checkpoint(
     always takes every image. The checkpoint's classes must equal the data's classes.
     """
     tune_malloc()
-    if split not in EVALUATION_SPLITS:
-        raise CxrError(f"unknown split {split!r}; allowed: {', '.join(EVALUATION_SPLITS)}")
     ckpt_path = Path(ckpt)
-    state = load_checkpoint(ckpt_path)
-    cfg = config_of(state)
+    state, cfg, found, rows = _evaluation_inputs(ckpt_path, Path(data), split, split_csv)
     classes = list(state["classes"])
-    if not Path(data).exists():
-        raise CxrError(f"data not found: {data}")
-    found = with_regions(discover(data, task=cfg.data.task, uncertain=cfg.data.uncertain), cfg.data.masks,
-                         cfg.data.boxes, missing_ok=True)
-    if list(found.classes) != classes:
-        raise CxrError(
-            f"class mismatch: checkpoint {ckpt_path} was trained on classes {classes}, "
-            f"but the data at {data} has classes {list(found.classes)}"
-        )
-    rows = rows_with_regions(evaluation_rows(ckpt_path, cfg, Path(data), found, split, split_csv), found)
-    if not rows:
-        raise CxrError(f"no images to evaluate in split {split!r} of {data}")
-    if cfg.data.lung_crop:
-        require_regions(rows, f"{ckpt_path} (trained on lung crops)")
-    set_threads()
+    set_threads(threads)
     compute = Compute.resolve(device, precision, channels_last=cfg.train.channels_last, progress=progress)
     model = model_from_checkpoint(state).to(compute.device)
     multilabel = found.task == "multilabel"
     dataset = SplitDataset(found.root, rows, classes, model.preprocessing, None, seed=cfg.train.seed,
                            multilabel=multilabel, regions=region_options(cfg))
-    loader = make_loader(dataset, batch_size=batch_size or cfg.train.batch_size, shuffle=False,
-                         num_workers=cfg.data.num_workers, seed=cfg.train.seed)
-    loss, y_true, probs = evaluate_epoch(model, loader, EvalLoss(), compute, tta=tta, desc=f"evaluate {split}")
+    batch = batch_size or cfg.train.batch_size
+    loader = make_loader(dataset, batch_size=batch, shuffle=False, num_workers=cfg.data.num_workers,
+                         seed=cfg.train.seed)
+    engine = engine or cfg.eval.engine
+    module, compute, ran_on = evaluation_module(
+        model, engine, compute, batch_size=batch, images=len(rows),
+        sample=_sample(dataset) if engine != "torch" else None, checkpoint=ckpt_path, data_root=cfg.data.root,
+        classes=classes, requested_precision=precision)
+    loss, y_true, probs = evaluate_epoch(module, loader, EvalLoss(), compute, tta=tta, desc=f"evaluate {split}")
     skipped = [{"path": row.path, "reason": reason} for row, reason in dataset.unreadable()]
     rows = scored_rows(loader, rows)
     if not rows:
@@ -138,15 +140,53 @@ def evaluate_checkpoint(
              len(rows), ", TTA" if tta else "", metrics["accuracy"], metrics["macro_f1"], metrics["loss"],
              extra=RESULT)  # the command prints its own summary
     if out_dir is not None:
-        out = RunDir(out_dir)
-        write_json(out.metrics, {
-            split if split != "all" else "test": metrics, "classes": classes, "checkpoint": str(ckpt_path),
-            "data": str(Path(data).resolve()), "split": split, "tta": tta,
-            "device": describe(compute.device, compute.precision), "skipped": skipped,
-        })
-        write_predictions_csv(rows, y_true, probs, classes, out.predictions, thresholds=metrics.get("thresholds"))
-        write_result_figures(None, metrics, y_true, probs, classes, out.figures, cfg.eval.ece_bins)
+        summary = {split if split != "all" else "test": metrics, "classes": classes, "checkpoint": str(ckpt_path),
+                   "data": str(Path(data).resolve()), "split": split, "tta": tta,
+                   "device": describe(compute.device, compute.precision), "engine": ran_on, "skipped": skipped}
+        _write_evaluation(RunDir(out_dir), summary, rows, y_true, probs, cfg)
     return metrics
+
+
+def _evaluation_inputs(
+    ckpt_path: Path, data: Path, split: str, split_csv: str | Path | None
+) -> tuple[dict[str, Any], RunConfig, Discovery, list[SplitRow]]:
+    """The checkpoint, its config, the data's discovery and the rows to score (see `evaluate_checkpoint`)."""
+    if split not in EVALUATION_SPLITS:
+        raise CxrError(f"unknown split {split!r}; allowed: {', '.join(EVALUATION_SPLITS)}")
+    state = load_checkpoint(ckpt_path)
+    cfg = config_of(state)
+    classes = list(state["classes"])
+    if not data.exists():
+        raise CxrError(f"data not found: {data}")
+    found = with_regions(discover(data, task=cfg.data.task, uncertain=cfg.data.uncertain), cfg.data.masks,
+                         cfg.data.boxes, missing_ok=True)
+    if list(found.classes) != classes:
+        raise CxrError(
+            f"class mismatch: checkpoint {ckpt_path} was trained on classes {classes}, "
+            f"but the data at {data} has classes {list(found.classes)}"
+        )
+    rows = rows_with_regions(evaluation_rows(ckpt_path, cfg, data, found, split, split_csv), found)
+    if not rows:
+        raise CxrError(f"no images to evaluate in split {split!r} of {data}")
+    if cfg.data.lung_crop:
+        require_regions(rows, f"{ckpt_path} (trained on lung crops)")
+    return state, cfg, found, rows
+
+
+def _write_evaluation(out: RunDir, summary: dict[str, Any], rows: list[SplitRow], y_true: np.ndarray,
+                      probs: np.ndarray, cfg: RunConfig) -> None:
+    """metrics.json, predictions.csv and the result figures of `cxr evaluate --out`."""
+    metrics = next(v for k, v in summary.items() if k in EVALUATION_SPLITS)
+    write_json(out.metrics, summary)
+    write_predictions_csv(rows, y_true, probs, summary["classes"], out.predictions,
+                          thresholds=metrics.get("thresholds"))
+    write_result_figures(None, metrics, y_true, probs, summary["classes"], out.figures, cfg.eval.ece_bins)
+
+
+def _sample(dataset: SplitDataset, n: int = PARITY_IMAGES) -> torch.Tensor | None:
+    """The first readable images of `dataset`, to check an engine against PyTorch on."""
+    readable = [item[0] for item in (dataset[i] for i in range(min(n, len(dataset)))) if not is_skipped(item[1])]
+    return torch.stack(readable) if readable else None
 
 
 def evaluation_rows(

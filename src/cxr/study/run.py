@@ -109,7 +109,7 @@ def train_run(
     """Split the data (rank 0), draw the data figures, build the model and run the training phases
     (each history row also goes to `tracker`)."""
     started = time.perf_counter()
-    set_threads()
+    set_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
     device = str(dist_ctx.device) if dist_ctx is not None else cfg.train.device  # torchrun: this rank's
     compute = Compute.resolve(device, cfg.train.precision, channels_last=cfg.train.channels_last, progress=progress)

@@ -23,8 +23,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from cxr.config import RunConfig
-from cxr.data.dataset import SplitDataset, label_targets, make_loader
+from cxr.data.dataset import SplitDataset, is_skipped, label_targets, make_loader
 from cxr.data.masks import region_options
+from cxr.engine.base import Engine, engine_precision
+from cxr.engine.parity import PARITY_IMAGES
+from cxr.engine.select import EngineSpec, select_engine
+from cxr.engine.torch_engine import PooledBackbone
 from cxr.errors import CxrError
 from cxr.progress import Progress
 from cxr.rundir import SPLITS, write_json
@@ -79,32 +83,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-
-
-class PooledBackbone:
-    """x -> `model.forward_features(x).mean((2, 3))`, eager or compiled.
-
-    Compiled: `torch.compile` with weight freezing (the backbone is frozen, so its weights can be
-    folded into the graph), static shapes, and batches padded to `batch_size` so a short last batch
-    does not trigger a second compilation.
-    """
-
-    def __init__(self, model: nn.Module, compiled: bool = False, batch_size: int = 0) -> None:
-        self.model = model
-        self.compiled = compiled
-        self.batch_size = batch_size
-        self._fn = torch.compile(self._eager, dynamic=False, options={"freezing": True}) if compiled else self._eager
-
-    def _eager(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_features(x).float().mean((2, 3))
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        if self.compiled and n < self.batch_size:
-            x = torch.cat([x, x.new_zeros(self.batch_size - n, *x.shape[1:])])
-        return self._fn(x)[:n]
-
-
 def extract_features(
     model: nn.Module,
     loader: DataLoader,
@@ -112,13 +90,14 @@ def extract_features(
     precision: str,
     desc: str = "features",
     channels_last: bool = True,
-    forward: PooledBackbone | None = None,
+    forward: PooledBackbone | Engine | None = None,
     progress: bool = True,
 ) -> np.ndarray:
     """GAP'd backbone features of every batch of `loader`, as an (N, C) float32 array.
 
     The model runs in eval mode under `torch.inference_mode`, channels_last, and autocast for bf16/fp16,
-    through `forward` (default: eager). Progress shows images/s (a bar, or log lines off a terminal).
+    through `forward` (default: PyTorch eager; or an engine of `cxr.engine` with output 'features').
+    Progress shows images/s (a bar, or log lines off a terminal).
     """
     model.eval()
     forward = forward or PooledBackbone(model)
@@ -127,9 +106,12 @@ def extract_features(
     with torch.inference_mode(), Progress(total, desc, enabled=progress) as bar:
         for batch in loader:
             images = batch[0] if isinstance(batch, list | tuple) else batch
-            with autocast(device, precision):
-                feats = forward(batch_to(images, device, channels_last))
-            chunks.append(feats.float().cpu().numpy())
+            if isinstance(forward, Engine) and forward.name != "torch":
+                chunks.append(forward.run(images))  # NCHW float32 straight from the loader, no device copy
+            else:
+                with autocast(device, precision):
+                    feats = forward(batch_to(images, device, channels_last))
+                chunks.append(feats.float().cpu().numpy())
             bar.update(len(chunks[-1]))
     if not chunks:
         raise CxrError("no images to extract features from")
@@ -187,7 +169,7 @@ class _Extraction:
     cfg: RunConfig
     device: torch.device
     precision: str
-    forward: PooledBackbone
+    forward: Engine
     progress: bool = True
 
 
@@ -207,10 +189,12 @@ def build_entry(
     """Extract every split into a temporary folder, then rename it to `entry` (atomic publish)."""
     model.to(device)
     to_channels_last(model, cfg.train.channels_last)
-    job = _Extraction(model, root, classes, cfg, device, precision,
-                      PooledBackbone(model, compiled=cfg.train.compile, batch_size=cfg.train.batch_size), progress)
+    forwards = sum(len(rows) * (views if split == "train" else 1) for split, rows in by_split.items())
+    engine = extraction_engine(model, root, by_split, classes, cfg, device, precision, forwards)
+    job = _Extraction(model, root, classes, cfg, device, precision, engine, progress)
+    where = describe(device, precision) if engine.name == "torch" else engine.describe()
     log.info("feature cache: extracting %s on %s (%d views per training image%s)",
-             cfg.model.backbone, describe(device, precision), views, ", compiled" if cfg.train.compile else "")
+             cfg.model.backbone, where, views, ", compiled" if cfg.train.compile else "")
     entry.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(entry.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{entry.name}-{_owner()}-", dir=entry.parent))
@@ -235,6 +219,7 @@ def build_entry(
             "seed": cfg.train.seed,
             "views": views,
             "precision": precision,
+            "engine": engine.describe(),
             "backbone": cfg.model.backbone,
             "weights": cfg.model.weights,
             "splits": splits,
@@ -256,6 +241,22 @@ def build_entry(
         images_done, seconds, images_done / max(seconds, 1e-9),
     )
     return manifest
+
+
+def extraction_engine(model: nn.Module, root: Path, by_split: dict[str, list[Any]], classes: list[str],
+                      cfg: RunConfig, device: torch.device, precision: str, forwards: int) -> Engine:
+    """The engine of `cfg.train.engine` for the backbone (checked on a few training images)."""
+    spec = EngineSpec("features", precision=precision, export_precision=engine_precision(cfg.train.precision),
+                      batch_size=cfg.train.batch_size, device=str(device), channels_last=cfg.train.channels_last,
+                      compiled=cfg.train.compile)
+    sample = None
+    if cfg.train.engine != "torch":
+        rows = [r for split in SPLITS for r in by_split[split]][:PARITY_IMAGES]
+        dataset = SplitDataset(root, rows, classes, model.preprocessing, None, cfg.train.seed,
+                               multilabel=cfg.data.task == "multilabel", regions=region_options(cfg))
+        readable = [item[0] for item in (dataset[i] for i in range(len(rows))) if not is_skipped(item[1])]
+        sample = torch.stack(readable) if readable else None
+    return select_engine(cfg.train.engine, model, spec, sample=sample, images=forwards)
 
 
 def _extract_split(job: _Extraction, split: str, rows: list[Any], n_views: int, path: Path) -> int:

@@ -24,7 +24,9 @@ A second call with the same key computes nothing ("feature cache hit"); any chan
 Old entries are never deleted automatically: remove the cache folder to reclaim the space.
 
 The key and the reading of entries are in `cxr.training.features_store`, the extraction in
-`cxr.training.extract`. Batches are `(features float32 (N, C, 1, 1), labels int64)`: `model.head` (GAP -> MLP) runs on them
+`cxr.training.extract`, which runs the backbone on the engine of `train.engine` (`cxr.engine`). The
+engine is not part of the key: every engine is checked against PyTorch within its precision's bound,
+so features of one precision are interchangeable; the manifest records which engine ran. Batches are `(features float32 (N, C, 1, 1), labels int64)`: `model.head` (GAP -> MLP) runs on them
 unchanged, so the trained head drops straight back into the full classifier.
 """
 
