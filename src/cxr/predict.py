@@ -5,7 +5,9 @@ chosen here, so predictions see exactly the input that training and evaluation s
 decode -> grayscale uint8 -> `resize_gray(img, pre.size)` -> `to_input(img, pre)`.
 
 Test-time augmentation (`tta=True`) averages the class probabilities over the fixed views of
-`cxr.transforms.tta_probs`, the same function evaluation uses.
+`cxr.transforms.tta_probs`, the same function evaluation uses. The logits are divided by the
+checkpoint's temperature (`cxr.temperature`, fitted on the validation split; 1 when absent), so the
+probabilities are the calibrated ones the study reports.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from cxr.malloc import tune_malloc
 from cxr.pixels import RGB_LUMA
 from cxr.runtime import autocast, resolve_device, resolve_precision
 from cxr.suggest import did_you_mean
+from cxr.temperature import check_temperature, synthetic_of, temperature_of
 from cxr.transforms import Preprocessing, resize_gray, to_input, tta_probs
 
 log = logging.getLogger(__name__)
@@ -79,6 +82,7 @@ class Predictor:
         precision: str = "fp32",
         name: str = "model",
         info: CheckpointInfo | None = None,
+        temperature: float = 1.0,
     ) -> None:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
@@ -87,6 +91,7 @@ class Predictor:
         self.preprocessing = preprocessing
         self.name = name
         self.info = info or CheckpointInfo()
+        self.temperature = check_temperature(temperature, name)  # the logits are divided by it
 
     @classmethod
     def from_checkpoint(
@@ -113,9 +118,15 @@ class Predictor:
             extra=ckpt.get("extra") or {},
         )
         name = f"{cfg.name}/{cfg.model.backbone}@{sha[:12]}"
-        predictor = cls(model, ckpt["classes"], pre, device=device, precision=precision, name=name, info=info)
+        predictor = cls(model, ckpt["classes"], pre, device=device, precision=precision, name=name, info=info,
+                        temperature=temperature_of(ckpt, path))
         log.info("loaded %s (%d classes, %s on %s)", name, len(predictor.classes), predictor.precision, predictor.device)
         return predictor
+
+    @property
+    def synthetic(self) -> bool:
+        """Whether the checkpoint says its model was trained on synthetic images (no medical meaning)."""
+        return synthetic_of({"extra": self.info.extra})
 
     @property
     def classes(self) -> list[str]:
@@ -192,8 +203,10 @@ class Predictor:
         return probs.cpu().numpy().astype(np.float64)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Calibrated logits: the model's divided by the temperature."""
         with autocast(self.device, self.precision):
-            return self.model(x)
+            logits = self.model(x)
+        return logits if self.temperature == 1.0 else logits.float() / self.temperature
 
     def to_prediction(self, probs: np.ndarray, source: str | None = None) -> Prediction:
         """A `Prediction` from one row of class probabilities."""

@@ -38,7 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="images per forward pass")
     p.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
 
-    p = add_command(sub, "explain", cmd_explain, "Grad-CAM heatmap of one image, overlaid on the X-ray")
+    p = add_command(sub, "explain", cmd_explain, "Grad-CAM heatmap of one image, overlaid on the X-ray",
+                    description="Write the Grad-CAM overlay at the image's size to --out, and beside it "
+                    "OUT.figure.png/.svg: the X-ray and the overlay side by side, a colour bar, and the class "
+                    "explained with its probability.")
     p.add_argument("checkpoint", type=existing_path, help="a cxr checkpoint (.pt)")
     p.add_argument("image", type=existing_path, help="the image file")
     p.add_argument("--out", type=Path, required=True, metavar="FILE", help="output PNG")
@@ -177,6 +180,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not files:
         raise CxrError(f"no image files found in {', '.join(args.inputs)}")
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device)
+    warn_if_synthetic(predictor)
     results: list[tuple[str, Prediction]] = []
     with tqdm(total=len(files), desc="predict", unit="img", disable=None) as bar:
         for paths, images, bad in read_chunks(files, args.batch_size):
@@ -200,6 +204,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if skipped:
         log.warning("skipped (unreadable): %s", ", ".join(item for item, _ in skipped))
     return 1 if skipped else 0
+
+
+def warn_if_synthetic(predictor: Any) -> None:
+    """One WARNING line when the model was trained on synthetic images (the demo's)."""
+    if predictor.synthetic:
+        log.warning("WARNING: %s was trained on synthetic images (cxr demo): its predictions have no medical "
+                    "meaning", predictor.name)
 
 
 def _rows(results: list[tuple[str, Any]], classes: list[str]) -> list[list[str]]:
@@ -246,13 +257,16 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.out.suffix.lower() != ".png":
         raise CxrError(f"--out must be a .png file, got {args.out}")
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device)
+    warn_if_synthetic(predictor)
     if args.class_name is not None:
         predictor.class_index(args.class_name)  # fails early, listing the classes
     result = explain(predictor, args.image, args.class_name)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(result.overlay()).save(args.out)
+    figure = result.save_figure(args.out.with_suffix(".figure.png"))
     pred = result.prediction
-    _echo(f"{args.image}: predicted {pred.label} ({pred.confidence:.3f}); heatmap for {result.class_name} -> {args.out}")
+    _echo(f"{args.image}: predicted {pred.label} ({pred.confidence:.3f}); heatmap for {result.class_name} "
+          f"({pred.probabilities[result.class_name]:.3f}) -> {args.out}; figure -> {figure}")
     return 0
 
 
@@ -306,6 +320,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          timeout_s=args.timeout, idle_timeout_s=args.idle_timeout)
     api_key = read_api_key(args.api_key_file) if args.api_key_file is not None else None
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device)
+    warn_if_synthetic(predictor)
     log.info("serving %s on http://%s:%d/ (Ctrl-C to stop)", predictor.name, args.host, args.port)
     serve(predictor, host=args.host, port=args.port, limits=limits, api_key=api_key, docs_ui=not args.no_docs)
     return 0

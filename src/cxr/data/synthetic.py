@@ -11,15 +11,22 @@ jitter. Each class adds its own pattern at random positions, sizes and intensiti
 - Normal: clear lungs;
 - Viral_Pneumonia: a diffuse fine reticular (net-like) texture in both lungs.
 
-The patterns are strong enough for a small CNN to learn in a few epochs. Everything is drawn from
-the generator passed in, so a seed gives the same images on every machine.
+`make_image` draws one image with its class pattern at full strength (or at the `severity` given,
+plus any faint `shared` patterns of other classes). `generate_dataset` makes the classes overlap the
+way real ones do (`Overlap`): each image's pattern strength is drawn (some diseased images look
+nearly normal), some images also show a faint pattern of another disease (and some Normal images
+one), the quantum noise is stronger, and a few images are labelled with a class other than the one
+drawn (label noise). So a classifier of the demo's size reaches a good but imperfect accuracy and
+its confusion matrix, ROC and reliability diagram show real confusions. Every draw comes from the
+generator of the image, so a seed gives the same images on every machine. The dataset folder holds
+`SYNTHETIC.txt` (`SYNTHETIC_MARKER`): studies on it say so and never compare it with real results.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +43,22 @@ MIN_SIZE = 16  # smallest image side drawn
 NOISE_CELLS = 24  # coarse grid of the smooth noise fields, independent of the image size
 RETICULAR_CELLS = 44  # finer grid whose zero crossings draw the viral-pneumonia net
 BRONCHOGRAM_CELLS = 14  # coarse grid whose zero crossings draw air bronchograms in a consolidation
+SYNTHETIC_MARKER = "SYNTHETIC.txt"  # written into every generated dataset's root: "these are not X-rays"
+DISEASES = tuple(c for c in CLASSES if c != "Normal")
+
+
+@dataclass(frozen=True)
+class Overlap:
+    """How much the classes of a generated dataset resemble each other (drawn per image)."""
+
+    severity: tuple[float, float] = (0.5, 1.0)  # strength of the class pattern, uniform (1 = textbook case)
+    shared: float = 0.2  # chance that an image also shows a faint pattern of another disease class
+    shared_severity: tuple[float, float] = (0.1, 0.35)  # strength of that shared pattern, uniform
+    label_noise: float = 0.04  # chance that an image is drawn as another class than its label says
+    noise: float = 1.2  # multiplier of the quantum noise
+
+
+CLEAR = Overlap(severity=(1.0, 1.0), shared=0.0, shared_severity=(0.0, 0.0), label_noise=0.0, noise=1.0)
 
 
 @dataclass(frozen=True)
@@ -219,39 +242,84 @@ def _expose(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
     return np.clip(image, 0.0, 1.0) ** rng.uniform(0.92, 1.08)
 
 
-def _finish(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
-    """A side marker and quantum noise; to uint8."""
+def _finish(rng: np.random.Generator, image: np.ndarray, noise: float = 1.0) -> np.ndarray:
+    """A side marker and quantum noise (`noise` times the usual level); to uint8."""
     size = image.shape[0]
     if rng.random() < 0.7:
         side = max(size // 28, 2)
         top, left = rng.integers(size // 20, size // 6), rng.integers(size // 20, size - size // 20 - side)
         image[top : top + 2 * side, left : left + side] = rng.uniform(0.85, 1.0)
-    image += rng.uniform(0.012, 0.02) * rng.standard_normal(image.shape, dtype=np.float32)
+    image += noise * rng.uniform(0.012, 0.02) * rng.standard_normal(image.shape, dtype=np.float32)
     return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
 
 
-def make_image(label: str, rng: np.random.Generator, size: int = 224) -> np.ndarray:
+def make_image(
+    label: str,
+    rng: np.random.Generator,
+    size: int = 224,
+    *,
+    severity: float = 1.0,
+    shared: Mapping[str, float] | None = None,
+    noise: float = 1.0,
+) -> np.ndarray:
     """Draw one synthetic chest-X-ray-like uint8 (size, size) image of class `label`.
 
-    The class pattern has its own generator, split off first, so from the same generator state the
-    four classes share anatomy, exposure and noise and differ only by their pattern. The smooth
-    anatomy (the bulk of the work) is drawn at half resolution and resized; the fine reticular
-    pattern, the marker and the noise are drawn at full resolution.
+    `severity` scales the class pattern (1: full strength); `shared` adds patterns of other classes
+    at the strengths given ({"COVID": 0.3}); `noise` scales the quantum noise. The patterns have
+    their own generator, split off first, so from the same generator state the four classes share
+    anatomy, exposure and noise and differ only by their pattern. The smooth anatomy (the bulk of
+    the work) is drawn at half resolution and resized; the fine reticular pattern, the marker and
+    the noise are drawn at full resolution.
     """
     if label not in CLASSES:
         raise CxrError(f"unknown synthetic class {label!r}; allowed: {', '.join(CLASSES)}")
     if size < MIN_SIZE:
         raise CxrError(f"synthetic image size must be >= {MIN_SIZE} pixels, got {size}")
+    strengths = {label: float(severity)} if label != "Normal" else {}
+    for name, value in (shared or {}).items():
+        if name not in DISEASES:
+            raise CxrError(f"unknown shared pattern {name!r}; allowed: {', '.join(DISEASES)}")
+        strengths.setdefault(name, float(value))
     pattern_rng = np.random.default_rng(int(rng.integers(2**63)))
     pose = _pose(rng)
     coarse = _canvas(pose, size // 2)
     image, lungs = _anatomy(rng, coarse)
-    if label in _COARSE_PATTERNS:
-        image += _COARSE_PATTERNS[label](pattern_rng, coarse, lungs)
+    fine = []
+    for name, strength in strengths.items():  # the label's pattern first, then the shared ones
+        if name in _COARSE_PATTERNS:
+            image += strength * _COARSE_PATTERNS[name](pattern_rng, coarse, lungs)
+        else:
+            fine.append((name, strength))
     image = _resize(_expose(rng, image), size)
-    if label in _FINE_PATTERNS:
-        image = image + _FINE_PATTERNS[label](pattern_rng, _canvas(pose, size), _resize(lungs, size))
-    return _finish(rng, image)
+    if fine:
+        canvas, full_lungs = _canvas(pose, size), _resize(lungs, size)
+        for name, strength in fine:
+            image = image + strength * _FINE_PATTERNS[name](pattern_rng, canvas, full_lungs)
+    return _finish(rng, image, noise)
+
+
+@dataclass(frozen=True)
+class Case:
+    """What one generated image shows: the class drawn (its label may differ), strengths, shared patterns."""
+
+    label: str  # the class the image is filed and labelled under
+    drawn: str  # the class whose pattern was drawn (differs from `label` for label noise)
+    severity: float
+    shared: dict[str, float]
+
+
+def draw_case(label: str, rng: np.random.Generator, overlap: Overlap) -> Case:
+    """The case of one image of class `label` under `overlap`, drawn from `rng`."""
+    drawn = label
+    if rng.random() < overlap.label_noise:
+        others = [c for c in CLASSES if c != label]
+        drawn = others[int(rng.integers(len(others)))]
+    severity = float(rng.uniform(*overlap.severity))
+    shared: dict[str, float] = {}
+    if rng.random() < overlap.shared:
+        others = [c for c in DISEASES if c != drawn]
+        shared[others[int(rng.integers(len(others)))]] = float(rng.uniform(*overlap.shared_severity))
+    return Case(label, drawn, severity, shared)
 
 
 def generate_dataset(
@@ -260,11 +328,14 @@ def generate_dataset(
     size: int = 224,
     seed: int = 0,
     classes: Sequence[str] = CLASSES,
+    overlap: Overlap = Overlap(),  # noqa: B008 - frozen, so one shared default is safe
 ) -> Path:
     """Write `n_per_class` synthetic PNGs per class to `<out_dir>/<Class>/<class>_<i>.png`; returns out_dir.
 
     Image `i` of a class is drawn from `default_rng([seed, position of the class in CLASSES, i])`,
-    so the files do not depend on which other classes are generated.
+    so the files do not depend on which other classes are generated. `overlap` sets how alike the
+    classes are (`CLEAR`: every image a textbook case, no label noise). `SYNTHETIC.txt` in out_dir
+    says what the folder is and lists the images whose label is not the class drawn.
     """
     unknown = [name for name in classes if name not in CLASSES]
     if unknown:
@@ -275,8 +346,34 @@ def generate_dataset(
     jobs = [(name, i) for name in classes for i in range(n_per_class)]
     for name in classes:
         (out / name).mkdir(parents=True, exist_ok=True)
+    relabelled = []
     for name, i in tqdm(jobs, desc="synthetic images", unit="img", disable=None):
-        image = make_image(name, np.random.default_rng([seed, CLASSES.index(name), i]), size)
-        Image.fromarray(image).save(out / name / f"{name.lower()}_{i:04d}.png", compress_level=1)
+        rng = np.random.default_rng([seed, CLASSES.index(name), i])
+        case = draw_case(name, rng, overlap)
+        image = make_image(case.drawn, rng, size, severity=case.severity, shared=case.shared, noise=overlap.noise)
+        file = f"{name}/{name.lower()}_{i:04d}.png"
+        Image.fromarray(image).save(out / file, compress_level=1)
+        if case.drawn != case.label:
+            relabelled.append(f"{file}: labelled {case.label}, drawn as {case.drawn}")
+    _write_marker(out, seed=seed, size=size, n_per_class=n_per_class, overlap=overlap, relabelled=relabelled)
     log.info("wrote %d synthetic images (%d classes) to %s", len(jobs), len(classes), out)
     return out
+
+
+def _write_marker(out: Path, *, seed: int, size: int, n_per_class: int, overlap: Overlap,
+                  relabelled: list[str]) -> None:
+    lines = [
+        "Synthetic images drawn by cxr.data.synthetic: NOT chest X-rays, no medical meaning.",
+        "Studies on this folder say so and never compare themselves with results on real data.",
+        f"seed {seed}, {n_per_class} images per class, {size} px, overlap {asdict(overlap)}",
+        f"label noise: {len(relabelled)} image(s) labelled with a class other than the one drawn",
+        *relabelled,
+    ]
+    (out / SYNTHETIC_MARKER).write_text("\n".join(lines) + "\n")
+
+
+def is_synthetic(data: str | Path) -> bool:
+    """Whether a data folder (or the folder of a CSV manifest) was made by `generate_dataset`."""
+    path = Path(data)
+    folder = path if path.is_dir() else path.parent
+    return (folder / SYNTHETIC_MARKER).is_file()

@@ -198,19 +198,23 @@ def hub_checkpoint_path(hub: HubFile) -> Path:
 
 
 def fetch_hub_file(hub: HubFile, spec: str) -> Path:
-    """The cached file, downloaded into the torch hub cache first if absent; hash-checked either way."""
+    """The cached file, downloaded into the torch hub cache first if absent; hash-checked either way.
+
+    A failed download is one CxrError line: the file, where to put it, and the alternatives.
+    """
     path = hub_checkpoint_path(hub)
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        log.info("downloading %s (%s) to %s", hub.url, hub.label, path)
         try:
             torch.hub.download_url_to_file(hub.url, str(path), hash_prefix=hub.sha256_prefix, progress=True)
         except (OSError, RuntimeError, ValueError) as exc:  # URLError/HTTPError are OSErrors
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())
             raise CxrError(
-                f"could not download the weights {spec!r} ({type(exc).__name__}: {exc}). Without network, "
-                f"download {hub.url} elsewhere and put it at {path} (sha256 starts with {hub.sha256_prefix}), "
-                f"or use weights file:PATH"
+                f"weights {spec!r} ({hub.label}) are needed first and could not be downloaded ({reason}): "
+                f"download {hub.url} and put it at {path} (sha256 starts with {hub.sha256_prefix}), or choose "
+                f"other weights: --backbone efficientnet_lite0 --weights lite0-imagenet, or --weights file:PATH"
             ) from None
+        log.info("downloaded %s (%s) to %s", hub.url, hub.label, path)
     digest = file_sha256(path)
     if not digest.startswith(hub.sha256_prefix):
         raise CxrError(
@@ -218,6 +222,22 @@ def fetch_hub_file(hub: HubFile, spec: str) -> Path:
             f"or not {hub.filename}; delete it and download {hub.url} again"
         )
     return path
+
+
+def ensure_weights(spec: str, backbone: str) -> None:
+    """Make sure the tensors of a weights spec can be read before a run does any other work.
+
+    Hub files are fetched into the torch hub cache now (or the CxrError says which file to put
+    where); the Lite0 package must be installed; PATH specs must name a file. Random needs nothing.
+    """
+    record = resolve_weights(spec, backbone)
+    if record.kind == "hub":
+        hub = HUB_FILES.get(record.name) or HubFile(record.source, record.sha256_prefix or "", record.name)
+        fetch_hub_file(hub, spec=record.name)
+    elif record.kind == "package":
+        lite0_package_file()
+    elif record.kind in ("file", "keras") and not Path(record.source).is_file():
+        raise CxrError(f"weights {spec}: file not found: {record.source}")
 
 
 def _torch_load(path: Path) -> dict[str, torch.Tensor]:

@@ -1,12 +1,13 @@
-"""Scoring a trained model: best.pt of a study on its test split, or any checkpoint on a data folder."""
+"""Scoring a trained model: best.pt of a study (its temperature fitted on the validation split, then
+the test split), or any checkpoint on a data folder (with the temperature it stores)."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from torch import nn
 
 from cxr.checkpoint import config_of, load_checkpoint, model_from_checkpoint
@@ -19,10 +20,12 @@ from cxr.malloc import tune_malloc
 from cxr.metrics import classification_metrics
 from cxr.rundir import SPLITS, RunDir, SplitRow, read_split_csv, write_json
 from cxr.runtime import Compute, describe, set_threads
+from cxr.study.calibrate import Scored, calibrate, calibration_entry, score
 from cxr.study.inputs import image_loaders
+from cxr.study.operating import operating_entry
 from cxr.study.phases import TrainingRun
 from cxr.study.summary import write_predictions_csv, write_result_figures
-from cxr.training.epoch import evaluate_epoch
+from cxr.temperature import temperature_of
 
 log = logging.getLogger(__name__)
 
@@ -41,25 +44,54 @@ def scored_rows(loader: Any, rows: list[SplitRow]) -> list[SplitRow]:
     return dataset.readable_rows()
 
 
-def evaluate_best(run: TrainingRun) -> tuple[dict[str, Any], list[SplitRow], np.ndarray, np.ndarray]:
-    """Metrics of best.pt on the test split (features when cached, images with TTA), the rows scored,
-    their labels and probabilities."""
+@dataclass
+class Calibration:
+    """The temperature fitted on the validation split, the split rescored with it, how it was fitted."""
+
+    temperature: float
+    val: Scored
+    record: dict[str, Any]
+
+
+def split_inputs(run: TrainingRun, split: str, *, tta: bool = False) -> tuple[nn.Module, Any]:
+    """best.pt's weights into run.model; the module and loader that score `split` (cached features
+    when the run used them, images otherwise and with TTA)."""
+    best = load_checkpoint(run.result.best_path, map_location=run.compute.device)
+    run.model.load_state_dict(best["model"])
+    if run.feature_cache and not tta:
+        module, loader = run.module, run.loaders[split]
+    else:
+        module = run.model
+        loader = image_loaders(run.prepared, run.model.preprocessing, run.cfg, (split,))[split]
+    module.to(run.compute.device)
+    return module, loader
+
+
+def calibrate_best(run: TrainingRun) -> Calibration:
+    """Fit the temperature of best.pt on the validation split and store it in best.pt."""
+    module, loader = split_inputs(run, "val")
+    val, record = calibrate(score(module, loader, run.compute, desc="validation"), run.result.best_path)
+    return Calibration(record["temperature"], val, record)
+
+
+def evaluate_best(run: TrainingRun, calibration: Calibration) -> tuple[dict[str, Any], list[SplitRow], Scored]:
+    """Metrics of best.pt (with its temperature) on the test split, the rows scored and their scores.
+
+    The metrics are those of the calibrated probabilities (what predict and serve give); `calibration`
+    adds the ECE before and after, `operating_points` the validation-chosen thresholds on the test split."""
     cfg = run.cfg
     if not run.prepared.split("test"):
         raise CxrError(f"the test split is empty; change data.ratios (now {list(cfg.data.ratios)})")
-    best = load_checkpoint(run.result.best_path, map_location=run.compute.device)
-    run.model.load_state_dict(best["model"])
-    if run.feature_cache and not cfg.eval.tta:
-        module, loader = run.module, run.loaders["test"]
-    else:
-        module = run.model
-        loader = image_loaders(run.prepared, run.model.preprocessing, cfg, ("test",))["test"]
-    module.to(run.compute.device)
-    loss, y_true, probs = evaluate_epoch(module, loader, nn.CrossEntropyLoss(), run.compute, tta=cfg.eval.tta,
-                                         desc="test")
-    metrics = classification_metrics(y_true, probs, run.prepared.classes, loss=loss, n_boot=cfg.eval.bootstrap,
+    module, loader = split_inputs(run, "test", tta=cfg.eval.tta)
+    test = score(module, loader, run.compute, calibration.temperature, tta=cfg.eval.tta, desc="test")
+    classes = run.prepared.classes
+    metrics = classification_metrics(test.y, test.calibrated, classes, loss=test.loss, n_boot=cfg.eval.bootstrap,
                                      ece_bins=cfg.eval.ece_bins, seed=cfg.train.seed)
-    return metrics, scored_rows(loader, run.prepared.split("test")), y_true, probs
+    metrics["temperature"] = calibration.temperature
+    metrics["calibration"] = calibration_entry(test, calibration.record, bins=cfg.eval.ece_bins,
+                                               n_boot=cfg.eval.bootstrap, seed=cfg.train.seed)
+    metrics["operating_points"] = operating_entry(calibration.val, test, classes)
+    return metrics, scored_rows(loader, run.prepared.split("test")), test
 
 
 def evaluate_checkpoint(
@@ -106,14 +138,17 @@ def evaluate_checkpoint(
     dataset = SplitDataset(found.root, rows, classes, model.preprocessing, None, seed=cfg.train.seed)
     loader = make_loader(dataset, batch_size=batch_size or cfg.train.batch_size, shuffle=False,
                          num_workers=cfg.data.num_workers, seed=cfg.train.seed)
-    loss, y_true, probs = evaluate_epoch(model, loader, nn.CrossEntropyLoss(), compute, tta=tta,
-                                         desc=f"evaluate {split}")
+    temperature = temperature_of(state, ckpt_path)
+    scored = score(model, loader, compute, temperature, tta=tta, desc=f"evaluate {split}")
     skipped = [{"path": row.path, "reason": reason} for row, reason in dataset.unreadable()]
     rows = scored_rows(loader, rows)
     if not rows:
         raise CxrError(f"none of the {len(skipped)} images of split {split!r} of {data} could be read")
-    metrics = classification_metrics(y_true, probs, classes, loss=loss, n_boot=cfg.eval.bootstrap,
-                                     ece_bins=cfg.eval.ece_bins, seed=cfg.train.seed)
+    metrics = classification_metrics(scored.y, scored.calibrated, classes, loss=scored.loss,
+                                     n_boot=cfg.eval.bootstrap, ece_bins=cfg.eval.ece_bins, seed=cfg.train.seed)
+    metrics["temperature"] = temperature
+    metrics["calibration"] = calibration_entry(scored, (state.get("extra") or {}).get("calibration"),
+                                               bins=cfg.eval.ece_bins, n_boot=cfg.eval.bootstrap, seed=cfg.train.seed)
     log.info("%s on %s (%s, %d images%s): accuracy %.4f, macro-F1 %.4f, loss %.4f", ckpt_path, data, split,
              len(rows), ", TTA" if tta else "", metrics["accuracy"], metrics["macro_f1"], metrics["loss"],
              extra=RESULT)  # the command prints its own summary
@@ -124,8 +159,8 @@ def evaluate_checkpoint(
             "data": str(Path(data).resolve()), "split": split, "tta": tta,
             "device": describe(compute.device, compute.precision), "skipped": skipped,
         })
-        write_predictions_csv(rows, y_true, probs, classes, out.predictions)
-        write_result_figures(None, metrics, y_true, probs, classes, out.figures, cfg.eval.ece_bins)
+        write_predictions_csv(rows, scored.y, scored.calibrated, classes, out.predictions)
+        write_result_figures(None, metrics, scored, classes, out.figures, cfg.eval.ece_bins)
     return metrics
 
 

@@ -100,10 +100,14 @@ def train_phases(
     resume: bool,
     dist_ctx: DistributedContext | None,
     on_save: Callable[[], None] | None = None,
+    tags: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, dict[str, DataLoader], bool, FitResult, list[dict[str, Any]]]:
-    """Run phase 1 and, when configured, phase 2; returns (module, loaders, cached, result, phases)."""
+    """Run phase 1 and, when configured, phase 2; returns (module, loaders, cached, result, phases).
+
+    `tags` go into the `extra` of every checkpoint written (see `Checkpointer`)."""
     resume_phase = checkpoint_phase(run) if resume else 0
-    checkpointer = Checkpointer(run, classifier=model, config=cfg, classes=prepared.classes, on_save=on_save)
+    checkpointer = Checkpointer(run, classifier=model, config=cfg, classes=prepared.classes, on_save=on_save,
+                                tags=tags)
     common = dict(compute=compute, checkpointer=checkpointer, dist_ctx=dist_ctx)
     result: FitResult | None = None
     module, loaders, cached = model, {}, False

@@ -16,6 +16,7 @@ from typing import Any
 
 from cxr import __version__
 from cxr.config import RunConfig, save_config
+from cxr.data.synthetic import is_synthetic
 from cxr.errors import CxrError
 from cxr.logs import RESULT
 from cxr.malloc import tune_malloc
@@ -26,13 +27,15 @@ from cxr.report.document import write_report
 from cxr.rundir import RunDir, read_history_csv, read_json, write_json
 from cxr.runtime import Compute, describe, seed_everything, set_threads
 from cxr.study.data import prepare_data, write_augmented_samples, write_dataset_figures
-from cxr.study.evaluation import evaluate_best
+from cxr.study.errors import write_error_gallery
+from cxr.study.evaluation import calibrate_best, evaluate_best
 from cxr.study.folder import claim
 from cxr.study.inputs import build_classifier
 from cxr.study.logfile import run_log
 from cxr.study.phases import TrainingRun, train_phases
 from cxr.study.presets import default_cache_dir
 from cxr.study.summary import run_summary, write_predictions_csv, write_result_figures
+from cxr.temperature import SYNTHETIC_KEY
 from cxr.training.distributed import DistributedContext, distributed_session, run_on_main
 
 log = logging.getLogger(__name__)
@@ -118,8 +121,11 @@ def train_run(
                                                 progress=progress))
     counts = prepared.counts()
     log.info("classes %s; %s", prepared.classes, ", ".join(f"{s} {sum(c.values())}" for s, c in counts.items()))
+    synthetic = is_synthetic(data) or is_synthetic(prepared.root)
+    if synthetic:
+        log.warning("data: %s holds synthetic images (cxr.data.synthetic): results have no medical meaning", data)
     if main:
-        provenance.record_data(data.resolve(), len(prepared.rows))
+        provenance.record_data(data.resolve(), len(prepared.rows), synthetic=synthetic)
         provenance.save()
     if figures and main:
         write_dataset_figures(prepared, cfg, run)
@@ -130,10 +136,15 @@ def train_run(
              cfg.model.weights, cfg.model.freeze, f"{params['total']:,}", f"{params['trainable']:,}")
     module, loaders, cached, result, phases = train_phases(
         model, prepared, cfg, run, compute=compute, cache_dir=cache_dir or default_cache_dir(), resume=resume,
-        dist_ctx=dist_ctx, on_save=provenance.save if main else None)
-    return TrainingRun(cfg=cfg, prepared=prepared, model=model, module=module, loaders=loaders,
-                       feature_cache=cached, compute=compute, result=result,
-                       seconds=time.perf_counter() - started, info={"parameters": params, "phases": phases})
+        dist_ctx=dist_ctx, on_save=provenance.save if main else None, tags={SYNTHETIC_KEY: synthetic})
+    info = {"parameters": params, "phases": phases,
+            "data": {"root": str(data.resolve()), "images": len(prepared.rows), "synthetic": synthetic}}
+    trained = TrainingRun(cfg=cfg, prepared=prepared, model=model, module=module, loaders=loaders,
+                          feature_cache=cached, compute=compute, result=result,
+                          seconds=time.perf_counter() - started, info=info)
+    if main:  # the temperature of best.pt, fitted on the validation split, stored in it
+        trained.info["calibration"] = calibrate_best(trained)
+    return trained
 
 
 def train(
@@ -193,13 +204,15 @@ def run_study(
 
 
 def finish_study(trained: TrainingRun, run: RunDir, provenance: Provenance, *, processes: int) -> dict[str, Any]:
-    """Evaluate best.pt on the test split, write predictions, figures, metrics.json and the report."""
-    metrics, rows, y_true, probs = evaluate_best(trained)
+    """Evaluate best.pt (calibrated) on the test split; write predictions, figures, the error gallery,
+    metrics.json and the report."""
+    metrics, rows, test = evaluate_best(trained, trained.info["calibration"])
     classes = trained.prepared.classes
-    write_predictions_csv(rows, y_true, probs, classes, run.predictions)
-    write_result_figures(read_history_csv(run.history), metrics, y_true, probs, classes, run.figures,
-                         trained.cfg.eval.ece_bins)
+    write_predictions_csv(rows, test.y, test.calibrated, classes, run.predictions)
+    write_result_figures(read_history_csv(run.history), metrics, test, classes, run.figures,
+                         trained.cfg.eval.ece_bins, best_epoch=trained.result.best_epoch)
     summary = run_summary(trained, metrics, processes=processes, wall_seconds=provenance.wall_seconds())
+    summary["errors"] = write_error_gallery(trained, rows, test, run)
     summary["provenance"] = provenance.to_json()
     provenance.save()
     write_json(run.metrics, summary)
