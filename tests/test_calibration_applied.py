@@ -80,8 +80,22 @@ def test_temperature_stays_one_on_tiny_or_separable_validation() -> None:
     assert fit(from_logits(y, logits))[0] == 1.0
     y = np.arange(40) % 4
     separable = np.eye(4)[y] * 5.0
-    temperature, how = fit(from_logits(y, separable))
+    temperature, how, _ = fit(from_logits(y, separable))
     assert temperature == 1.0 and "every validation image" in how
+
+
+def test_temperature_stays_one_without_evidence_of_miscalibration() -> None:
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(400, 4)) * 2.0
+    y = np.array([rng.choice(4, p=p) for p in softmax(logits, axis=1)])  # calibrated by construction
+    temperature, how, found = fit(from_logits(y, logits))
+    low, high = found["fitted_ci"]
+    assert temperature == 1.0 and low <= 1.0 <= high and "no evidence of miscalibration" in how
+    y = np.arange(24) % 4  # nearly separable: resamples without the one mistake have no finite optimum
+    nearly = np.eye(4)[y] * 6.0
+    nearly[0] = [0.0, 6.0, 0.0, 0.0]
+    temperature, how, found = fit(from_logits(y, nearly))
+    assert temperature == 1.0 and "search bound" in how and found["fitted"] != 1.0
 
 
 def test_old_checkpoints_are_temperature_one_and_bad_values_are_refused(checkpoint: Path) -> None:

@@ -65,8 +65,9 @@ def test_synthetic_data_is_said_everywhere(demo_run: Path, capsys: pytest.Captur
 
     image = next((demo_run.parent / "data" / "COVID").glob("*.png"))
     assert main(["-q", "predict", str(demo_run / "checkpoints" / "best.pt"), str(image)]) == 0
-    (warning,) = [line for line in capsys.readouterr().err.splitlines() if "synthetic" in line]
-    assert warning.startswith("WARNING") and "no medical meaning" in warning
+    err = capsys.readouterr().err.splitlines()
+    assert any(line.startswith("WARNING") and "trained on synthetic images" in line and "no medical meaning" in line
+               for line in err), err
 
 
 @pytest.mark.slow
@@ -92,3 +93,24 @@ def test_calibration_operating_points_and_errors_are_in_metrics_and_report(demo_
         assert heading in md
     assert "figures/errors/" in md and "figures/pr_curves.png" in md and "confusion_matrix_by_true.png" in md
     assert (demo_run / "SYNTHETIC.txt").exists() is False and (demo_run.parent / "data" / SYNTHETIC_MARKER).is_file()
+
+
+@pytest.mark.slow
+def test_serve_answers_carry_the_synthetic_warning(demo_run: Path) -> None:
+    pytest.importorskip("fastapi")
+    import warnings
+
+    from cxr.serve.app import create_app
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
+        from fastapi.testclient import TestClient
+
+    predictor = Predictor.from_checkpoint(demo_run / "checkpoints" / "best.pt", device="cpu", precision="fp32")
+    image = next((demo_run.parent / "data" / "Normal").glob("*.png")).read_bytes()
+    with TestClient(create_app(predictor)) as client:
+        assert "synthetic" in client.get("/v1/model").json()["warning"]
+        answer = client.post("/v1/predict", files={"file": ("x.png", image, "image/png")}).json()
+        assert "no medical meaning" in answer["warning"] and answer["label"]
+        batch = client.post("/v1/predict/batch", files=[("file", ("x.png", image, "image/png"))]).json()
+        assert "warning" in batch

@@ -141,7 +141,11 @@ def test_history_table_is_formatted_and_overfitting_is_said(tmp_path: Path) -> N
     (table,) = [b for b in blocks if isinstance(b, Table) and b.header[:2] == ("epoch", "lr")]
     assert table.rows[0][:2] == ("1", "1.00e-04") and table.rows[3][-1] == "2"  # phase as an integer
     md, page = (p.read_text() for p in write_report(run))
-    assert "validation loss rose after the best epoch 2 (0.5000), by up to 0.2000 (to 0.7000 at epoch 4)" in md
+    assert "validation loss rose after the best epoch 2 (0.5000) by 0.2000 (to 0.7000 at epoch 4, the last)" in md
+    rows[3]["val_loss"] = 0.55  # the peak before the end
+    write_history_csv(rows, run / "history.csv")
+    md = write_report(run)[0].read_text()
+    assert "by up to 0.1200 (to 0.6200 at epoch 3; at the last epoch, 4, 0.0500 above it)" in md
     assert '<div class="table-wrap"><table><thead><tr><th>epoch</th>' in page  # scrolls instead of overflowing
     history = [{"epoch": 1.0, "val_loss": 0.9}, {"epoch": 2.0, "val_loss": 0.5}]
     assert "did not rise" in " ".join(str(p) for p in overfitting(history, 1).parts)

@@ -173,6 +173,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                   device=args.device, precision=args.precision, batch_size=args.batch_size,
                                   split_csv=args.split_csv)
     _say(_metrics_line(metrics))
+    calibration = metrics.get("calibration") or {}
+    if calibration:
+        before, after = calibration["before"], calibration["after"]
+        _say(f"calibration: temperature {metrics['temperature']:.4g}; ECE {before['ece']:.4f} uncalibrated, "
+             f"{after['ece']:.4f} calibrated; NLL {before['nll']:.4f} -> {after['nll']:.4f}")
     _say(metrics["classification_report"].rstrip())
     if args.out is not None:
         _say(args.out / "metrics.json")

@@ -70,7 +70,8 @@ def split_inputs(run: TrainingRun, split: str, *, tta: bool = False) -> tuple[nn
 def calibrate_best(run: TrainingRun) -> Calibration:
     """Fit the temperature of best.pt on the validation split and store it in best.pt."""
     module, loader = split_inputs(run, "val")
-    val, record = calibrate(score(module, loader, run.compute, desc="validation"), run.result.best_path)
+    val, record = calibrate(score(module, loader, run.compute, desc="validation"), run.result.best_path,
+                            seed=run.cfg.train.seed)
     return Calibration(record["temperature"], val, record)
 
 

@@ -29,11 +29,15 @@ def overfitting(history: list[dict[str, float]], best_epoch: Any) -> Para | None
     last = after[-1]
     if peak[1] - best[1] <= RISE_TOLERANCE:
         return para(f"Validation loss did not rise after the best epoch ({best[0]}, {fmt(best[1], 4)}).")
+    if peak[0] == last[0]:
+        rise = f"by {fmt(peak[1] - best[1], 4)} (to {fmt(peak[1], 4)} at epoch {peak[0]}, the last)"
+    else:
+        rise = (f"by up to {fmt(peak[1] - best[1], 4)} (to {fmt(peak[1], 4)} at epoch {peak[0]}; at the last"
+                f" epoch, {last[0]}, {fmt(last[1] - best[1], 4)} above it)")
     return para(
-        Bold("Over-fitting:"), f" validation loss rose after the best epoch {best[0]} ({fmt(best[1], 4)}), by up to"
-        f" {fmt(peak[1] - best[1], 4)} (to {fmt(peak[1], 4)} at epoch {peak[0]}) and by"
-        f" {fmt(last[1] - best[1], 4)} at the last epoch ({last[0]}): the later epochs fitted the training"
-        f" split at the expense of new images. best.pt is epoch {best[0]}, the one evaluated."
+        Bold("Over-fitting:"), f" validation loss rose after the best epoch {best[0]} ({fmt(best[1], 4)}) {rise}:"
+        " the later epochs fitted the training split at the expense of new images. best.pt is epoch"
+        f" {best[0]}, the one evaluated."
     )
 
 
