@@ -29,7 +29,8 @@ def test_import_cxr_loads_no_torch_until_a_function_needs_it():
 def study(tmp_path_factory):
     data = generate_dataset(tmp_path_factory.mktemp("api") / "data", n_per_class=6, size=40, seed=3)
     cfg = cxr.load_config(None, {
-        "data.image_size": 32, "data.num_workers": 0, "model.backbone": "efficientnet_lite0", "model.head": [8],
+        "data.image_size": 32, "data.num_workers": 0, "model.backbone": "efficientnet_lite0", "model.weights": "random",
+        "model.head": [8],
         "train.epochs": 1, "train.batch_size": 8, "eval.bootstrap": 10, "eval.aug_samples": 1,
         "eval.grid_per_class": 1,
     })

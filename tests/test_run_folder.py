@@ -33,6 +33,7 @@ def tiny_config(epochs: int = 1) -> RunConfig:
     cfg.data.image_size = 32
     cfg.data.num_workers = 0
     cfg.model.backbone = "efficientnet_lite0"
+    cfg.model.weights = "random"  # the seed's default (ImageNet) needs a download
     cfg.model.head = (8,)
     cfg.train.epochs = epochs
     cfg.train.batch_size = 8

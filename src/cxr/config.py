@@ -100,7 +100,7 @@ class AugmentConfig:
 @dataclass
 class ModelConfig:
     backbone: str = setting("resnet50", describe=catalog.backbones_help)  # a name of cxr.models.catalog
-    weights: str = setting("random", describe=catalog.weights_help)  # a weights spec of that backbone (catalog)
+    weights: str = setting("imagenet", describe=catalog.weights_help)  # a weights spec of that backbone (seed: ImageNet)
     freeze: str = setting("base", Choice(FREEZE_MODES))  # base: head only | stages:N: also the last N stages | none
     head: tuple[int, ...] = setting((2048, 512, 128), Each(at_least(1)))  # hidden widths of the MLP head (seed: 2048, 512, 128)
     dropout: float = setting(0.0, FRACTION)  # dropout before each hidden Linear of the head (seed: none)

@@ -29,6 +29,7 @@ from cxr.data.masks import Region
 from cxr.errors import CxrError
 from cxr.models.stages import as_feature_map, find_layer
 from cxr.predict import ImageInput, Prediction, Predictor
+from cxr.report.explain_figures import explanation_figure
 
 OVERLAY_ALPHA = 0.45  # weight of the heatmap colour in the blend
 OVERLAY_MAX_SIDE = 1024  # overlays of larger images are drawn at this size (long side)
@@ -37,15 +38,16 @@ _FEATURE_DIMS = 4
 
 
 def grad_cam(
-    model: nn.Module, x: torch.Tensor, class_index: int | None = None, layer: str | None = None
+    model: nn.Module, x: torch.Tensor, class_index: int | None = None, layer: str | None = None,
+    temperature: float = 1.0,
 ) -> tuple[np.ndarray, int, np.ndarray]:
     """Grad-CAM of one input.
 
     x: normalised input (C, H, W) or (1, C, H, W) on the model's device. class_index: the class to
     explain (default: the predicted one). layer: a backbone layer path (module docstring); None or ''
     explains the feature map the head pools. Returns (cam float32 (H, W) scaled to [0, 1], the class
-    index explained, the class probabilities float64 (C,)). Runs in fp32 with gradients on, also
-    when called under `torch.no_grad()`.
+    index explained, the class probabilities float64 (C,), of the logits divided by `temperature`).
+    Runs in fp32 with gradients on, also when called under `torch.no_grad()`.
     """
     if x.dim() == _FEATURE_DIMS - 1:
         x = x.unsqueeze(0)
@@ -73,7 +75,7 @@ def grad_cam(
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
     peak = float(cam.max())
     cam = cam / peak if peak > 0 else torch.zeros_like(cam)
-    probs = torch.softmax(logits.detach()[0], dim=0).double().cpu().numpy()
+    probs = torch.softmax(logits.detach()[0] / temperature, dim=0).double().cpu().numpy()
     return cam.cpu().numpy().astype(np.float32), class_index, probs
 
 
@@ -148,6 +150,20 @@ class Explanation:
         """
         return overlay(_fit(self.image, max_side), self.cam)
 
+    @property
+    def title(self) -> str:
+        """'Grad-CAM for COVID (p = 0.812); predicted COVID (0.812)': the class and its probability."""
+        pred = self.prediction
+        return (f"Grad-CAM for {self.class_name} (p = {pred.probabilities[self.class_name]:.3f}); "
+                f"predicted {pred.label} ({pred.confidence:.3f})")
+
+    def save_figure(self, path: str | Path, *, thumbnail: bool = False, title: str | None = None,
+                    formats: tuple[str, ...] = ("png", "svg")) -> Path:
+        """The X-ray beside the overlay, with a colour bar and the class and probability in the title
+        (`cxr.report.explain_figures`); one file per format, the first returned."""
+        return explanation_figure(_fit(self.image, OVERLAY_MAX_SIDE), self.cam, path, title=title or self.title,
+                                  thumbnail=thumbnail, formats=formats)
+
     def to_png(self, max_side: int = OVERLAY_MAX_SIDE) -> bytes:
         """The overlay encoded as PNG."""
         buf = io.BytesIO()
@@ -164,7 +180,8 @@ def explain(predictor: Predictor, image: ImageInput, class_name: str | None = No
     gray = predictor.lung_input(full, box)
     index = predictor.class_index(class_name) if class_name is not None else None
     x = predictor.preprocess(full, box).to(predictor.device)
-    cam, index, probs = grad_cam(predictor.model, x, index, layer=layer or cam_layer_of(predictor))
+    cam, index, probs = grad_cam(predictor.model, x, index, layer=layer or cam_layer_of(predictor),
+                                 temperature=predictor.temperature)
     classes = predictor.classes
     table = {c: float(p) for c, p in zip(classes, probs, strict=True)}
     source = str(image) if isinstance(image, str | Path) else name

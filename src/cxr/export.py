@@ -4,7 +4,9 @@ Both exports take the *normalised* input tensor (N, 3, S, S), float32, and retur
 probabilities (softmax inside the graph; the ONNX graph also outputs the logits). The preprocessing
 that makes that tensor from an X-ray is written into the file so a consumer can reproduce it: ONNX
 `metadata_props` and TorchScript extra file `cxr.json` hold the classes, the preprocessing mode,
-input size, per-channel mean/std (on 0..255 pixels) and channel order. The batch axis is dynamic.
+input size, per-channel mean/std (on 0..255 pixels), channel order and the temperature. The logits
+are divided by the checkpoint's temperature inside the graph (`cxr.temperature`; 1 when it has none),
+so the exported probabilities are the calibrated ones `cxr predict` gives. The batch axis is dynamic.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from cxr.errors import CxrError
 from cxr.io import IMAGE_EXTENSIONS, read_image
 from cxr.logs import RESULT
 from cxr.predict import Predictor
+from cxr.temperature import TemperatureScaled, temperature_of
 from cxr.transforms import Preprocessing, resize_gray, to_input
 
 log = logging.getLogger(__name__)
@@ -53,7 +56,7 @@ class ProbabilityModel(nn.Module):
         return torch.softmax(logits, dim=1), logits
 
 
-def describe_input(classes: list[str], pre: Preprocessing) -> dict[str, Any]:
+def describe_input(classes: list[str], pre: Preprocessing, temperature: float = 1.0) -> dict[str, Any]:
     """How to build the model input from an X-ray, and what the outputs mean (stored in the export)."""
     mean, std = pre.mean_std()
     order = "BGR" if pre.bgr else "RGB"
@@ -70,16 +73,20 @@ def describe_input(classes: list[str], pre: Preprocessing) -> dict[str, Any]:
             + (f"repeated to 3 channels ({order}), " if pre.channels == 3 else "as one channel, ")
             + "then (pixel - mean) / std per channel with pixel in 0..255"
         ),
-        "outputs": "probabilities (N, C) softmax over `classes`; logits (N, C)",
+        "outputs": "probabilities (N, C) softmax over `classes`; logits (N, C), already divided by the temperature",
+        "temperature": float(temperature),
         "cxr_version": __version__,
     }
 
 
 def _load(checkpoint: str | Path | dict[str, Any]) -> tuple[dict[str, Any], nn.Module]:
+    """The checkpoint dict and its classifier (fp32, eval), its logits divided by the temperature."""
     if isinstance(checkpoint, dict):
-        return checkpoint, model_from_checkpoint(checkpoint).float().eval()
-    ckpt = load_checkpoint(checkpoint)
-    return ckpt, model_from_checkpoint(ckpt, source=checkpoint).float().eval()
+        ckpt, source = checkpoint, "checkpoint"
+    else:
+        ckpt, source = load_checkpoint(checkpoint), checkpoint
+    model = model_from_checkpoint(ckpt, source=source).float().eval()
+    return ckpt, TemperatureScaled(model, temperature_of(ckpt, source)).eval()
 
 
 def export_onnx(
@@ -99,7 +106,7 @@ def export_onnx(
     example = torch.zeros(1, pre.channels, pre.size, pre.size)
     write_onnx(ProbabilityModel(model), example, out, INPUT_NAME, OUTPUT_NAMES, opset)
     proto = onnx.load(str(out))
-    meta = describe_input(ckpt["classes"], pre)
+    meta = describe_input(ckpt["classes"], pre, temperature_of(ckpt))
     meta["backbone"] = config_of(ckpt).model.backbone
     _set_metadata(proto, meta)
     proto.doc_string = "cxr chest X-ray classifier. " + meta["input"]
@@ -156,7 +163,7 @@ def export_torchscript(checkpoint: str | Path | dict[str, Any], out: str | Path,
         _ignore_tracer_warnings()
         with torch.no_grad():
             traced = torch.jit.trace(wrapped, (example,), check_trace=False)
-        meta = describe_input(ckpt["classes"], pre)
+        meta = describe_input(ckpt["classes"], pre, temperature_of(ckpt))
         meta["backbone"] = config_of(ckpt).model.backbone
         torch.jit.save(traced, str(out), _extra_files={TORCHSCRIPT_META: json.dumps(meta)})
     log.info("wrote %s (TorchScript, %d classes)", out, len(ckpt["classes"]), extra=RESULT)

@@ -5,7 +5,9 @@ chosen here, so predictions see exactly the input that training and evaluation s
 decode -> grayscale uint8 -> `resize_gray(img, pre.size)` -> `to_input(img, pre)`.
 
 Test-time augmentation (`tta=True`) averages the class probabilities over the fixed views of
-`cxr.transforms.tta_probs`, the same function evaluation uses.
+`cxr.transforms.tta_probs`, the same function evaluation uses. The logits are divided by the
+checkpoint's temperature (`cxr.temperature`, fitted on the validation split; 1 when absent), so the
+probabilities are the calibrated ones the study reports.
 
 The forward pass runs on an inference engine (`cxr.engine`): PyTorch (the default, and what
 `explain` always uses, since it needs gradients) or, after `use_engine`, ONNX Runtime or OpenVINO.
@@ -37,6 +39,7 @@ from cxr.malloc import tune_malloc
 from cxr.pixels import RGB_LUMA
 from cxr.runtime import autocast, resolve_device, resolve_precision
 from cxr.suggest import did_you_mean
+from cxr.temperature import check_temperature, synthetic_of, temperature_of
 from cxr.transforms import Preprocessing, resize_gray, to_input, tta_probs
 
 log = logging.getLogger(__name__)
@@ -88,6 +91,7 @@ class Predictor:
         name: str = "model",
         info: CheckpointInfo | None = None,
         engine: Engine | None = None,
+        temperature: float = 1.0,
     ) -> None:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.requested_precision = precision  # exported engines take bf16 only when it is asked for by name
@@ -99,6 +103,7 @@ class Predictor:
         self.info = info or CheckpointInfo()
         self.lung_crop: float | None = None  # the crop margin of a model trained on lung crops (data.lung_crop)
         self.engine = engine  # None: PyTorch eager on self.model
+        self.temperature = check_temperature(temperature, name)  # the logits are divided by it
 
     @classmethod
     def from_checkpoint(
@@ -128,7 +133,8 @@ class Predictor:
             extra=ckpt.get("extra") or {},
         )
         name = f"{cfg.name}/{cfg.model.backbone}@{sha[:12]}"
-        predictor = cls(model, ckpt["classes"], pre, device=device, precision=precision, name=name, info=info)
+        predictor = cls(model, ckpt["classes"], pre, device=device, precision=precision, name=name, info=info,
+                        temperature=temperature_of(ckpt, path))
         predictor.lung_crop = cfg.data.lung_crop_margin if cfg.data.lung_crop else None
         log.info("loaded %s (%d classes, %s on %s)", name, len(predictor.classes), predictor.precision, predictor.device)
         if engine != "torch":
@@ -165,6 +171,11 @@ class Predictor:
     def engine_name(self) -> str:
         """The engine the forward pass runs on ('torch' unless `use_engine` chose another)."""
         return "torch" if self.engine is None else self.engine.name
+
+    @property
+    def synthetic(self) -> bool:
+        """Whether the checkpoint says its model was trained on synthetic images (no medical meaning)."""
+        return synthetic_of({"extra": self.info.extra})
 
     @property
     def classes(self) -> list[str]:
@@ -257,10 +268,13 @@ class Predictor:
         return torch.softmax(logits.float(), dim=1)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Calibrated logits: the model's (on its engine) divided by the temperature."""
         if self.engine is not None:
-            return self.engine(x)
-        with autocast(self.device, self.precision):
-            return self.model(x)
+            logits = self.engine(x)
+        else:
+            with autocast(self.device, self.precision):
+                logits = self.model(x)
+        return logits if self.temperature == 1.0 else logits.float() / self.temperature
 
     def to_prediction(self, probs: np.ndarray, source: str | None = None) -> Prediction:
         """A `Prediction` from one row of class probabilities."""

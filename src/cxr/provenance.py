@@ -78,9 +78,11 @@ class Provenance:
         self.attempts.append(self.current)
         self._start = time.perf_counter()
 
-    def record_data(self, root: Path | str, images: int) -> None:
-        """The digest of the split (split.csv must be written) and where the images were."""
-        self.data = {"root": str(root), "images": int(images), "split_sha256": file_sha256(self.run.split)}
+    def record_data(self, root: Path | str, images: int, *, synthetic: bool = False) -> None:
+        """The digest of the split (split.csv must be written), where the images were, and whether
+        they are synthetic (`cxr.data.synthetic`, no medical meaning)."""
+        self.data = {"root": str(root), "images": int(images), "synthetic": bool(synthetic),
+                     "split_sha256": file_sha256(self.run.split)}
 
     def set_device(self, device: str) -> None:
         self.current["device"] = device

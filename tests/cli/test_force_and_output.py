@@ -10,13 +10,15 @@ import torch
 
 from cxr import study
 from cxr.cli import main, setup_logging
-from cxr.config import RunConfig
+from cxr.config import ModelConfig, RunConfig
 from cxr.data.synthetic import generate_dataset
 from cxr.errors import CxrError
 from cxr.logs import RESULT
 from cxr.rundir import RunDir
 from cxr.study import demo as demo_module
 from cxr.study.folder import claim
+
+RANDOM = RunConfig(model=ModelConfig(weights="random"))  # the seed's ImageNet weights would need a download
 
 
 @pytest.fixture(autouse=True)
@@ -63,12 +65,12 @@ def test_start_refuses_a_run_folder_unless_forced(tmp_path):
     data = tmp_path / "images"
     data.mkdir()
     with pytest.raises(CxrError, match="already holds a run.*--resume.*--force"):
-        with claim(RunConfig(), data, RunDir(out), resume=False, force=False):
+        with claim(RANDOM, data, RunDir(out), resume=False, force=False):
             pass
     with pytest.raises(CxrError, match="--resume.*--force"):
-        with claim(RunConfig(), data, RunDir(out), resume=True, force=True):
+        with claim(RANDOM, data, RunDir(out), resume=True, force=True):
             pass
-    with claim(RunConfig(), data, RunDir(out), resume=False, force=True) as cfg:
+    with claim(RANDOM, data, RunDir(out), resume=False, force=True) as cfg:
         assert cfg.data.root == str(data.resolve())
     assert not RunDir(out).artefacts() and not RunDir(out).checkpoints.exists()
     assert all(p.is_file() for p in kept)
@@ -76,7 +78,7 @@ def test_start_refuses_a_run_folder_unless_forced(tmp_path):
 
 def test_a_refused_resume_creates_no_folder(tmp_path):
     with pytest.raises(CxrError, match="cannot resume"):
-        with claim(RunConfig(), tmp_path, RunDir(tmp_path / "new"), resume=True, force=False):
+        with claim(RANDOM, tmp_path, RunDir(tmp_path / "new"), resume=True, force=False):
             pass
     assert not (tmp_path / "new").exists()
 
@@ -129,7 +131,8 @@ def test_result_records_reach_the_run_log_but_not_the_console(tmp_path, capsys):
 def test_run_prints_each_result_once_and_force_replaces_the_run(tmp_path, capsys):
     data = generate_dataset(tmp_path / "data", n_per_class=6, size=32, seed=3)
     out = tmp_path / "run"
-    argv = ["run", "--data", str(data), "--out", str(out), "--backbone", "efficientnet_lite0", "--epochs", "1",
+    argv = ["run", "--data", str(data), "--out", str(out), "--backbone", "efficientnet_lite0", "--weights", "random",
+            "--epochs", "1",
             "--batch-size", "8", "--no-feature-cache", "--set", "data.image_size=32", "--set", "data.num_workers=0",
             "--set", "model.head=[8]", "--set", "eval.bootstrap=5", "--set", "eval.aug_samples=1",
             "--set", "eval.grid_per_class=1"]

@@ -67,7 +67,8 @@ def test_parse_overrides_reads_yaml_values():
 
 def test_flags_override_set_which_overrides_the_config_file(tmp_path):
     config = tmp_path / "my.yaml"
-    config.write_text("name: mine\ntrain:\n  epochs: 7\n  lr: 0.5\nmodel:\n  backbone: efficientnet_lite0\n")
+    config.write_text("name: mine\ntrain:\n  epochs: 7\n  lr: 0.5\nmodel:\n  backbone: efficientnet_lite0\n"
+                      "  weights: random\n")
     cfg, out = resolve_config(_args("run", "--data", "x", "--config", str(config), "--set", "train.lr=0.25",
                                     "--set", "train.epochs=9", "--epochs", "4", "--seed", "5", "--compile",
                                     "--no-feature-cache", "--precision", "fp32"))
@@ -83,6 +84,7 @@ def test_flags_override_set_which_overrides_the_config_file(tmp_path):
 def test_resume_takes_the_run_config_unless_another_is_given(tmp_path):
     saved = RunConfig(name="old")
     saved.model.backbone = "efficientnet_lite0"
+    saved.model.weights = "random"
     saved.train.epochs = 3
     (tmp_path / "old").mkdir()
     save_config(saved, tmp_path / "old" / "config.yaml")
@@ -118,6 +120,7 @@ def _checkpoint(tmp_path: Path) -> Path:
 
     cfg = RunConfig()
     cfg.model.backbone = "efficientnet_lite0"
+    cfg.model.weights = "random"
     cfg.model.head = (8,)
     cfg.data.num_workers = 0
     cfg.eval.bootstrap = 10
@@ -160,7 +163,7 @@ def test_train_command_on_tiny_data_prints_the_best_checkpoint(tmp_path, capsys)
     data = generate_dataset(tmp_path / "data", n_per_class=10, size=32, seed=2)
     out = tmp_path / "run"
     code = main(["train", "--data", str(data), "--out", str(out), "--backbone", "efficientnet_lite0",
-                 "--epochs", "1", "--batch-size", "8", "--no-feature-cache", "--set", "data.image_size=32",
+                 "--weights", "random", "--epochs", "1", "--batch-size", "8", "--no-feature-cache", "--set", "data.image_size=32",
                  "--set", "data.num_workers=0", "--set", "model.head=[8]"])
     captured = capsys.readouterr()
     lines = captured.out.strip().splitlines()

@@ -96,7 +96,7 @@ def test_bad_label_and_size_are_user_errors(tmp_path: Path) -> None:
 def test_generate_dataset_writes_class_folders_deterministically(tmp_path: Path) -> None:
     out = generate_dataset(tmp_path / "a", n_per_class=3, size=SIZE, seed=1)
     assert out == tmp_path / "a"
-    assert sorted(p.name for p in out.iterdir()) == sorted(CLASSES)
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(CLASSES)  # beside SYNTHETIC.txt
     files = sorted(out.rglob("*.png"))
     assert len(files) == 3 * len(CLASSES)
     assert (out / "Lung_Opacity" / "lung_opacity_0002.png").is_file()
@@ -114,7 +114,7 @@ def test_generate_dataset_writes_class_folders_deterministically(tmp_path: Path)
 def test_a_class_subset_gives_the_same_files_for_that_class(tmp_path: Path) -> None:
     full = generate_dataset(tmp_path / "full", n_per_class=2, size=SIZE, seed=0)
     part = generate_dataset(tmp_path / "part", n_per_class=2, size=SIZE, seed=0, classes=["Viral_Pneumonia"])
-    assert [p.name for p in part.iterdir()] == ["Viral_Pneumonia"]
+    assert [p.name for p in part.iterdir() if p.is_dir()] == ["Viral_Pneumonia"]
     for path in (part / "Viral_Pneumonia").iterdir():
         assert path.read_bytes() == (full / "Viral_Pneumonia" / path.name).read_bytes()
 
@@ -123,3 +123,38 @@ def test_discovery_reads_the_generated_folder(tmp_path: Path) -> None:
     found = discover(generate_dataset(tmp_path, n_per_class=2, size=SIZE))
     assert found.classes == list(CLASSES)
     assert len(found.samples) == 2 * len(CLASSES)
+
+
+def test_severity_scales_the_class_pattern_and_shared_patterns_add_another() -> None:
+    normal = make_image("Normal", np.random.default_rng(5), SIZE).astype(np.float64)
+    full = make_image("Lung_Opacity", np.random.default_rng(5), SIZE).astype(np.float64) - normal
+    faint = make_image("Lung_Opacity", np.random.default_rng(5), SIZE, severity=0.3).astype(np.float64) - normal
+    assert 0.15 * full.sum() < faint.sum() < 0.5 * full.sum()
+    mixed = make_image("Normal", np.random.default_rng(5), SIZE, shared={"Lung_Opacity": 0.3}).astype(np.float64)
+    np.testing.assert_allclose(mixed - normal, faint, atol=2.0)  # a Normal image with a faint opacity
+    with pytest.raises(CxrError, match="shared pattern 'Normal'"):
+        make_image("COVID", np.random.default_rng(0), SIZE, shared={"Normal": 0.5})
+
+
+def test_overlap_draws_weak_cases_shared_patterns_and_wrong_labels() -> None:
+    from cxr.data.synthetic import CLEAR, Overlap, draw_case
+
+    cases = [draw_case("COVID", np.random.default_rng(i), Overlap()) for i in range(400)]
+    relabelled = sum(c.drawn != "COVID" for c in cases)
+    assert 5 <= relabelled <= 35  # ~4% label noise
+    assert sum(bool(c.shared) for c in cases) > 40 and all("COVID" != n for c in cases for n in c.shared if c.drawn == "COVID")
+    assert min(c.severity for c in cases) < 0.6
+    clear = [draw_case("COVID", np.random.default_rng(i), CLEAR) for i in range(50)]
+    assert all(c.drawn == "COVID" and c.severity == 1.0 and not c.shared for c in clear)
+
+
+def test_the_dataset_folder_says_it_is_synthetic_and_lists_wrong_labels(tmp_path: Path) -> None:
+    from cxr.data.synthetic import SYNTHETIC_MARKER, Overlap, is_synthetic
+
+    out = generate_dataset(tmp_path / "noisy", n_per_class=4, size=SIZE, seed=0, overlap=Overlap(label_noise=0.5))
+    text = (out / SYNTHETIC_MARKER).read_text()
+    assert "no medical meaning" in text and "drawn as" in text
+    assert is_synthetic(out) and not is_synthetic(tmp_path)
+    manifest = out / "manifest.csv"
+    manifest.write_text("path,label\n")
+    assert is_synthetic(manifest)  # a manifest beside the images

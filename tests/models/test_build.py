@@ -53,7 +53,7 @@ def test_forward_features_and_head(resnet_base: Classifier) -> None:
 @pytest.mark.parametrize("backbone", ["resnet50", "resnet50-keras", "efficientnet_lite0"])
 def test_frozen_base_step_changes_only_the_head(backbone: str) -> None:
     torch.manual_seed(0)
-    model = build_model(ModelConfig(backbone=backbone, freeze="base"), num_classes=4)
+    model = build_model(ModelConfig(backbone=backbone, weights="random", freeze="base"), num_classes=4)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
     assert model.head.training and all(not m.training for m in _norms(model.backbone))
@@ -76,7 +76,7 @@ def test_frozen_base_step_changes_only_the_head(backbone: str) -> None:
 
 def test_stages_freeze_trains_the_last_stages() -> None:
     torch.manual_seed(0)
-    model = build_model(ModelConfig(backbone="resnet50", freeze="stages:2"), num_classes=4)
+    model = build_model(ModelConfig(backbone="resnet50", weights="random", freeze="stages:2"), num_classes=4)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     expected = {
         n
@@ -103,7 +103,7 @@ def test_stages_freeze_trains_the_last_stages() -> None:
 
 
 def test_freeze_modes_switch_and_validate() -> None:
-    model = build_model(ModelConfig(backbone="efficientnet_lite0", freeze="none"), num_classes=3)
+    model = build_model(ModelConfig(backbone="efficientnet_lite0", weights="random", freeze="none"), num_classes=3)
     counts = count_parameters(model)
     assert counts["trainable"] == counts["total"]
     apply_freeze(model, "stages:0")
@@ -125,7 +125,7 @@ def test_build_errors_and_no_file_access(monkeypatch: pytest.MonkeyPatch) -> Non
     ):
         build_model(ModelConfig(backbone="vgg16"), num_classes=4)
     with pytest.raises(CxrError, match="at least 2 classes"):
-        build_model(ModelConfig(backbone="efficientnet_lite0"), num_classes=1)
+        build_model(ModelConfig(backbone="efficientnet_lite0", weights="random"), num_classes=1)
 
     def refuse(*_args, **_kwargs):
         raise AssertionError("load_weights=False must not read weights")
@@ -160,6 +160,7 @@ def test_checkpoint_round_trip(tmp_path) -> None:
 
     cfg = RunConfig()
     cfg.model.backbone = "efficientnet_lite0"
+    cfg.model.weights = "random"
     model = build_model(cfg.model, num_classes=4).eval()
     path = save_checkpoint(
         tmp_path / "c.pt",

@@ -32,7 +32,8 @@ def test_summary_json_is_the_seed_count(capsys: pytest.CaptureFixture[str]) -> N
 
 def test_summary_table(capsys: pytest.CaptureFixture[str]) -> None:
     argv = (
-        "model summary --backbone efficientnet_lite0 --freeze stages:1 --classes 3 --input-size 64 --depth 2"
+        "model summary --backbone efficientnet_lite0 --weights random --freeze stages:1 --classes 3 "
+        "--input-size 64 --depth 2"
     )
     code = main(argv.split())
     out = capsys.readouterr().out

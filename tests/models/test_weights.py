@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import sys
 from pathlib import Path
 from urllib.error import URLError
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from cxr.errors import CxrError
+from cxr.models import cache
 from cxr.models import weights as W
 from cxr.models.efficientnet import efficientnet_lite0
 from cxr.models.resnet import resnet50
@@ -19,8 +21,9 @@ from cxr.models.weights import resolve_weights
 
 @pytest.fixture
 def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty torch hub cache; any download attempt fails as it would offline."""
+    """An empty torch hub cache; the host answers the probe, but any download attempt fails as it would offline."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(cache, "unreachable", lambda url, timeout=0.0: None)
     calls: list[str] = []
 
     def offline(url: str, dst: str, hash_prefix: str | None = None, progress: bool = True) -> None:
@@ -85,6 +88,18 @@ def test_imagenet_offline_says_what_to_download_where(torch_home: Path) -> None:
     assert str(target) in message
     assert "URLError" in message and "file:PATH" in message
     assert not target.exists()
+
+
+def test_unreachable_host_fails_at_once_without_trying_the_download(
+    torch_home: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(cache, "unreachable", lambda url, timeout=0.0: "download.pytorch.org unreachable: no route")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("download attempted"))
+    with caplog.at_level(logging.INFO, logger="cxr.models.cache"), pytest.raises(CxrError) as info:
+        resolve_weights("imagenet", "resnet50").load(resnet50("v1.5"))
+    assert "download.pytorch.org unreachable: no route" in str(info.value) and "\n" not in str(info.value)
+    assert not any("downloading" in r.getMessage() for r in caplog.records)
+    assert not (torch_home / "hub" / "checkpoints").exists()
 
 
 def test_imagenet_from_hub_cache(

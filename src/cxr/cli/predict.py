@@ -1,4 +1,4 @@
-"""`cxr predict`, `cxr explain`, `cxr export` and `cxr serve`: the trained model in users' hands."""
+"""`cxr predict`, `cxr explain` and `cxr export`: the trained model in users' hands (`cxr serve`: cli/serve.py)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ from cxr.cli._common import (
 )
 from cxr.config import DEVICES, EVAL_ENGINES, PRECISIONS
 from cxr.errors import CxrError, ImageReadError
-from cxr.serve.limits import ServeLimits, read_api_key
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +36,6 @@ PRECISION_HELP = (f"compute precision: {' | '.join(PRECISIONS)}; auto = PyTorch 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's subcommands to the `cxr` parser."""
     _register_use(sub)
-    _register_serve(sub)
 
 
 def _register_use(sub: argparse._SubParsersAction) -> None:
@@ -58,7 +56,10 @@ def _register_use(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="auto", metavar="MODE", help=PRECISION_HELP)
     p.add_argument("--threads", type=non_negative_int, default=0, metavar="N", help=THREADS_HELP)
 
-    p = add_command(sub, "explain", cmd_explain, "Grad-CAM heatmap of one image, overlaid on the X-ray")
+    p = add_command(sub, "explain", cmd_explain, "Grad-CAM heatmap of one image, overlaid on the X-ray",
+                    description="Write the Grad-CAM overlay at the image's size to --out, and beside it "
+                    "OUT.figure.png/.svg: the X-ray and the overlay side by side, a colour bar, and the class "
+                    "explained with its probability.")
     p.add_argument("checkpoint", type=existing_path, help="a cxr checkpoint (.pt)")
     p.add_argument("image", type=existing_path, help="the image file")
     p.add_argument("--out", type=Path, required=True, metavar="FILE", help="output PNG")
@@ -86,43 +87,6 @@ def _register_use(sub: argparse._SubParsersAction) -> None:
                    help="onnx only: measure the accuracy of PyTorch and of each ONNX file on this labelled folder")
     p.add_argument("--eval-limit", type=positive_int, metavar="N",
                    help="with --eval: use this many images, evenly spaced (default: all)")
-
-
-def _register_serve(sub: argparse._SubParsersAction) -> None:
-    p = add_command(sub, "serve", cmd_serve, "serve a checkpoint over HTTP (API + web page)",
-                    description="Start the HTTP API (POST /v1/predict, POST /v1/predict/batch, POST /v1/explain, "
-                    "GET /v1/health, GET /v1/model), the web page at / and the API docs at /docs with uvicorn. "
-                    "Needs the `serve` extra. The limits below keep a server reachable from other machines "
-                    "safe: slow clients are dropped, decode cost and queue length are bounded.")
-    p.add_argument("checkpoint", type=existing_path, help="a cxr checkpoint (.pt)")
-    p.add_argument("--host", default="127.0.0.1", metavar="ADDRESS",
-                   help="interface to listen on (0.0.0.0: every interface)")
-    p.add_argument("--port", type=int, default=8000, metavar="N", help="TCP port")
-    p.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
-    p.add_argument("--engine", choices=EVAL_ENGINES, default="auto", metavar="NAME",
-                   help=ENGINE_HELP + "; tuned for latency (one request at a time); explain always runs on PyTorch")
-    p.add_argument("--threads", type=non_negative_int, default=0, metavar="N", help=THREADS_HELP)
-    p.add_argument("--api-key-file", type=Path, metavar="FILE",
-                   help="require the key in FILE (first line, at least 16 characters) on every /v1/* request, "
-                   "as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'")
-    p.add_argument("--no-docs", action="store_true", help="do not serve the API docs at /docs")
-    limits = p.add_argument_group("limits")
-    defaults = ServeLimits()
-    limits.add_argument("--max-body-mb", type=float, default=defaults.max_body_mb, metavar="MB",
-                        help="largest request body in MB (a batch counts whole)")
-    limits.add_argument("--max-pixels", type=int, default=defaults.max_pixels,
-                        help="largest image, width x height; it may decode to at most 2 bytes per pixel")
-    limits.add_argument("--max-files", type=int, default=defaults.max_files,
-                        help="most images in one POST /v1/predict/batch")
-    limits.add_argument("--max-queue", type=int, default=defaults.max_queue,
-                        help="images accepted and not yet answered; more get 503 with a Retry-After header")
-    limits.add_argument("--limit-concurrency", type=int, default=defaults.limit_concurrency,
-                        help="open connections and requests; more get 503")
-    limits.add_argument("--timeout", type=float, default=defaults.timeout_s,
-                        help="seconds for a request's headers, and then for its whole body, to arrive; "
-                        "slower clients are dropped")
-    limits.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout_s,
-                        help="most seconds without a byte of a request body")
 
 
 def _region_arguments(p: argparse.ArgumentParser, what: str) -> None:
@@ -236,6 +200,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise CxrError(f"no image files found in {', '.join(args.inputs)}")
     set_threads(args.threads)
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, precision=args.precision)
+    warn_if_synthetic(predictor)
     region = _region(args)
     results: list[tuple[str, Prediction]] = []
     engine_chosen = False
@@ -266,6 +231,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if skipped:
         log.warning("skipped (unreadable): %s", ", ".join(item for item, _ in skipped))
     return 1 if skipped else 0
+
+
+def warn_if_synthetic(predictor: Any) -> None:
+    """One WARNING line when the model was trained on synthetic images (the demo's)."""
+    if predictor.synthetic:
+        log.warning("WARNING: %s was trained on synthetic images (cxr demo): its predictions have no medical "
+                    "meaning", predictor.name)
 
 
 def _rows(results: list[tuple[str, Any]], classes: list[str]) -> list[list[str]]:
@@ -313,6 +285,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         raise CxrError(f"--out must be a .png file, got {args.out}")
     writable_output(args.out)
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device)
+    warn_if_synthetic(predictor)
     if args.class_name is not None:
         predictor.class_index(args.class_name)  # fails early, listing the classes
     region = _region(args)
@@ -324,8 +297,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
         picture = lungs_on_explanation(picture, predictor, args.image, region)
     Image.fromarray(picture).save(args.out)
+    figure = result.save_figure(args.out.with_suffix(".figure.png"))
     pred = result.prediction
-    _echo(f"{args.image}: predicted {pred.label} ({pred.confidence:.3f}); heatmap for {result.class_name} -> {args.out}")
+    _echo(f"{args.image}: predicted {pred.label} ({pred.confidence:.3f}); heatmap for {result.class_name} "
+          f"({pred.probabilities[result.class_name]:.3f}) -> {args.out}; figure -> {figure}")
     return 0
 
 
@@ -364,26 +339,3 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 # -------------------------------------------------------------------------------------------- serve
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    try:
-        from cxr.serve.app import serve
-    except ImportError as exc:
-        raise CxrError(f"cxr serve needs the serve extra (pip install 'cxr[serve]'): {exc}") from None
-    from cxr.predict import Predictor
-
-    if not 0 < args.port < 65536:
-        raise CxrError(f"--port must be 1..65535, got {args.port}")
-    limits = ServeLimits(max_body_mb=args.max_body_mb, max_pixels=args.max_pixels, max_files=args.max_files,
-                         max_queue=args.max_queue, limit_concurrency=args.limit_concurrency,
-                         timeout_s=args.timeout, idle_timeout_s=args.idle_timeout)
-    from cxr.runtime import set_threads
-
-    api_key = read_api_key(args.api_key_file) if args.api_key_file is not None else None
-    set_threads(args.threads)
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, engine=args.engine,
-                                          batch_size=1, hint="latency")  # measured for single requests
-    log.info("serving %s on http://%s:%d/ (Ctrl-C to stop)", predictor.name, args.host, args.port)
-    serve(predictor, host=args.host, port=args.port, limits=limits, api_key=api_key, docs_ui=not args.no_docs)
-    return 0

@@ -197,7 +197,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                       device=args.device, precision=args.precision, batch_size=args.batch_size,
                                       split_csv=args.split_csv, engine=args.engine, threads=args.threads)
         _say(_metrics_line(metrics))
-        _say(metrics["classification_report"].rstrip())
+        _say_calibration(metrics)
+        _say(metrics.get("classification_report", "").rstrip())
     elif not wants_extras(args):
         raise CxrError("give --data PATH (the images to score) and/or --external NAME=PATH")
     if wants_extras(args):
@@ -220,6 +221,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _print_summary(run_dir)
     _say(run_dir / "report.html")
     return 0
+
+
+def _say_calibration(metrics: dict[str, Any]) -> None:
+    """The ECE before and after the stored temperature, when the metrics have them."""
+    calibration = metrics.get("calibration") or {}
+    if calibration:
+        before, after = calibration["before"], calibration["after"]
+        _say(f"calibration: temperature {metrics['temperature']:.4g}; ECE {before['ece']:.4f} uncalibrated, "
+             f"{after['ece']:.4f} calibrated; NLL {before['nll']:.4f} -> {after['nll']:.4f}")
 
 
 def _metrics_line(test: dict[str, Any]) -> str:

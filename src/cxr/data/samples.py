@@ -3,7 +3,8 @@
 The seed let Keras save augmented batches (`save_to_dir`, prefix `aug`) so a reader can see what
 the network was trained on. Here a seeded choice of training samples is read, resized, augmented
 with the run's `SeedAugment` and saved as `aug_<index>_<random>.png` (index = position in
-`samples`, random = a 7-digit draw, as in Keras' file names).
+`samples`, random = a 7-digit draw, as in Keras' file names). Each PNG carries its class and source
+image as text chunks (`LABEL_KEY`, `SOURCE_KEY`), so the report can name the class under it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from cxr.config import AugmentConfig
 from cxr.data.discover import Sample
@@ -25,6 +27,7 @@ from cxr.transforms import SeedAugment, resize_gray
 log = logging.getLogger(__name__)
 
 NAME_RANDOM_MAX = 10**7  # Keras names saved images aug_<index>_<np.random.randint(1e7)>
+LABEL_KEY, SOURCE_KEY = "cxr:label", "cxr:source"  # PNG text chunks of every augmented sample
 
 
 def pick_indices(count: int, n: int, rng: np.random.Generator) -> list[int]:
@@ -59,7 +62,10 @@ def write_augmented_samples(
         img = resize_gray(read_image(Path(root) / samples[index].path), size)
         pixels = augment(img, rng)
         path = _free_name(out_dir, index, rng)
-        Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8)).save(path)
+        text = PngInfo()
+        text.add_text(LABEL_KEY, str(samples[index].label))
+        text.add_text(SOURCE_KEY, str(samples[index].path))
+        Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8)).save(path, pnginfo=text)
         paths.append(path)
     log.info("wrote %d augmented samples to %s", len(paths), out_dir, extra=RESULT)  # commands print it
     return paths

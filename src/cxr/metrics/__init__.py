@@ -16,7 +16,12 @@ The package re-exports the names most callers use (`from cxr.metrics import clas
 
 from __future__ import annotations
 
-from cxr.metrics.calibration import apply_temperature, calibration_report, fit_temperature
+from cxr.metrics.calibration import (
+    apply_temperature,
+    calibration_report,
+    fit_temperature,
+    temperature_interval,
+)
 from cxr.metrics.classification import (
     EPSILON,
     average_precision_per_class,
@@ -77,5 +82,6 @@ __all__ = [
     "read_predictions_csv",
     "roc_auc_per_class",
     "stratified_bootstrap",
+    "temperature_interval",
     "wilson_interval",
 ]

@@ -14,11 +14,12 @@ from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax, softmax
+from scipy.special import log_softmax, logsumexp, softmax
 
 from cxr.errors import CxrError
 from cxr.metrics.checks import check_count, check_labels, check_probs, check_scores
 from cxr.metrics.classification import EPSILON, calibration_bins, cross_entropy, expected_calibration_error
+from cxr.metrics.intervals import stratified_weights
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,42 @@ def fit_temperature(
         log.warning("fitted temperature %.4g is at the bound of %s; the validation scores may be "
                     "separable or not logits of one model", temperature, bounds)
     return temperature
+
+
+def _weighted_inverse_t(z: np.ndarray, y: np.ndarray, w: np.ndarray, low: float, high: float) -> float:
+    """The 1/T in [1/high, 1/low] minimising the `w`-weighted mean NLL of softmax(z / T)."""
+    picked = z[np.arange(len(y)), y]
+
+    def nll(b: float) -> float:
+        return float(w @ (logsumexp(z * b, axis=1) - b * picked) / w.sum())
+
+    return float(minimize_scalar(nll, bounds=(1.0 / high, 1.0 / low), method="bounded",
+                                 options={"xatol": 1e-6}).x)
+
+
+def temperature_interval(
+    scores: Any,
+    y_true: Any,
+    *,
+    kind: str = "logits",
+    n_boot: int = 200,
+    seed: int = 0,
+    alpha: float = 0.05,
+    bounds: tuple[float, float] = TEMPERATURE_BOUNDS,
+) -> list[float]:
+    """Percentile interval [low, high] of the fitted T over stratified bootstrap resamples of the
+    rows (within each true class): how well the data pin T down. An interval holding 1 means the
+    data give no evidence that the scores are miscalibrated."""
+    z = as_logits(scores, kind)
+    y = check_labels(y_true, z.shape[1])
+    if len(y) != len(z):
+        raise CxrError(f"y_true has {len(y)} labels but scores have {len(z)} rows")
+    n_boot = check_count(n_boot, "n_boot")
+    low, high = (float(b) for b in bounds)
+    weights = stratified_weights(y, n_boot, np.random.default_rng(seed))
+    temps = [1.0 / _weighted_inverse_t(z, y, w, low, high) for chunk in weights for w in chunk]
+    lo, hi = np.quantile(temps, [alpha / 2.0, 1.0 - alpha / 2.0])
+    return [float(lo), float(hi)]
 
 
 def apply_temperature(scores: Any, temperature: float, *, kind: str = "logits") -> np.ndarray:

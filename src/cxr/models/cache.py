@@ -116,21 +116,28 @@ def hub_checkpoint_path(hub: HubFile) -> Path:
 
 
 def fetch_hub_file(hub: HubFile, spec: str) -> Path:
-    """The cached file, downloaded into the torch hub cache first if absent; hash-checked either way."""
+    """The cached file, downloaded into the torch hub cache first if absent; hash-checked either way.
+
+    Offline (an offline variable, or no connection to the host within `NETWORK_TIMEOUT`) it fails at
+    once with one line naming the file, where to put it and other weights to choose."""
     path = hub_checkpoint_path(hub)
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        log.info("downloading %s (%s) to %s", hub.url, hub.label, path)
-        try:
-            with socket_timeout():
-                torch.hub.download_url_to_file(hub.url, str(path), hash_prefix=hub.sha256_prefix or None,
-                                               progress=True)
-        except (OSError, RuntimeError, ValueError) as exc:  # URLError/HTTPError are OSErrors
+        reason = unreachable(hub.url)
+        if reason is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            log.info("downloading %s (%s) to %s", hub.url, hub.label, path)
+            try:
+                with socket_timeout():
+                    torch.hub.download_url_to_file(hub.url, str(path), hash_prefix=hub.sha256_prefix or None,
+                                                   progress=True)
+            except (OSError, RuntimeError, ValueError) as exc:  # URLError/HTTPError are OSErrors
+                reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+        if reason is not None:
             raise CxrError(
-                f"could not download the weights {spec!r} ({type(exc).__name__}: {exc}). Without network, "
-                f"download {hub.url} elsewhere and put it at {path} (sha256 starts with {hub.sha256_prefix}), "
-                f"or use weights file:PATH"
-            ) from None
+                f"weights {spec!r} ({hub.label}) are needed first and could not be downloaded ({reason}): "
+                f"download {hub.url} and put it at {path} (sha256 starts with {hub.sha256_prefix}), or choose "
+                f"other weights: --backbone efficientnet_lite0 --weights lite0-imagenet, or --weights file:PATH"
+            )
     digest = file_sha256(path)
     if not digest.startswith(hub.sha256_prefix):
         raise CxrError(

@@ -206,6 +206,25 @@ def _describe(report: LoadReport) -> str:
     return "; ".join(parts)
 
 
+def ensure_weights(spec: str, backbone: str) -> None:
+    """Make sure the tensors of a weights spec can be read before a run does any other work.
+
+    Hub files are fetched into the torch hub cache now (or the CxrError says which file to put
+    where); the Lite0 package must be installed; PATH specs must name a file; timm and
+    torchxrayvision weights must be cached (or downloadable). Random needs nothing.
+    """
+    record = resolve_weights(spec, backbone)
+    if record.kind == "hub":
+        hub = HUB_FILES.get(record.name) or HubFile(record.source, record.sha256_prefix or "", record.name)
+        fetch_hub_file(hub, spec=record.name)
+    elif record.kind == "package":
+        lite0_package_file()
+    elif record.kind in ("file", "keras") and not Path(record.source).is_file():
+        raise CxrError(f"weights {spec}: file not found: {record.source}")
+    elif record.kind in ("timm", "xrv"):
+        _READERS[record.kind](record, None)
+
+
 def _torch_load(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)

@@ -35,7 +35,8 @@ def _colors(n: int) -> list[str]:
 
 
 def _display_name(label: str) -> str:
-    return label.replace("_", " ")
+    """The class name as discovered, spelled the same in every table and figure."""
+    return label
 
 
 def class_bar_chart(

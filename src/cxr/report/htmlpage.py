@@ -50,6 +50,8 @@ figure img { max-width: 100%; border: 1px solid #e1e4e8; }
 figcaption { color: #57606a; font-size: .9rem; }
 .gallery { display: flex; flex-wrap: wrap; gap: .4rem; }
 .gallery img { border: 1px solid #e1e4e8; }
+.gallery figure.thumb { margin: 0; text-align: center; }
+.gallery figcaption { font-size: .8rem; }
 .missing { color: #9a6700; }
 """
 # Styles only some block kinds need, added to the page only when it holds such a block, so pages
@@ -140,7 +142,9 @@ def _(block: Image) -> str:
 
 @html_block.register
 def _(block: Gallery) -> str:
-    return '<div class="gallery">' + "".join(_html_img(i, block.width) for i in block.images) + "</div>"
+    thumbs = "".join(f'<figure class="thumb">{_html_img(i, block.width)}<figcaption>{html.escape(i.caption)}'
+                     "</figcaption></figure>" for i in block.images)
+    return f'<div class="gallery">{thumbs}</div>'
 
 
 @html_block.register

@@ -6,6 +6,7 @@ import html
 import re
 from collections.abc import Sequence
 from functools import singledispatch
+from pathlib import PurePosixPath
 from urllib.parse import quote
 
 from cxr.report.blocks import (
@@ -81,16 +82,27 @@ def _(block: Pre) -> str:
 
 @md_block.register
 def _(block: Image) -> str:
-    return f"![{md_escape(block.caption)}]({quote(block.rel)})\n\n*{md_escape(block.caption)}*"
+    caption = f"*{md_escape(block.caption)}*"
+    svg = block.path.with_suffix(".svg")
+    if block.path.suffix.lower() == ".png" and svg.is_file():  # result figures are also written as SVG
+        caption += f" ([SVG]({quote(str(PurePosixPath(block.rel).with_suffix('.svg')))}))"
+    return f"![{md_escape(block.caption)}]({quote(block.rel)})\n\n{caption}"
+
+
+GALLERY_COLUMNS = 5  # thumbnails per row of a gallery in report.md
 
 
 @md_block.register
 def _(block: Gallery) -> str:
-    # Markdown has no image width; inline HTML keeps the thumbnails small on GitHub and in editors.
-    return "".join(
-        f'<img src="{html.escape(quote(img.rel))}" width="{block.width}" alt="{html.escape(img.caption)}"/>'
+    # Markdown has no image width or caption; an inline HTML table keeps the thumbnails small and puts
+    # each caption under its image, on GitHub and in editors.
+    cells = [
+        f'<td align="center"><img src="{html.escape(quote(img.rel))}" width="{block.width}" '
+        f'alt="{html.escape(img.caption)}"/><br/>{html.escape(img.caption)}</td>'
         for img in block.images
-    )
+    ]
+    rows = ["<tr>" + "".join(cells[i : i + GALLERY_COLUMNS]) + "</tr>" for i in range(0, len(cells), GALLERY_COLUMNS)]
+    return "<table>" + "".join(rows) + "</table>"
 
 
 @md_block.register

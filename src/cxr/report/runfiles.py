@@ -30,6 +30,10 @@ from cxr.rundir import (
 log = logging.getLogger(__name__)
 
 METRICS_SPLIT_COUNTS = "split_counts"  # metrics.json key: split -> class -> images
+AUG_LABEL_KEY = "cxr:label"  # the PNG text chunk of an augmented sample naming its class (cxr.data.samples)
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_CHUNK_HEADER = 8  # 4-byte length, 4-byte type
+_CHUNK_CRC = 4
 
 
 @dataclass
@@ -41,10 +45,12 @@ class RunFiles:
     history: list[dict[str, float]] | None = None  # history.csv rows as numbers
     history_columns: list[str] = field(default_factory=list)  # history.csv header, in file order
     metrics: dict[str, Any] | None = None
+    provenance: dict[str, Any] | None = None  # provenance.json (metrics.json["provenance"] when it is gone)
     split_counts: SplitCounts | None = None  # split -> class -> images
     split_counts_source: str | None = None  # the file the counts came from
     figures: dict[str, Path] = field(default_factory=dict)  # stem -> file
     aug_images: list[Path] = field(default_factory=list)
+    aug_labels: dict[str, str] = field(default_factory=dict)  # aug image name -> class (its PNG text chunk)
     problems: dict[str, str] = field(default_factory=dict)  # file name (or metrics key) -> why unused
 
     @property
@@ -59,6 +65,26 @@ class RunFiles:
     def rel(self, path: Path) -> str:
         """`path` relative to the run folder, in posix form, for links in report.md."""
         return path.relative_to(self.run.root).as_posix()
+
+
+def png_text(path: Path) -> dict[str, str]:
+    """The tEXt chunks of a PNG file (those before the image data), {} for anything unreadable."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return {}
+    if not data.startswith(_PNG_SIGNATURE):
+        return {}
+    out, at = {}, len(_PNG_SIGNATURE)
+    while at + _CHUNK_HEADER <= len(data):
+        length, kind = int.from_bytes(data[at : at + 4], "big"), data[at + 4 : at + 8]
+        if kind in (b"IDAT", b"IEND"):
+            break
+        if kind == b"tEXt":
+            key, _, value = data[at + _CHUNK_HEADER : at + _CHUNK_HEADER + length].partition(b"\0")
+            out[key.decode("latin-1")] = value.decode("latin-1")
+        at += _CHUNK_HEADER + length + _CHUNK_CRC
+    return out
 
 
 def _broken(files: RunFiles, name: str, why: str) -> None:
@@ -114,6 +140,21 @@ def _read_metrics(files: RunFiles) -> dict[str, Any] | None:
         _broken(files, path.name, f"{path.name} is not valid: {exc}")
         return None
     return _mapping(files, path, data)
+
+
+def _read_provenance(files: RunFiles) -> dict[str, Any] | None:
+    """provenance.json (kept up to date across attempts), else the copy in metrics.json."""
+    path = files.run.provenance
+    if path.is_file():
+        try:
+            return _mapping(files, path, read_json(path))
+        except CxrError as exc:
+            _broken(files, path.name, f"{path.name} is not valid: {exc}")
+    copy = (files.metrics or {}).get("provenance")
+    if isinstance(copy, dict):
+        return copy
+    files.problems.setdefault(path.name, f"{path.name} is missing from the run directory")
+    return None
 
 
 def _read_history(files: RunFiles) -> None:
@@ -186,8 +227,10 @@ def read_run(run_dir: str | Path | RunDir) -> RunFiles:
     files = RunFiles(run=run)
     files.config = _read_config(files)
     files.metrics = _read_metrics(files)
+    files.provenance = _read_provenance(files)
     _read_history(files)
     _read_split_counts(files)
     files.figures = {p.stem: p for p in sorted(run.figures.glob("*.png"))}
     files.aug_images = sorted(run.aug_images.glob("*.png"))
+    files.aug_labels = {p.name: label for p in files.aug_images if (label := png_text(p).get(AUG_LABEL_KEY))}
     return files

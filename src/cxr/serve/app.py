@@ -36,7 +36,7 @@ from cxr.predict import Predictor
 from cxr.serve import docs, lungs
 from cxr.serve.guard import API_PREFIX, ApiKeyMiddleware, BodyGuardMiddleware
 from cxr.serve.limits import ServeLimits
-from cxr.serve.modelcard import NOT_A_MEDICAL_DEVICE, build_model_card
+from cxr.serve.modelcard import NOT_A_MEDICAL_DEVICE, SYNTHETIC_WARNING, build_model_card
 from cxr.serve.uploads import CLASS_FIELD, Upload, decode, read_batch, read_upload
 from cxr.serve.worker import MAX_BATCH, Admission, InferenceWorker
 
@@ -136,6 +136,7 @@ _UPLOAD_ERRORS = docs.error_responses(401, 408, 413, 415, 422, 503)
 
 def _add_routes(app: FastAPI, predictor: Predictor, worker: InferenceWorker, limits: ServeLimits) -> None:
     card = build_model_card(predictor)
+    warning = {"warning": SYNTHETIC_WARNING} if predictor.synthetic else {}  # in every prediction answer
     page = _static_text("index.html")
     run = Inference(predictor, worker, limits)
     app.state.admission = run.admission
@@ -160,7 +161,7 @@ def _add_routes(app: FastAPI, predictor: Predictor, worker: InferenceWorker, lim
         upload = await read_upload(request)
         with run.admission.hold(1):
             result = await run.predicted(upload)
-        return {**result, "model": predictor.name, "latency_ms": _ms_since(start)}
+        return {**result, "model": predictor.name, **warning, "latency_ms": _ms_since(start)}
 
     @app.post("/v1/predict/batch", openapi_extra=docs.upload_body(batch=True), response_model=None,
               responses={**docs.json_response(docs.BATCH, "one result per file, in order"), **_UPLOAD_ERRORS})
@@ -169,7 +170,7 @@ def _add_routes(app: FastAPI, predictor: Predictor, worker: InferenceWorker, lim
         uploads = await read_batch(request, limits.max_files)
         with run.admission.hold(sum(u.error is None for u in uploads)):
             results = await asyncio.gather(*(run.batch_result(u) for u in uploads))
-        return {"model": predictor.name, "results": results, "latency_ms": _ms_since(start)}
+        return {"model": predictor.name, **warning, "results": results, "latency_ms": _ms_since(start)}
 
     @app.post("/v1/explain", openapi_extra=docs.upload_body(with_class=True), responses={
         200: {"description": "the X-ray with the Grad-CAM heatmap overlaid", "content": {"image/png": {

@@ -71,11 +71,13 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"description": text[s], "content": {"application/json": {"schema": _ERROR}}} for s in statuses}
 
 
+_WARNING = {"type": "string", "description": "present when the model was trained on synthetic images"}
 PREDICTION = {"type": "object", "properties": {
     "label": {"type": "string", "description": "the most probable class"},
-    "probabilities": _PROBABILITIES, "model": {"type": "string"}, "latency_ms": {"type": "number"}}}
+    "probabilities": _PROBABILITIES, "model": {"type": "string"}, "warning": _WARNING,
+    "latency_ms": {"type": "number"}}}
 BATCH = {"type": "object", "properties": {
-    "model": {"type": "string"}, "latency_ms": {"type": "number"},
+    "model": {"type": "string"}, "warning": _WARNING, "latency_ms": {"type": "number"},
     "results": {"type": "array", "description": "one per file, in the order sent", "items": {
         "type": "object", "properties": {
             "file": {"type": "string"}, "label": {"type": "string"}, "probabilities": _PROBABILITIES,

@@ -33,7 +33,11 @@ LIMITATIONS = [
     "Grad-CAM heatmaps show what influenced the score, not where disease is.",
     "Only frontal chest X-rays of the listed classes are expected; any other image still gets a class.",
 ]
-_TEST_SCALARS = ("n", "loss", "accuracy", "precision", "recall", "macro_f1", "roc_auc_macro", "ece")
+SYNTHETIC_WARNING = (
+    "This model was trained on synthetic images (cxr.data.synthetic, e.g. by `cxr demo`): procedurally drawn "
+    "pictures, not X-rays. Its predictions have no medical meaning."
+)
+_TEST_SCALARS = ("n", "loss", "accuracy", "precision", "recall", "macro_f1", "roc_auc_macro", "ece", "temperature")
 _RUN_METRICS = "metrics.json"
 
 
@@ -44,7 +48,9 @@ def build_model_card(predictor: Predictor) -> dict[str, Any]:
     model_cfg = cfg.get("model", {})
     run_metrics = _run_metrics(info.path)
     test = run_metrics.get("test") or info.metrics.get("test") or {}
+    card: dict[str, Any] = {"warning": SYNTHETIC_WARNING} if predictor.synthetic else {}
     return {
+        **card,
         "name": predictor.name,
         "classes": predictor.classes,
         "not_a_medical_device": NOT_A_MEDICAL_DEVICE,
@@ -60,7 +66,9 @@ def build_model_card(predictor: Predictor) -> dict[str, Any]:
             "epoch": info.epoch,
         },
         "preprocessing": predictor.preprocessing.to_dict(),
-        "training_data": _training_data(cfg, run_metrics),
+        "calibration": {"temperature": predictor.temperature,
+                        "method": "logits divided by a temperature fitted on the validation split (1: none)"},
+        "training_data": {**_training_data(cfg, run_metrics), "synthetic": predictor.synthetic},
         "training": _training(cfg),
         "validation_metrics": _validation(info.metrics),
         "test_metrics": _test_metrics(test),

@@ -14,8 +14,8 @@ scores a saved model on a data folder. One responsibility per module:
 - `presets`, `logfile`: named settings and the run's log.txt.
 """
 
+from cxr.study.checkpoint_eval import evaluate_checkpoint
 from cxr.study.demo import run_demo
-from cxr.study.evaluation import evaluate_checkpoint
 from cxr.study.presets import demo_config, finetune_config
 from cxr.study.run import StudyResult, run_study, train
 

@@ -25,7 +25,7 @@ from cxr.metrics.predictions import read_predictions_csv
 from cxr.report.document import write_report
 from cxr.rundir import RunDir, SplitRow, read_json, write_json
 from cxr.runtime import Compute, set_threads
-from cxr.study.evaluation import evaluation_rows
+from cxr.study.checkpoint_eval import evaluation_rows
 from cxr.study.external import external_section, external_sets
 from cxr.study.phases import TrainingRun
 from cxr.study.scoring import rows_with_regions

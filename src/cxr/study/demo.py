@@ -7,6 +7,7 @@ from pathlib import Path
 
 from cxr.config import RunConfig
 from cxr.data.synthetic import CLASSES, generate_dataset
+from cxr.models.weights import ensure_weights
 from cxr.rundir import RunDir
 from cxr.study.folder import check_folder
 from cxr.study.presets import DEMO_DATA_SEED, DEMO_IMAGE_SIZE, DEMO_IMAGES_PER_CLASS, demo_config
@@ -26,7 +27,9 @@ def run_demo(
 ) -> StudyResult:
     """Generate the synthetic dataset into out_dir/data (once) and run the demo study in out_dir."""
     out = Path(out_dir)
+    cfg = cfg or demo_config()
     check_folder(RunDir(out), resume=False, force=force)  # before generating anything
+    ensure_weights(cfg.model.weights, cfg.model.backbone)  # so is a missing weights package
     data = out / "data"
     expected = len(CLASSES) * n_per_class
     existing = sum(1 for _ in data.glob("*/*.png")) if data.is_dir() else 0
@@ -35,4 +38,4 @@ def run_demo(
         generate_dataset(data, n_per_class=n_per_class, size=DEMO_IMAGE_SIZE, seed=DEMO_DATA_SEED)
     else:
         log.info("reusing the %d synthetic images in %s", existing, data)
-    return run_study(cfg or demo_config(), data, out, force=force, cache_dir=cache_dir, progress=progress)
+    return run_study(cfg, data, out, force=force, cache_dir=cache_dir, progress=progress)

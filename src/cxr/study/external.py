@@ -29,7 +29,7 @@ from cxr.errors import CxrError
 from cxr.logs import RESULT
 from cxr.metrics.partial import present_class_metrics, restrict, worse_than
 from cxr.runtime import Compute
-from cxr.study.evaluation import all_rows
+from cxr.study.checkpoint_eval import all_rows
 from cxr.study.scoring import require_regions, score_rows
 from cxr.study.shortcut import AuditSettings, shortcut_audit
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from cxr.config import RunConfig, load_config, to_dict, validate_config
 from cxr.data.discover import discover
 from cxr.errors import CxrError
+from cxr.models.weights import ensure_weights
 from cxr.rank import is_main_process
 from cxr.rundir import RunDir, RunLock, read_split_csv
 from cxr.training.distributed import run_on_main
@@ -28,6 +29,18 @@ log = logging.getLogger(__name__)
 RESUMABLE = ("name", "data.root", "data.num_workers", "data.task", "train.epochs", "train.finetune_epochs",
              "train.device", "train.compile", "train.early_stopping", "eval.", "track.", "model.cam_layer")
 _LISTED = 5
+
+
+def untrained_backbone(cfg: RunConfig) -> bool:
+    """Whether the run trains only a head on a frozen, randomly initialised backbone."""
+    return cfg.model.weights == "random" and cfg.model.freeze == "base" and cfg.train.finetune_epochs == 0
+
+
+def warn_untrained_backbone(cfg: RunConfig) -> None:
+    """A WARNING for random weights with a frozen base: allowed when asked for, but no transfer learning."""
+    if untrained_backbone(cfg):
+        log.warning("model.weights is random and the base is frozen: the head learns on the features of an "
+                    "untrained backbone (not transfer learning); the report says so on its first screen")
 
 
 def check_folder(run: RunDir, *, resume: bool, force: bool) -> None:
@@ -90,6 +103,9 @@ def claim(cfg: RunConfig, data: Path, run: RunDir, *, resume: bool, force: bool)
     validate_config(cfg)  # a config built in code is checked like a loaded one, before any file is written
     if not data.exists():
         raise CxrError(f"data not found: {data}")
+    # the weights are needed first: fetched (or refused) before the folder, the audit or the split
+    run_on_main(lambda: ensure_weights(cfg.model.weights, cfg.model.backbone))
+    warn_untrained_backbone(cfg)
     created = not run.root.exists()
     try:
         run.root.mkdir(parents=True, exist_ok=True)

@@ -102,11 +102,15 @@ def train_phases(
     dist_ctx: DistributedContext | None,
     on_save: Callable[[], None] | None = None,
     on_epoch_end: Callable[[dict[str, float]], None] | None = None,
+    tags: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, dict[str, DataLoader], bool, FitResult, list[dict[str, Any]]]:
     """Run phase 1 and, when configured, phase 2; returns (module, loaders, cached, result, phases).
-    `on_epoch_end` gets each history row (the experiment tracker's `log_epoch`)."""
+
+    `on_epoch_end` gets each history row (the experiment tracker's `log_epoch`); `tags` go into the
+    `extra` of every checkpoint written (see `Checkpointer`)."""
     resume_phase = checkpoint_phase(run) if resume else 0
-    checkpointer = Checkpointer(run, classifier=model, config=cfg, classes=prepared.classes, on_save=on_save)
+    checkpointer = Checkpointer(run, classifier=model, config=cfg, classes=prepared.classes, on_save=on_save,
+                                tags=tags)
     common: dict[str, Any] = dict(compute=compute, checkpointer=checkpointer, dist_ctx=dist_ctx)
     if on_epoch_end is not None:
         common["on_epoch_end"] = on_epoch_end

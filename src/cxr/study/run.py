@@ -17,6 +17,7 @@ from typing import Any
 
 from cxr import __version__
 from cxr.config import RunConfig, save_config
+from cxr.data.synthetic import is_synthetic
 from cxr.errors import CxrError
 from cxr.logs import RESULT
 from cxr.malloc import tune_malloc
@@ -28,7 +29,8 @@ from cxr.rundir import RunDir, read_history_csv, read_json, write_json
 from cxr.runtime import Compute, describe, seed_everything, set_threads
 from cxr.study.audits import study_extras
 from cxr.study.data import prepare_data, write_augmented_samples, write_dataset_figures
-from cxr.study.evaluation import evaluate_best
+from cxr.study.errors import write_error_gallery
+from cxr.study.evaluation import calibrate_best, evaluate_best
 from cxr.study.external import check_external_sets, external_sets
 from cxr.study.folder import claim
 from cxr.study.inputs import build_classifier, with_device_augment
@@ -36,6 +38,7 @@ from cxr.study.logfile import run_log
 from cxr.study.phases import TrainingRun, train_phases
 from cxr.study.presets import default_cache_dir
 from cxr.study.summary import run_summary, write_predictions_csv, write_result_figures
+from cxr.temperature import SYNTHETIC_KEY
 from cxr.tracking.base import NullTracker, Tracker
 from cxr.tracking.session import tracking
 from cxr.training.distributed import DistributedContext, distributed_session, run_on_main
@@ -129,8 +132,11 @@ def train_run(
             save_config(cfg, run.config)
     counts = prepared.counts()
     log.info("classes %s; %s", prepared.classes, ", ".join(f"{s} {sum(c.values())}" for s, c in counts.items()))
+    synthetic = is_synthetic(data) or is_synthetic(prepared.root)
+    if synthetic:
+        log.warning("data: %s holds synthetic images (cxr.data.synthetic): results have no medical meaning", data)
     if main:
-        provenance.record_data(data.resolve(), len(prepared.rows))
+        provenance.record_data(data.resolve(), len(prepared.rows), synthetic=synthetic)
         provenance.save()
     if figures and main:
         write_dataset_figures(prepared, cfg, run)
@@ -143,11 +149,16 @@ def train_run(
     cache_dir = cache_dir or default_cache_dir()
     module, loaders, cached, result, phases = train_phases(
         model, prepared, cfg, run, compute=compute, cache_dir=cache_dir, resume=resume,
-        dist_ctx=dist_ctx, on_save=provenance.save if main else None,
+        dist_ctx=dist_ctx, on_save=provenance.save if main else None, tags={SYNTHETIC_KEY: synthetic},
         on_epoch_end=None if tracker is None or isinstance(tracker, NullTracker) else tracker.log_epoch)
-    return TrainingRun(cfg=cfg, prepared=prepared, model=model, module=module, loaders=loaders,
-                       feature_cache=cached, compute=compute, result=result, cache_dir=cache_dir,
-                       seconds=time.perf_counter() - started, info={"parameters": params, "phases": phases})
+    info = {"parameters": params, "phases": phases,
+            "data": {"root": str(data.resolve()), "images": len(prepared.rows), "synthetic": synthetic}}
+    trained = TrainingRun(cfg=cfg, prepared=prepared, model=model, module=module, loaders=loaders,
+                          feature_cache=cached, compute=compute, result=result, cache_dir=cache_dir,
+                          seconds=time.perf_counter() - started, info=info)
+    if main:  # the temperature of best.pt, fitted on the validation split, stored in it
+        trained.info["calibration"] = calibrate_best(trained)
+    return trained
 
 
 def train(
@@ -212,17 +223,21 @@ def run_study(
 
 def finish_study(trained: TrainingRun, run: RunDir, provenance: Provenance, *, processes: int,
                  tracker: Tracker | None = None) -> dict[str, Any]:
-    """Evaluate best.pt on the test split, write predictions, figures, metrics.json and the report;
-    the test metrics and those files also go to `tracker`."""
-    metrics, rows, y_true, probs = evaluate_best(trained)
+    """Evaluate best.pt (calibrated) on the test split; write predictions, figures, the error gallery,
+    the shortcut audit and external sets, metrics.json and the report; the test metrics and those
+    files also go to `tracker`."""
+    metrics, rows, test = evaluate_best(trained, trained.info["calibration"])
     classes = trained.prepared.classes
-    write_predictions_csv(rows, y_true, probs, classes, run.predictions, thresholds=metrics.get("thresholds"))
-    write_result_figures(read_history_csv(run.history), metrics, y_true, probs, classes, run.figures,
-                         trained.cfg.eval.ece_bins)
-    extras = study_extras(trained, run, rows, y_true, probs)  # shortcut audit, external sets
+    write_predictions_csv(rows, test.y, test.calibrated, classes, run.predictions,
+                          thresholds=metrics.get("thresholds"))
+    write_result_figures(read_history_csv(run.history), metrics, test, classes, run.figures,
+                         trained.cfg.eval.ece_bins, best_epoch=trained.result.best_epoch)
+    extras = study_extras(trained, run, rows, test.y, test.calibrated)  # shortcut audit, external sets
+    if not trained.prepared.multilabel:
+        extras["errors"] = write_error_gallery(trained, rows, test, run)
     summary = run_summary(trained, metrics, processes=processes, wall_seconds=provenance.wall_seconds())
     summary.update(extras)
-    summary["provenance"] = provenance.to_json()
+    summary["provenance"] = provenance.to_json()  # the same wall time: nothing ran since
     provenance.save()
     write_json(run.metrics, summary)
     write_report(run.root)

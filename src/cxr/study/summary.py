@@ -13,6 +13,7 @@ from cxr.data.multilabel import encode
 from cxr.report import result_figures as rf
 from cxr.rundir import SplitRow, write_csv
 from cxr.runtime import describe
+from cxr.study.calibrate import Scored
 from cxr.study.phases import TrainingRun
 
 
@@ -37,6 +38,7 @@ def run_summary(run: TrainingRun, metrics: dict[str, Any], *, processes: int, wa
         "wall_seconds": wall_seconds,
         "checkpoint": "checkpoints/best.pt",
         "split_report": run.prepared.split_report,
+        "data": run.info.get("data", {}),  # root, images, synthetic (no medical meaning when true)
         "cxr_version": __version__,
     }
 
@@ -65,22 +67,29 @@ def write_predictions_csv(
 def write_result_figures(
     history: list[dict[str, Any]] | None,
     metrics: dict[str, Any],
-    y_true: np.ndarray,
-    probs: np.ndarray,
+    scored: Scored,
     classes: Sequence[str],
     fig_dir: Path,
     ece_bins: int,
+    best_epoch: int | None = None,
 ) -> None:
-    """Training curves (when a history is given), confusion matrix, ROC, reliability, classification report."""
+    """Training curves (when a history is given, `best_epoch` marked), the confusion matrix normalised
+    by prediction (the seed's) and by true class, ROC and PR curves, reliability (of the calibrated
+    probabilities, and before/after calibration), the classification report."""
     fig_dir.mkdir(parents=True, exist_ok=True)
+    y, probs = scored.y, scored.calibrated
     if history:
-        rf.training_curves(history, fig_dir)
-    if np.ndim(y_true) == 2:  # multi-label: per-finding curves; no confusion matrix or top-label reliability
-        rf.roc_curves(y_true, probs, classes, fig_dir / "roc.png")
-        rf.pr_curves_figure(y_true, probs, classes, fig_dir / "pr_curves.png")
+        rf.training_curves(history, fig_dir, best_epoch=best_epoch)
+    if np.ndim(y) == 2:  # multi-label: per-finding curves; no confusion matrix or top-label reliability
+        rf.roc_curves(y, probs, classes, fig_dir / "roc.png")
+        rf.pr_curves_figure(y, probs, classes, fig_dir / "pr_curves.png")
         return
     rf.confusion_matrix_figure(metrics["confusion"], classes, fig_dir / "confusion_matrix.png", normalize="pred")
-    rf.roc_curves(y_true, probs, classes, fig_dir / "roc.png")
-    rf.reliability_diagram(y_true, probs, fig_dir / "reliability.png", bins=ece_bins)
+    rf.confusion_matrix_figure(metrics["confusion"], classes, fig_dir / "confusion_matrix_by_true.png",
+                               normalize="true")
+    rf.roc_curves(y, probs, classes, fig_dir / "roc.png")
+    rf.pr_curves_figure(y, probs, classes, fig_dir / "pr_curves.png")
+    rf.reliability_diagram(y, probs, fig_dir / "reliability.png", bins=ece_bins)
+    rf.reliability_comparison(y, scored.raw, probs, fig_dir / "reliability_calibrated.png", bins=ece_bins,
+                              temperature=scored.temperature)
     rf.classification_report_figure(metrics["classification_report"], fig_dir / "classification_report.png")
-

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,11 +81,13 @@ class Checkpointer:
     classifier: the full model stored in every checkpoint (it needs `.preprocessing`).
     config, classes: the run's, stored with it.
     on_save: called after every save.
+    tags: written into the `extra` of every checkpoint (e.g. that the data were synthetic).
     Only the main process writes; every process can restore.
     """
 
     def __init__(self, run: RunDir | str | Path, *, classifier: nn.Module, config: RunConfig,
-                 classes: Sequence[str], on_save: Callable[[], None] | None = None) -> None:
+                 classes: Sequence[str], on_save: Callable[[], None] | None = None,
+                 tags: Mapping[str, Any] | None = None) -> None:
         if getattr(classifier, "preprocessing", None) is None:
             raise TypeError("Checkpointer: the classifier stored in checkpoints needs a .preprocessing record")
         self.run = run if isinstance(run, RunDir) else RunDir(run)
@@ -93,6 +95,7 @@ class Checkpointer:
         self.config = config
         self.classes = list(classes)
         self.on_save = on_save  # called after each save (e.g. to record the run's wall time so far)
+        self.tags = dict(tags or {})
 
     def save(
         self,
@@ -113,8 +116,10 @@ class Checkpointer:
                       preprocessing=self.classifier.preprocessing, epoch=int(row["epoch"]), optimizer=optimizer,
                       metrics=row, history=state.history)
         if improved:
-            save_checkpoint(self.run.best, **common, extra={"phase": phase, "phase_start_epoch": phase_start})
+            save_checkpoint(self.run.best, **common,
+                            extra={**self.tags, "phase": phase, "phase_start_epoch": phase_start})
         extra = {
+            **self.tags,
             "phase": phase,
             "phase_start_epoch": phase_start,  # epochs of the phases before this one
             "scheduler": scheduler.state_dict() if scheduler is not None else None,

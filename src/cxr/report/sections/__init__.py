@@ -13,9 +13,14 @@ from collections.abc import Callable
 from cxr.report.blocks import Block, Heading
 from cxr.report.format import get, plain
 from cxr.report.runfiles import RunFiles
+from cxr.report.sections.banners import first_screen
+from cxr.report.sections.calibration import calibration
 from cxr.report.sections.closing import limitations, other_figures
+from cxr.report.sections.errors import errors
 from cxr.report.sections.external import external
+from cxr.report.sections.operating import operating_points
 from cxr.report.sections.overview import dataset, summary
+from cxr.report.sections.provenance import provenance
 from cxr.report.sections.results import results
 from cxr.report.sections.shortcut import shortcut, shortcut_banner
 from cxr.report.sections.training import augmented, training
@@ -23,7 +28,8 @@ from cxr.report.sections.training import augmented, training
 Section = Callable[[RunFiles], list[Block]]
 
 SECTIONS: tuple[Section, ...] = (
-    shortcut_banner, summary, dataset, results, external, shortcut, training, augmented, other_figures, limitations,
+    first_screen, shortcut_banner, summary, dataset, results, calibration, operating_points, errors, external,
+    shortcut, training, augmented, provenance, other_figures, limitations,
 )
 
 

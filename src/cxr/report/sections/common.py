@@ -15,14 +15,22 @@ FIGURE_CAPTIONS = {
     "accuracy": "Training and validation accuracy per epoch",
     "precision": "Training and validation precision (Keras semantics) per epoch",
     "recall": "Training and validation recall (Keras semantics) per epoch",
-    "confusion_matrix": "Confusion matrix on the test split, normalised by predicted label",
+    "confusion_matrix": "Confusion matrix on the test split, normalised by predicted label (the seed's)",
+    "confusion_matrix_by_true": "Confusion matrix on the test split, normalised by true label (diagonal: sensitivity)",
     "roc": "ROC curves on the test split, one class vs rest",
-    "reliability": "Reliability diagram on the test split (top-label calibration)",
+    "reliability": "Reliability diagram on the test split (top-label calibration, calibrated probabilities)",
+    "reliability_calibrated": "Reliability on the test split before and after temperature scaling",
+    "pr_curves": "Precision-recall curves on the test split, one class vs rest (dotted: prevalence)",
     "classification_report": "Classification report on the test split",
 }
 DATASET_FIGURES = ("bar_chart", "pie_chart", "dataset_images")
 TRAINING_FIGURES = ("loss", "accuracy", "precision", "recall")
-TEST_FIGURES = ("confusion_matrix", "roc", "reliability", "classification_report")
+TEST_FIGURES = ("confusion_matrix", "confusion_matrix_by_true", "roc", "reliability")
+CALIBRATION_FIGURES = ("reliability_calibrated",)
+OPERATING_FIGURES = ("pr_curves",)
+TEXT_FIGURES = ("classification_report",)  # the same content is in the report as text: not shown twice
+SHOWN_FIGURES = (*DATASET_FIGURES, *TRAINING_FIGURES, *TEST_FIGURES, *CALIBRATION_FIGURES, *OPERATING_FIGURES,
+                 *TEXT_FIGURES)
 
 
 def figures(files: RunFiles, stems: Sequence[str]) -> list[Block]:
@@ -45,3 +53,17 @@ def class_order(files: RunFiles) -> list[str]:
     known = [str(c) for c in (files.metrics or {}).get("classes") or []]
     counted = {label for per_class in (files.split_counts or {}).values() for label in per_class}
     return known + sorted(counted - set(known))
+
+
+def test_metrics(files: RunFiles) -> dict | None:
+    """metrics.json["test"] when it is a mapping, else None."""
+    test = (files.metrics or {}).get("test")
+    return test if isinstance(test, dict) else None
+
+
+def synthetic_run(files: RunFiles) -> bool:
+    """Whether the run says its data are synthetic (metrics.json "data", or the provenance record)."""
+    for record in ((files.metrics or {}).get("data"), (files.provenance or {}).get("data")):
+        if isinstance(record, dict) and record.get("synthetic") is True:
+            return True
+    return False

@@ -1,13 +1,14 @@
-"""The test-results section: this run's metrics beside the seed's published ones."""
+"""The test-results section: this run's metrics beside the seed's published ones (never for
+synthetic data, whose numbers mean nothing next to results on X-rays)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from cxr.report.blocks import Block, Bold, Heading, Para, Pre, Table, not_available, para
+from cxr.report.blocks import Block, Bold, Code, Heading, Para, Pre, Table, not_available, para
 from cxr.report.format import fmt, fmt_ci, plain
 from cxr.report.runfiles import RunFiles
-from cxr.report.sections.common import TEST_FIGURES, class_order, figures
+from cxr.report.sections.common import TEST_FIGURES, class_order, figures, synthetic_run, test_metrics
 
 # The seed's published test results (SEED_README.md, "Testing Results"), in its column order.
 SEED_RESULTS = {"loss": 0.207, "accuracy": 0.928, "precision": 0.933, "recall": 0.926}
@@ -28,7 +29,12 @@ def _comparison(test: dict[str, Any]) -> Para:
     )
 
 
-def _metric_tables(test: dict[str, Any]) -> list[Block]:
+def _no_comparison() -> Para:
+    return para(Bold("No comparison with the seed:"), " these images are synthetic, so their numbers cannot"
+                " be set beside the seed's results on the Kaggle COVID-19 Radiography Database.")
+
+
+def _metric_tables(test: dict[str, Any], synthetic: bool) -> list[Block]:
     ci = test.get("ci") or {}
     boot = test.get("bootstrap") or {}
     blocks: list[Block] = [para(
@@ -41,26 +47,34 @@ def _metric_tables(test: dict[str, Any]) -> list[Block]:
     rows = (
         ("Loss (cross-entropy)", fmt(test.get("loss")), "n/a", fmt(SEED_RESULTS["loss"])),
         ("Accuracy", fmt(test.get("accuracy")), fmt_ci(ci.get("accuracy")), fmt(SEED_RESULTS["accuracy"])),
-        ("Precision (Keras)", fmt(test.get("precision")), "n/a", fmt(SEED_RESULTS["precision"])),
-        ("Recall (Keras)", fmt(test.get("recall")), "n/a", fmt(SEED_RESULTS["recall"])),
+        ("Precision (Keras)", fmt(test.get("precision")), fmt_ci(ci.get("precision")), fmt(SEED_RESULTS["precision"])),
+        ("Recall (Keras)", fmt(test.get("recall")), fmt_ci(ci.get("recall")), fmt(SEED_RESULTS["recall"])),
         ("Macro-F1", fmt(test.get("macro_f1")), fmt_ci(ci.get("macro_f1")), "n/a"),
-        ("ROC-AUC (macro, one vs rest)", fmt(test.get("roc_auc_macro")), "n/a", "n/a"),
-        (f"ECE ({plain(test.get('ece_bins', 15))} bins)", fmt(test.get("ece")), "n/a", "n/a"),
+        ("ROC-AUC (macro, one vs rest)", fmt(test.get("roc_auc_macro")), fmt_ci(ci.get("roc_auc_macro")), "n/a"),
+        (f"ECE ({plain(test.get('ece_bins', 15))} bins)", fmt(test.get("ece")), fmt_ci(ci.get("ece")), "n/a"),
     )
-    blocks.append(Table(("Metric", "This run", "95% CI", "Seed (published)"), rows))
+    if synthetic:
+        blocks.append(Table(("Metric", "This run", "95% CI"), tuple(row[:3] for row in rows)))
+    else:
+        blocks.append(Table(("Metric", "This run", "95% CI", "Seed (published)"), rows))
     if boot:
         blocks.append(para(
             f"Confidence intervals: {boot.get('method', 'percentile')} bootstrap over test images,"
             f" {plain(boot.get('n'))} resamples, seed {plain(boot.get('seed'))}."
         ))
-    blocks.append(_comparison(test))
+    blocks.append(_no_comparison() if synthetic else _comparison(test))
     return blocks
 
 
 def _per_class(test: dict[str, Any]) -> list[Block]:
     blocks: list[Block] = [Heading(3, "Classification report")]
     report = test.get("classification_report")
-    blocks.append(Pre(report) if isinstance(report, str) else not_available("Classification report", "not in metrics.json"))
+    if isinstance(report, str):
+        blocks.append(para("scikit-learn's classification report, shown here once, as text (the seed's image of"
+                           " it is ", Code("figures/classification_report.png"), ")."))
+        blocks.append(Pre(report))
+    else:
+        blocks.append(not_available("Classification report", "not in metrics.json"))
     blocks.append(Heading(3, "Per-class metrics"))
     per_class = test.get("per_class")
     if isinstance(per_class, dict) and per_class:
@@ -93,13 +107,13 @@ def _confusion(test: dict[str, Any], classes: list[str]) -> list[Block]:
 def results(files: RunFiles) -> list[Block]:
     """Test results: the seed's table, every metric with its CI, per-class metrics, confusion counts."""
     blocks: list[Block] = [Heading(2, "Test results")]
-    test = (files.metrics or {}).get("test")
-    if not isinstance(test, dict):
+    test = test_metrics(files)
+    if test is None:
         metrics_path = files.run.metrics
         why = files.reason(metrics_path, f"{metrics_path.name} has no 'test' entry")
         blocks.append(not_available("Test metrics", why))
     else:
-        blocks += _metric_tables(test)
+        blocks += _metric_tables(test, synthetic_run(files))
         blocks += _per_class(test)
         blocks += _confusion(test, class_order(files))
     blocks.extend(figures(files, TEST_FIGURES))
