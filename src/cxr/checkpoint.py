@@ -22,6 +22,7 @@ from cxr.transforms import Preprocessing
 FORMAT = "cxr-checkpoint/1"
 REQUIRED_KEYS = ("format", "model", "config", "classes", "preprocessing")
 _ZIP_MAGIC = b"PK\x03\x04"
+DEFAULT_THRESHOLD = 0.5  # a finding is called present at this probability when validation chose no threshold
 
 
 def save_checkpoint(
@@ -120,6 +121,21 @@ def check_checkpoint(ckpt: dict[str, Any], path: str | Path) -> None:
 def config_of(ckpt: dict[str, Any]) -> RunConfig:
     """The run config stored in a checkpoint."""
     return from_dict(ckpt["config"], check_files=False)  # weights files need not exist where it is read
+
+
+def is_multilabel(ckpt: dict[str, Any]) -> bool:
+    """Whether the checkpoint's model scores findings (one sigmoid each) rather than one class (softmax)."""
+    return ((ckpt.get("config") or {}).get("data") or {}).get("task") == "multilabel"
+
+
+def thresholds_of(ckpt: dict[str, Any]) -> list[float]:
+    """The per-finding decision thresholds chosen on validation (`extra["thresholds"]`); 0.5 where a
+    finding had none (validation without both outcomes) or the checkpoint predates them."""
+    classes = ckpt.get("classes") or []
+    stored = (ckpt.get("extra") or {}).get("thresholds") or [None] * len(classes)
+    if len(stored) != len(classes):
+        raise CxrError(f"checkpoint holds {len(stored)} thresholds for {len(classes)} findings")
+    return [DEFAULT_THRESHOLD if t is None else float(t) for t in stored]
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], source: str | Path = "checkpoint") -> nn.Module:

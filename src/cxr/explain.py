@@ -30,6 +30,7 @@ from cxr.errors import CxrError
 from cxr.models.stages import as_feature_map, find_layer
 from cxr.predict import ImageInput, Prediction, Predictor
 from cxr.report.explain_figures import explanation_figure
+from cxr.transforms import output_probs
 
 OVERLAY_ALPHA = 0.45  # weight of the heatmap colour in the blend
 OVERLAY_MAX_SIDE = 1024  # overlays of larger images are drawn at this size (long side)
@@ -39,14 +40,15 @@ _FEATURE_DIMS = 4
 
 def grad_cam(
     model: nn.Module, x: torch.Tensor, class_index: int | None = None, layer: str | None = None,
-    temperature: float = 1.0,
+    temperature: float = 1.0, multilabel: bool = False,
 ) -> tuple[np.ndarray, int, np.ndarray]:
     """Grad-CAM of one input.
 
     x: normalised input (C, H, W) or (1, C, H, W) on the model's device. class_index: the class to
     explain (default: the predicted one). layer: a backbone layer path (module docstring); None or ''
     explains the feature map the head pools. Returns (cam float32 (H, W) scaled to [0, 1], the class
-    index explained, the class probabilities float64 (C,), of the logits divided by `temperature`).
+    index explained, the class probabilities float64 (C,), of the logits divided by `temperature`: a
+    softmax, or one sigmoid per finding when `multilabel`; the finding explained is then one logit).
     Runs in fp32 with gradients on, also when called under `torch.no_grad()`.
     """
     if x.dim() == _FEATURE_DIMS - 1:
@@ -75,7 +77,7 @@ def grad_cam(
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
     peak = float(cam.max())
     cam = cam / peak if peak > 0 else torch.zeros_like(cam)
-    probs = torch.softmax(logits.detach()[0] / temperature, dim=0).double().cpu().numpy()
+    probs = output_probs(logits.detach()[:1] / temperature, multilabel)[0].double().cpu().numpy()
     return cam.cpu().numpy().astype(np.float32), class_index, probs
 
 
@@ -181,11 +183,10 @@ def explain(predictor: Predictor, image: ImageInput, class_name: str | None = No
     index = predictor.class_index(class_name) if class_name is not None else None
     x = predictor.preprocess(full, box).to(predictor.device)
     cam, index, probs = grad_cam(predictor.model, x, index, layer=layer or cam_layer_of(predictor),
-                                 temperature=predictor.temperature)
+                                 temperature=predictor.temperature, multilabel=predictor.multilabel)
     classes = predictor.classes
-    table = {c: float(p) for c, p in zip(classes, probs, strict=True)}
     source = str(image) if isinstance(image, str | Path) else name
-    prediction = Prediction(label=classes[int(np.argmax(probs))], probabilities=table, source=source)
+    prediction = predictor.to_prediction(probs, source)
     return Explanation(class_name=classes[index], class_index=index, cam=cam, prediction=prediction, image=gray)
 
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from cxr import __version__
-from cxr.checkpoint import config_of, load_checkpoint, model_from_checkpoint
+from cxr.checkpoint import config_of, is_multilabel, load_checkpoint, model_from_checkpoint, thresholds_of
 from cxr.data.discover import discover
 from cxr.engine.exports import write_onnx
 from cxr.errors import CxrError
@@ -31,7 +31,7 @@ from cxr.io import IMAGE_EXTENSIONS, read_image
 from cxr.logs import RESULT
 from cxr.predict import Predictor
 from cxr.temperature import TemperatureScaled, temperature_of
-from cxr.transforms import Preprocessing, resize_gray, to_input
+from cxr.transforms import Preprocessing, output_probs, resize_gray, to_input
 
 log = logging.getLogger(__name__)
 
@@ -45,20 +45,26 @@ ORT_LOG_ERRORS = 3  # onnxruntime severity: 0 verbose, 1 info, 2 warning, 3 erro
 
 
 class ProbabilityModel(nn.Module):
-    """Wraps a classifier so the exported graph ends with the softmax: x -> (probabilities, logits)."""
+    """Wraps a classifier so the exported graph ends with its probabilities: x -> (probabilities,
+    logits), a softmax over the classes or (`multilabel`) one sigmoid per finding."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, multilabel: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.multilabel = multilabel
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(x)
-        return torch.softmax(logits, dim=1), logits
+        return (torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)), logits
 
 
-def describe_input(classes: list[str], pre: Preprocessing, temperature: float = 1.0) -> dict[str, Any]:
-    """How to build the model input from an X-ray, and what the outputs mean (stored in the export)."""
+def describe_input(classes: list[str], pre: Preprocessing, temperature: float = 1.0,
+                   thresholds: list[float] | None = None) -> dict[str, Any]:
+    """How to build the model input from an X-ray, and what the outputs mean (stored in the export);
+    `thresholds`: a multi-label model's, one per finding."""
     mean, std = pre.mean_std()
+    probabilities = ("probabilities (N, C) softmax over `classes`" if thresholds is None else
+                     "probabilities (N, C) one sigmoid per finding of `classes`, present at or over its `thresholds`")
     order = "BGR" if pre.bgr else "RGB"
     return {
         "classes": list(classes),
@@ -73,8 +79,9 @@ def describe_input(classes: list[str], pre: Preprocessing, temperature: float = 
             + (f"repeated to 3 channels ({order}), " if pre.channels == 3 else "as one channel, ")
             + "then (pixel - mean) / std per channel with pixel in 0..255"
         ),
-        "outputs": "probabilities (N, C) softmax over `classes`; logits (N, C), already divided by the temperature",
+        "outputs": f"{probabilities}; logits (N, C), already divided by the temperature",
         "temperature": float(temperature),
+        **({} if thresholds is None else {"task": "multilabel", "thresholds": list(thresholds)}),
         "cxr_version": __version__,
     }
 
@@ -104,9 +111,10 @@ def export_onnx(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(1, pre.channels, pre.size, pre.size)
-    write_onnx(ProbabilityModel(model), example, out, INPUT_NAME, OUTPUT_NAMES, opset)
+    multilabel = is_multilabel(ckpt)
+    write_onnx(ProbabilityModel(model, multilabel), example, out, INPUT_NAME, OUTPUT_NAMES, opset)
     proto = onnx.load(str(out))
-    meta = describe_input(ckpt["classes"], pre, temperature_of(ckpt))
+    meta = describe_input(ckpt["classes"], pre, temperature_of(ckpt), _thresholds(ckpt))
     meta["backbone"] = config_of(ckpt).model.backbone
     _set_metadata(proto, meta)
     proto.doc_string = "cxr chest X-ray classifier. " + meta["input"]
@@ -114,7 +122,7 @@ def export_onnx(
     onnx.save(proto, str(out))
     log.info("wrote %s (opset %d, %d classes)", out, opset, len(ckpt["classes"]), extra=RESULT)
     if check:
-        diff = check_onnx(model, out, pre)
+        diff = check_onnx(model, out, pre, multilabel=multilabel)
         _require_parity(diff, out)
     return out
 
@@ -155,7 +163,8 @@ def export_torchscript(checkpoint: str | Path | dict[str, Any], out: str | Path,
     pre = Preprocessing.from_dict(ckpt["preprocessing"])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    wrapped = ProbabilityModel(model).eval()
+    multilabel = is_multilabel(ckpt)
+    wrapped = ProbabilityModel(model, multilabel).eval()
     example = parity_inputs(pre, 2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=DeprecationWarning)
@@ -163,12 +172,12 @@ def export_torchscript(checkpoint: str | Path | dict[str, Any], out: str | Path,
         _ignore_tracer_warnings()
         with torch.no_grad():
             traced = torch.jit.trace(wrapped, (example,), check_trace=False)
-        meta = describe_input(ckpt["classes"], pre, temperature_of(ckpt))
+        meta = describe_input(ckpt["classes"], pre, temperature_of(ckpt), _thresholds(ckpt))
         meta["backbone"] = config_of(ckpt).model.backbone
         torch.jit.save(traced, str(out), _extra_files={TORCHSCRIPT_META: json.dumps(meta)})
     log.info("wrote %s (TorchScript, %d classes)", out, len(ckpt["classes"]), extra=RESULT)
     if check:
-        diff = check_torchscript(model, out, pre)
+        diff = check_torchscript(model, out, pre, multilabel=multilabel)
         _require_parity(diff, out)
     return out
 
@@ -188,8 +197,12 @@ def parity_inputs(pre: Preprocessing, n: int = PARITY_IMAGES, seed: int = 0) -> 
 
 
 @torch.no_grad()
-def _torch_probs(model: nn.Module, x: torch.Tensor) -> np.ndarray:
-    return torch.softmax(model(x).float(), dim=1).numpy()
+def _torch_probs(model: nn.Module, x: torch.Tensor, multilabel: bool = False) -> np.ndarray:
+    return output_probs(model(x), multilabel).numpy()
+
+
+def _thresholds(ckpt: dict[str, Any]) -> list[float] | None:
+    return thresholds_of(ckpt) if is_multilabel(ckpt) else None
 
 
 def ort_session(path: str | Path) -> Any:
@@ -201,18 +214,20 @@ def ort_session(path: str | Path) -> Any:
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def check_onnx(model: nn.Module, path: str | Path, pre: Preprocessing, n: int = PARITY_IMAGES) -> float:
+def check_onnx(model: nn.Module, path: str | Path, pre: Preprocessing, n: int = PARITY_IMAGES,
+               multilabel: bool = False) -> float:
     """Max abs difference of probabilities between PyTorch (fp32) and ONNX Runtime on `n` images,
     run as one batch of `n` (which also exercises the dynamic batch axis)."""
     x = parity_inputs(pre, n)
     session = ort_session(path)
     onnx_probs = session.run([OUTPUT_NAMES[0]], {INPUT_NAME: x.numpy()})[0]
-    diff = float(np.abs(onnx_probs - _torch_probs(model.float().eval(), x)).max())
+    diff = float(np.abs(onnx_probs - _torch_probs(model.float().eval(), x, multilabel)).max())
     log.info("ONNX Runtime vs PyTorch: max abs probability difference %.3g on %d images", diff, n, extra=RESULT)
     return diff
 
 
-def check_torchscript(model: nn.Module, path: str | Path, pre: Preprocessing, n: int = PARITY_IMAGES) -> float:
+def check_torchscript(model: nn.Module, path: str | Path, pre: Preprocessing, n: int = PARITY_IMAGES,
+                      multilabel: bool = False) -> float:
     """Max abs difference of probabilities between PyTorch and the saved TorchScript module."""
     x = parity_inputs(pre, n)
     with warnings.catch_warnings():
@@ -221,7 +236,7 @@ def check_torchscript(model: nn.Module, path: str | Path, pre: Preprocessing, n:
         loaded = torch.jit.load(str(path), map_location="cpu")
     with torch.no_grad():
         ts_probs = loaded(x)[0].numpy()
-    diff = float(np.abs(ts_probs - _torch_probs(model.float().eval(), x)).max())
+    diff = float(np.abs(ts_probs - _torch_probs(model.float().eval(), x, multilabel)).max())
     log.info("TorchScript vs PyTorch: max abs probability difference %.3g on %d images", diff, n, extra=RESULT)
     return diff
 
@@ -230,10 +245,11 @@ def check_export(checkpoint: str | Path | dict[str, Any], path: str | Path, fmt:
     """Max abs probability difference between a checkpoint and its export in format `fmt`."""
     ckpt, model = _load(checkpoint)
     pre = Preprocessing.from_dict(ckpt["preprocessing"])
+    multilabel = is_multilabel(ckpt)
     if fmt == "onnx":
-        return check_onnx(model, path, pre, n)
+        return check_onnx(model, path, pre, n, multilabel)
     if fmt == "torchscript":
-        return check_torchscript(model, path, pre, n)
+        return check_torchscript(model, path, pre, n, multilabel)
     raise CxrError(f"unknown export format {fmt!r}; allowed: {', '.join(FORMATS)}")
 
 
@@ -301,6 +317,9 @@ def evaluate_variants(
     """
 
     ckpt, model = _load(checkpoint)
+    if is_multilabel(ckpt):
+        raise CxrError("evaluating int8 variants by accuracy is for single-label models; this checkpoint is "
+                       "multi-label (its exports' parity is still checked with --check)")
     classes = list(ckpt["classes"])
     pre = Preprocessing.from_dict(ckpt["preprocessing"])
     found = discover(folder)

@@ -12,6 +12,11 @@ probabilities are the calibrated ones the study reports.
 The forward pass runs on an inference engine (`cxr.engine`): PyTorch (the default, and what
 `explain` always uses, since it needs gradients) or, after `use_engine`, ONNX Runtime or OpenVINO.
 Engines return logits; `postprocess` turns them into probabilities, whichever engine ran.
+
+A multi-label checkpoint (`data.task: multilabel`) scores every finding with its own sigmoid; a
+finding is called present at the threshold chosen for it on validation (`extra["thresholds"]`,
+0.5 where none was chosen), and the prediction's label joins the present findings with '|' (NIH
+style), `No Finding` when none is.
 """
 
 from __future__ import annotations
@@ -27,8 +32,16 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cxr.checkpoint import config_of, load_checkpoint, model_from_checkpoint
+from cxr.checkpoint import (
+    DEFAULT_THRESHOLD,
+    config_of,
+    is_multilabel,
+    load_checkpoint,
+    model_from_checkpoint,
+    thresholds_of,
+)
 from cxr.data.masks import Region, crop_to_lungs
+from cxr.data.multilabel import NO_FINDING, SEPARATOR
 from cxr.engine.base import INT8_ENGINE, Engine, engine_precision
 from cxr.engine.parity import synthetic_inputs
 from cxr.engine.select import EngineSpec, select_engine
@@ -40,7 +53,7 @@ from cxr.pixels import RGB_LUMA
 from cxr.runtime import autocast, resolve_device, resolve_precision
 from cxr.suggest import did_you_mean
 from cxr.temperature import check_temperature, synthetic_of, temperature_of
-from cxr.transforms import Preprocessing, resize_gray, to_input, tta_probs
+from cxr.transforms import Preprocessing, output_probs, resize_gray, to_input, tta_probs
 
 log = logging.getLogger(__name__)
 
@@ -49,19 +62,27 @@ ImageInput = str | Path | bytes | np.ndarray | Image.Image
 
 @dataclass(frozen=True)
 class Prediction:
-    """One image's result: the top class (`label`) and the probability of every class."""
+    """One image's result: the top class (`label`) and the probability of every class; for a
+    multi-label model, the findings called present (`findings`, joined by '|' in `label`) and the
+    probability of every finding."""
 
     label: str
     probabilities: dict[str, float]
     source: str | None = None  # the file path or upload name, when known
+    findings: tuple[str, ...] | None = None  # multi-label: the findings over their thresholds; None: one class
 
     @property
     def confidence(self) -> float:
-        """Probability of the top class."""
-        return self.probabilities[self.label]
+        """Probability of the top class (multi-label: of the most likely finding)."""
+        if self.findings is None:
+            return self.probabilities[self.label]
+        return max(self.probabilities.values())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "label": self.label, "probabilities": dict(self.probabilities)}
+        out = {"source": self.source, "label": self.label, "probabilities": dict(self.probabilities)}
+        if self.findings is not None:
+            out["findings"] = list(self.findings)
+        return out
 
 
 @dataclass
@@ -92,6 +113,8 @@ class Predictor:
         info: CheckpointInfo | None = None,
         engine: Engine | None = None,
         temperature: float = 1.0,
+        multilabel: bool = False,
+        thresholds: Sequence[float] | None = None,
     ) -> None:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.requested_precision = precision  # exported engines take bf16 only when it is asked for by name
@@ -104,6 +127,8 @@ class Predictor:
         self.lung_crop: float | None = None  # the crop margin of a model trained on lung crops (data.lung_crop)
         self.engine = engine  # None: PyTorch eager on self.model
         self.temperature = check_temperature(temperature, name)  # the logits are divided by it
+        self.multilabel = multilabel  # one sigmoid per finding instead of a softmax over classes
+        self.thresholds = _check_thresholds(thresholds, self._classes) if multilabel else None
 
     @classmethod
     def from_checkpoint(
@@ -133,10 +158,13 @@ class Predictor:
             extra=ckpt.get("extra") or {},
         )
         name = f"{cfg.name}/{cfg.model.backbone}@{sha[:12]}"
+        multilabel = is_multilabel(ckpt)
         predictor = cls(model, ckpt["classes"], pre, device=device, precision=precision, name=name, info=info,
-                        temperature=temperature_of(ckpt, path))
+                        temperature=temperature_of(ckpt, path), multilabel=multilabel,
+                        thresholds=thresholds_of(ckpt) if multilabel else None)
         predictor.lung_crop = cfg.data.lung_crop_margin if cfg.data.lung_crop else None
-        log.info("loaded %s (%d classes, %s on %s)", name, len(predictor.classes), predictor.precision, predictor.device)
+        log.info("loaded %s (%d %s, %s on %s)", name, len(predictor.classes), "findings" if multilabel else "classes",
+                 predictor.precision, predictor.device)
         if engine != "torch":
             predictor.use_engine(engine, batch_size=batch_size, hint=hint)
         return predictor
@@ -258,14 +286,15 @@ class Predictor:
         if self.engine is None:
             batch = batch.to(self.device, non_blocking=True)
         if tta:
-            probs = tta_probs(self._logits, batch)
+            probs = tta_probs(self._logits, batch, self.multilabel)
         else:
             probs = self.postprocess(self._logits(batch))
         return probs.cpu().numpy().astype(np.float64)
 
     def postprocess(self, logits: torch.Tensor) -> torch.Tensor:
-        """Class probabilities from logits (N, C): the one place every engine's output passes."""
-        return torch.softmax(logits.float(), dim=1)
+        """Class probabilities from logits (N, C), softmax (multi-label: a sigmoid per finding): the one
+        place every engine's output passes."""
+        return output_probs(logits, self.multilabel)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """Calibrated logits: the model's (on its engine) divided by the temperature."""
@@ -277,9 +306,13 @@ class Predictor:
         return logits if self.temperature == 1.0 else logits.float() / self.temperature
 
     def to_prediction(self, probs: np.ndarray, source: str | None = None) -> Prediction:
-        """A `Prediction` from one row of class probabilities."""
+        """A `Prediction` from one row of class (multi-label: finding) probabilities."""
         table = {c: float(p) for c, p in zip(self._classes, probs, strict=True)}
-        return Prediction(label=self._classes[int(np.argmax(probs))], probabilities=table, source=source)
+        if self.thresholds is None:
+            return Prediction(label=self._classes[int(np.argmax(probs))], probabilities=table, source=source)
+        present = tuple(c for c, p, t in zip(self._classes, probs, self.thresholds, strict=True) if p >= t)
+        return Prediction(label=SEPARATOR.join(present) or NO_FINDING, probabilities=table, source=source,
+                          findings=present)
 
 
 def as_gray_uint8(image: np.ndarray) -> np.ndarray:
@@ -291,6 +324,17 @@ def as_gray_uint8(image: np.ndarray) -> np.ndarray:
     if image.ndim == 3 and image.shape[2] in (3, 4):
         return np.clip(np.rint(image[..., :3] @ RGB_LUMA), 0, 255).astype(np.uint8)
     raise CxrError(f"image arrays must have shape (H, W) or (H, W, 3|4), got {image.shape}")
+
+
+def _check_thresholds(thresholds: Sequence[float] | None, findings: list[str]) -> list[float]:
+    """One threshold in [0, 1] per finding (0.5 each when none are given)."""
+    if thresholds is None:
+        return [DEFAULT_THRESHOLD] * len(findings)
+    values = [float(t) for t in thresholds]
+    if len(values) != len(findings) or not all(0.0 <= t <= 1.0 for t in values):
+        raise CxrError(f"multi-label thresholds must be one value in [0, 1] per finding ({len(findings)}); "
+                       f"got {list(thresholds)}")
+    return values
 
 
 def _per_image(box: Any, boxes: Sequence[Any] | None, count: int) -> list[Any]:

@@ -220,11 +220,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
             bar.update(len(paths) + len(bad))
     classes = predictor.classes
     if args.out is None:
-        _print_table(results, classes)
+        _print_table(results, classes, predictor.thresholds)
     elif args.out.suffix.lower() == ".csv":
         _write_csv(args.out, results, classes)
     else:
-        _write_json(args.out, results, skipped, predictor.name, classes)
+        _write_json(args.out, results, skipped, predictor.name, classes, predictor.thresholds)
     if args.out is not None:
         log.info("wrote %s", args.out)
     log.info("%d images predicted, %d skipped", len(results), len(skipped))
@@ -253,20 +253,24 @@ def _write_csv(out: Path, results: list[tuple[str, Any]], classes: list[str]) ->
 
 
 def _write_json(out: Path, results: list[tuple[str, Any]], skipped: list[tuple[str, str]], model: str,
-                classes: list[str]) -> None:
+                classes: list[str], thresholds: list[float] | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    doc = {
-        "model": model,
-        "classes": classes,
-        "predictions": [{"path": path, "label": p.label, "probabilities": p.probabilities} for path, p in results],
-        "skipped": [{"path": item, "reason": reason} for item, reason in skipped],
-    }
+    doc: dict[str, Any] = {"model": model, "classes": classes}
+    if thresholds is not None:  # multi-label: `label` joins the findings at or over their thresholds
+        doc.update(task="multilabel", thresholds=dict(zip(classes, thresholds, strict=True)))
+    doc["predictions"] = [{"path": path, **{k: v for k, v in p.to_dict().items() if k != "source"}}
+                          for path, p in results]
+    doc["skipped"] = [{"path": item, "reason": reason} for item, reason in skipped]
     out.write_text(json.dumps(doc, indent=2) + "\n")
 
 
-def _print_table(results: list[tuple[str, Any]], classes: list[str]) -> None:
-    header = ["path", "label", *classes]
+def _print_table(results: list[tuple[str, Any]], classes: list[str], thresholds: list[float] | None = None) -> None:
+    """One row per image: its label and the probability of every class; a multi-label model's table
+    names its column `findings` and shows, under the header, the threshold each finding is called at."""
+    header = ["path", "label" if thresholds is None else "findings", *classes]
     rows = [[path, p.label, *(f"{p.probabilities[c]:.4f}" for c in classes)] for path, p in results]
+    if thresholds is not None:
+        rows.insert(0, ["(threshold)", "", *(f"{t:.4f}" for t in thresholds)])
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         _echo("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

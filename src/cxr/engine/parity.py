@@ -3,8 +3,8 @@
 On a handful of images (the data's own when the caller has them, else synthetic chest-X-ray-like
 images from `cxr.data.synthetic`), the engine's output is compared with the reference:
 
-- logits engines: the largest absolute difference of the class probabilities (softmax of the
-  logits), bounded by 1e-3 for fp32 engines and 5e-2 for bf16/int8 ones. fp32 graph rewrites
+- logits engines: the largest absolute difference of the class probabilities, softmax of the
+  logits and, for multi-label models and shifts a softmax cannot see, their sigmoids; bounded by 1e-3 for fp32 engines and 5e-2 for bf16/int8 ones. fp32 graph rewrites
   (fused convolutions, other summation orders) move probabilities by ~1e-6; a bound 1000x larger
   still catches a wrong graph (a missing normalisation or layer moves them by 0.1 or more), while
   bf16's 8-bit mantissa moved them by up to 0.03 (PyTorch's own bf16 autocast as much as OpenVINO's);
@@ -69,9 +69,10 @@ def parity_error(reference: np.ndarray, candidate: np.ndarray, output: str) -> f
     if reference.shape != candidate.shape:
         raise CxrError(f"engine output has shape {candidate.shape}, PyTorch's {reference.shape}")
     if output == "logits":
-        ref = torch.softmax(torch.from_numpy(reference).double(), 1)
-        got = torch.softmax(torch.from_numpy(candidate).double(), 1)
-        return float((ref - got).abs().max())
+        ref, got = torch.from_numpy(reference).double(), torch.from_numpy(candidate).double()
+        softmax = (torch.softmax(ref, 1) - torch.softmax(got, 1)).abs().max()
+        sigmoid = (torch.sigmoid(ref) - torch.sigmoid(got)).abs().max()
+        return float(torch.maximum(softmax, sigmoid))
     ref = reference.astype(np.float64)
     norms = np.maximum(np.linalg.norm(ref, axis=1), np.finfo(np.float32).tiny)
     return float((np.linalg.norm(ref - candidate, axis=1) / norms).max())

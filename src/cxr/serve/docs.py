@@ -71,16 +71,20 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"description": text[s], "content": {"application/json": {"schema": _ERROR}}} for s in statuses}
 
 
+_FINDINGS = {"type": "array", "items": {"type": "string"},
+             "description": "multi-label models only: the findings at or over their thresholds (see /model)"}
 _WARNING = {"type": "string", "description": "present when the model was trained on synthetic images"}
 PREDICTION = {"type": "object", "properties": {
-    "label": {"type": "string", "description": "the most probable class"},
-    "probabilities": _PROBABILITIES, "model": {"type": "string"}, "warning": _WARNING,
+    "label": {"type": "string", "description": "the most probable class (multi-label model: the findings "
+              "called present joined by '|', or 'No Finding')"},
+    "findings": _FINDINGS, "probabilities": _PROBABILITIES, "model": {"type": "string"}, "warning": _WARNING,
     "latency_ms": {"type": "number"}}}
 BATCH = {"type": "object", "properties": {
     "model": {"type": "string"}, "warning": _WARNING, "latency_ms": {"type": "number"},
     "results": {"type": "array", "description": "one per file, in the order sent", "items": {
         "type": "object", "properties": {
-            "file": {"type": "string"}, "label": {"type": "string"}, "probabilities": _PROBABILITIES,
+            "file": {"type": "string"}, "label": {"type": "string"}, "findings": _FINDINGS,
+            "probabilities": _PROBABILITIES,
             "error": {"type": "object", "description": "instead of label and probabilities when the file "
                       "cannot be used", "properties": {"status": {"type": "integer"}, "detail": {"type": "string"}}}}}}}}
 

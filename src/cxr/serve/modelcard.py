@@ -37,7 +37,10 @@ SYNTHETIC_WARNING = (
     "This model was trained on synthetic images (cxr.data.synthetic, e.g. by `cxr demo`): procedurally drawn "
     "pictures, not X-rays. Its predictions have no medical meaning."
 )
-_TEST_SCALARS = ("n", "loss", "accuracy", "precision", "recall", "macro_f1", "roc_auc_macro", "ece", "temperature")
+_TEST_SCALARS = ("n", "loss", "accuracy", "precision", "recall", "macro_f1", "roc_auc_macro", "ece", "temperature",
+                 "mean_auroc", "mean_auroc_ci", "mean_ap", "mean_ap_ci")
+_PER_LABEL = ("positives", "prevalence", "auroc", "auroc_ci", "average_precision", "average_precision_ci",
+              "threshold", "sensitivity", "specificity")
 _RUN_METRICS = "metrics.json"
 
 
@@ -53,6 +56,7 @@ def build_model_card(predictor: Predictor) -> dict[str, Any]:
         **card,
         "name": predictor.name,
         "classes": predictor.classes,
+        **_task(predictor),
         "not_a_medical_device": NOT_A_MEDICAL_DEVICE,
         "intended_use": INTENDED_USE,
         "limitations": LIMITATIONS,
@@ -92,6 +96,13 @@ def _run_metrics(checkpoint_path: str | None) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _task(predictor: Predictor) -> dict[str, Any]:
+    """multiclass, or multilabel with the threshold each finding is called present at."""
+    if predictor.thresholds is None:
+        return {"task": "multiclass"}
+    return {"task": "multilabel", "thresholds": dict(zip(predictor.classes, predictor.thresholds, strict=True))}
+
+
 def _training_data(cfg: dict[str, Any], run_metrics: dict[str, Any]) -> dict[str, Any]:
     data = cfg.get("data", {})
     root = data.get("root")
@@ -126,6 +137,10 @@ def _test_metrics(test: dict[str, Any]) -> dict[str, Any]:
         for name, row in per_class.items()
         if isinstance(row, dict)
     }
+    per_label = test.get("per_label") or {}
+    if per_label:
+        out["per_label"] = {name: {k: v for k, v in row.items() if k in _PER_LABEL}
+                            for name, row in per_label.items() if isinstance(row, dict)}
     return out
 
 

@@ -1,12 +1,18 @@
-"""`cxr demo`: a complete study on built-in synthetic images, generated into the run folder."""
+"""`cxr demo`: a complete study on built-in synthetic images, generated into the run folder: the four
+classes (`cxr.data.synthetic`), or with `task="multilabel"` several findings per image and an
+NIH-style manifest (`cxr.data.synthetic_findings`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import shutil
 from pathlib import Path
 
 from cxr.config import RunConfig
-from cxr.data.synthetic import CLASSES, generate_dataset
+from cxr.data.synthetic import CLASSES, generate_dataset, is_synthetic
+from cxr.data.synthetic_findings import MANIFEST, generate_multilabel_dataset
+from cxr.errors import CxrError
 from cxr.models.weights import ensure_weights
 from cxr.rundir import RunDir
 from cxr.study.folder import check_folder
@@ -24,18 +30,34 @@ def run_demo(
     force: bool = False,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    task: str = "multiclass",
 ) -> StudyResult:
-    """Generate the synthetic dataset into out_dir/data (once) and run the demo study in out_dir."""
+    """Generate the synthetic dataset into out_dir/data (once) and run the demo study in out_dir.
+
+    task "multilabel": `len(CLASSES) * n_per_class` images with findings drawn independently, studied
+    as a multi-label task (sigmoid outputs, per-finding AUROC, thresholds chosen on validation)."""
+    if task not in ("multiclass", "multilabel"):
+        raise CxrError(f"unknown demo task {task!r}; allowed: multiclass, multilabel")
     out = Path(out_dir)
     cfg = cfg or demo_config()
+    if task == "multilabel":
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, task="multilabel"))
     check_folder(RunDir(out), resume=False, force=force)  # before generating anything
     ensure_weights(cfg.model.weights, cfg.model.backbone)  # so is a missing weights package
     data = out / "data"
     expected = len(CLASSES) * n_per_class
-    existing = sum(1 for _ in data.glob("*/*.png")) if data.is_dir() else 0
-    if existing != expected:
-        log.info("generating %d synthetic images (%d per class) in %s", expected, n_per_class, data)
-        generate_dataset(data, n_per_class=n_per_class, size=DEMO_IMAGE_SIZE, seed=DEMO_DATA_SEED)
+    pattern = "images/*.png" if task == "multilabel" else "*/*.png"
+    existing = sum(1 for _ in data.glob(pattern)) if data.is_dir() else 0
+    source = data / MANIFEST if task == "multilabel" else data
+    if existing != expected or not source.exists():
+        log.info("generating %d synthetic images (%s) in %s", expected,
+                 "several findings each" if task == "multilabel" else f"{n_per_class} per class", data)
+        if is_synthetic(data):  # an earlier demo's images go whole: none of another task or count stays mixed in
+            shutil.rmtree(data)
+        if task == "multilabel":
+            generate_multilabel_dataset(data, n_images=expected, size=DEMO_IMAGE_SIZE, seed=DEMO_DATA_SEED)
+        else:
+            generate_dataset(data, n_per_class=n_per_class, size=DEMO_IMAGE_SIZE, seed=DEMO_DATA_SEED)
     else:
         log.info("reusing the %d synthetic images in %s", existing, data)
-    return run_study(cfg, data, out, force=force, cache_dir=cache_dir, progress=progress)
+    return run_study(cfg, source, out, force=force, cache_dir=cache_dir, progress=progress)

@@ -245,8 +245,17 @@ def finish_study(trained: TrainingRun, run: RunDir, provenance: Provenance, *, p
     tracker.log_test(metrics, step=len(trained.result.history))
     tracker.log_artifacts([run.config, run.history, run.metrics, run.predictions, run.figures, run.report_md,
                            run.report_html, run.best])
-    log.info("test: accuracy %.4f, macro-F1 %.4f, loss %.4f (n=%d); wall time %.1f s", metrics["accuracy"],
-             metrics["macro_f1"], metrics["loss"], metrics["n"], summary["wall_seconds"],
-             extra=RESULT)  # the command prints these two itself
+    if trained.prepared.multilabel:
+        log.info("test: mean AUROC %s, mean AP %s over %d findings (n=%d); wall time %.1f s",
+                 _number(metrics["mean_auroc"]), _number(metrics["mean_ap"]), len(classes), metrics["n"],
+                 summary["wall_seconds"], extra=RESULT)
+    else:
+        log.info("test: accuracy %.4f, macro-F1 %.4f, loss %.4f (n=%d); wall time %.1f s", metrics["accuracy"],
+                 metrics["macro_f1"], metrics["loss"], metrics["n"], summary["wall_seconds"],
+                 extra=RESULT)  # the command prints these two itself
     log.info("report: %s", run.report_html, extra=RESULT)
     return summary
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

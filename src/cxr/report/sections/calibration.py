@@ -8,6 +8,7 @@ from cxr.report.blocks import Block, Bold, Code, Heading, Table, not_available, 
 from cxr.report.format import fmt, fmt_ci, plain
 from cxr.report.runfiles import RunFiles
 from cxr.report.sections.common import CALIBRATION_FIGURES, figures, test_metrics
+from cxr.report.sections.findings import is_multilabel_run
 
 
 def _side(entry: Any, key: str) -> Any:
@@ -18,6 +19,10 @@ def calibration(files: RunFiles) -> list[Block]:
     """Calibration: T and how it was fitted, ECE (95% CI) and NLL before and after, the reliability figure."""
     blocks: list[Block] = [Heading(2, "Calibration")]
     test = test_metrics(files)
+    if is_multilabel_run(files):
+        blocks.append(para("Not fitted for a multi-label run: temperature scaling rescales one softmax, and each"
+                           " finding here has its own sigmoid, called at its own threshold (Test results)."))
+        return blocks
     entry = (test or {}).get("calibration")
     if not isinstance(entry, dict):
         blocks.append(not_available("Calibration", "metrics.json has no test calibration (a run made before it)"))

@@ -5,12 +5,15 @@ from __future__ import annotations
 from cxr.report.blocks import Block, Gallery, Heading, Image, Table, not_available, para
 from cxr.report.format import fmt, plain
 from cxr.report.runfiles import RunFiles
+from cxr.report.sections.findings import is_multilabel_run
 
 THUMBNAIL_WIDTH = 300  # pixels per figure in the gallery
 
 
 def errors(files: RunFiles) -> list[Block]:
     """Error analysis: a table of the shown mistakes and a gallery of their X-ray + Grad-CAM figures."""
+    if is_multilabel_run(files):  # a mistake is per finding there; the gallery shows single-label mistakes
+        return []
     blocks: list[Block] = [Heading(2, "Error analysis")]
     entry = (files.metrics or {}).get("errors")
     if not isinstance(entry, dict) or not isinstance(entry.get("items"), list):

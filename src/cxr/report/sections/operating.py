@@ -9,6 +9,7 @@ from cxr.report.blocks import Block, Heading, Table, not_available, para
 from cxr.report.format import fmt, fmt_ci, plain
 from cxr.report.runfiles import RunFiles
 from cxr.report.sections.common import OPERATING_FIGURES, figures, test_metrics
+from cxr.report.sections.findings import is_multilabel_run
 
 
 def _with_ci(entry: dict[str, Any], key: str) -> str:
@@ -46,6 +47,8 @@ def _average_precision(test: dict[str, Any]) -> list[Block]:
 def operating_points(files: RunFiles) -> list[Block]:
     """Operating points: per class, sensitivity/specificity at the argmax and at the validation-chosen
     threshold; then average precision and the PR curves."""
+    if is_multilabel_run(files):  # per-finding thresholds and their sensitivity/specificity are in Test results
+        return []
     blocks: list[Block] = [Heading(2, "Operating points")]
     test = test_metrics(files)
     points = (test or {}).get("operating_points")

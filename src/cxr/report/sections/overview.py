@@ -6,6 +6,7 @@ from cxr.report.blocks import Block, Code, Heading, Table, not_available, para
 from cxr.report.format import fmt_duration, get, plain
 from cxr.report.runfiles import METRICS_SPLIT_COUNTS, RunFiles
 from cxr.report.sections.common import DATASET_FIGURES, class_order, figures
+from cxr.report.sections.findings import finding_counts, is_multilabel_run
 from cxr.rundir import SPLITS
 
 
@@ -59,7 +60,9 @@ def dataset(files: RunFiles) -> list[Block]:
             rows.append((label, *map(str, values), str(sum(values))))
         totals = [sum(counts.get(s, {}).values()) for s in SPLITS]
         rows.append(("Total", *map(str, totals), str(sum(totals))))
-        blocks.append(para("Images per class and split (from ", Code(str(files.split_counts_source)), ")."))
-        blocks.append(Table(("Class", *SPLITS, "total"), tuple(rows)))
+        what = "label combination" if is_multilabel_run(files) else "class"  # NIH style: 'Effusion|Mass'
+        blocks.append(para(f"Images per {what} and split (from ", Code(str(files.split_counts_source)), ")."))
+        blocks.append(Table(("Label" if what != "class" else "Class", *SPLITS, "total"), tuple(rows)))
+        blocks += finding_counts(files)
     blocks.extend(figures(files, DATASET_FIGURES))
     return blocks

@@ -9,6 +9,7 @@ from cxr.report.blocks import Block, Bold, Code, Heading, Para, Pre, Table, not_
 from cxr.report.format import fmt, fmt_ci, plain
 from cxr.report.runfiles import RunFiles
 from cxr.report.sections.common import TEST_FIGURES, class_order, figures, synthetic_run, test_metrics
+from cxr.report.sections.findings import findings_results, is_multilabel_run
 
 # The seed's published test results (SEED_README.md, "Testing Results"), in its column order.
 SEED_RESULTS = {"loss": 0.207, "accuracy": 0.928, "precision": 0.933, "recall": 0.926}
@@ -105,9 +106,12 @@ def _confusion(test: dict[str, Any], classes: list[str]) -> list[Block]:
 
 
 def results(files: RunFiles) -> list[Block]:
-    """Test results: the seed's table, every metric with its CI, per-class metrics, confusion counts."""
+    """Test results: the seed's table, every metric with its CI, per-class metrics, confusion counts
+    (a multi-label run: per-finding metrics, `cxr.report.sections.findings`)."""
     blocks: list[Block] = [Heading(2, "Test results")]
     test = test_metrics(files)
+    if is_multilabel_run(files):
+        return blocks + findings_results(files)
     if test is None:
         metrics_path = files.run.metrics
         why = files.reason(metrics_path, f"{metrics_path.name} has no 'test' entry")
