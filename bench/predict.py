@@ -81,7 +81,7 @@ def choose(data: Path, n: int, train: int) -> tuple[Path, list[Any], list[Any]]:
     picked = set(np.linspace(0, len(samples) - 1, min(n, len(samples))).round().astype(int).tolist())
     rest = [s for i, s in enumerate(samples) if i not in picked]
     training = [rest[i] for i in np.linspace(0, len(rest) - 1, min(train, len(rest))).round().astype(int)]
-    return Path(found.root), [samples[i] for i in sorted(picked)], training
+    return Path(found.root).resolve(), [samples[i] for i in sorted(picked)], training  # the manifest is elsewhere
 
 
 def train_checkpoint(root: Path, samples: list[Any], args: argparse.Namespace, work: Path) -> Path:

@@ -184,6 +184,13 @@ def test_cxr_predict_prints_per_finding_probabilities(ml_run: Path, ml_predictor
 
 
 @pytest.mark.slow
+def test_int8_is_refused_for_a_multilabel_model(ml_predictor: Predictor) -> None:
+    with pytest.raises(CxrError, match="this checkpoint is multi-label"):
+        ml_predictor.use_engine("openvino-int8")
+    assert ml_predictor.engine_name == "torch"
+
+
+@pytest.mark.slow
 def test_serve_answers_per_finding(ml_run: Path, ml_predictor: Predictor) -> None:
     from cxr.serve.app import create_app
 

@@ -42,6 +42,18 @@ def test_cpu_bf16_detection_reads_cpu_flags(tmp_path, monkeypatch):
     assert dev.resolve_precision("auto", torch.device("cpu")) == "bf16"
 
 
+def test_scoring_on_a_cpu_is_fp32_unless_bf16_is_asked_for(monkeypatch):
+    """Training takes bf16 where the CPU has it; scoring a trained model does not (bf16 changes labels)."""
+    monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: True)
+    cpu = torch.device("cpu")
+    assert dev.resolve_precision("auto", cpu) == "bf16"
+    assert dev.scoring_precision("auto", cpu) == "fp32" and dev.scoring_precision("bf16", cpu) == "bf16"
+    assert dev.Compute.resolve("cpu", "auto", scoring=True).precision == "fp32"
+    assert dev.Compute.resolve("cpu", "auto").precision == "bf16"
+    with pytest.raises(CxrError, match="allowed: auto, fp32, bf16, fp16"):
+        dev.scoring_precision("double", cpu)
+
+
 def test_resolve_precision_user_errors():
     cpu = torch.device("cpu")
     assert dev.resolve_precision("fp32", cpu) == "fp32"

@@ -50,7 +50,7 @@ from cxr.hashing import file_sha256
 from cxr.io import pil_to_gray, read_image, read_image_bytes
 from cxr.malloc import tune_malloc
 from cxr.pixels import RGB_LUMA
-from cxr.runtime import autocast, resolve_device, resolve_precision
+from cxr.runtime import autocast, resolve_device, scoring_precision
 from cxr.suggest import did_you_mean
 from cxr.temperature import check_temperature, synthetic_of, temperature_of
 from cxr.transforms import Preprocessing, output_probs, resize_gray, to_input, tta_probs
@@ -118,7 +118,7 @@ class Predictor:
     ) -> None:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.requested_precision = precision  # exported engines take bf16 only when it is asked for by name
-        self.precision = resolve_precision(precision, self.device)
+        self.precision = scoring_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         self._classes = list(classes)
         self.preprocessing = preprocessing
@@ -137,7 +137,8 @@ class Predictor:
     ) -> Predictor:
         """Load a `cxr` checkpoint (safely, weights only) and rebuild its model for inference.
 
-        precision 'auto': bf16 autocast where the device computes bf16 natively, else fp32.
+        precision 'auto': fp32 on a CPU (bf16 changes some labels: `cxr.runtime.scoring_precision`), bf16
+        autocast on a GPU that has it.
         engine: 'torch' (default), 'onnxruntime', 'openvino', 'openvino-int8' or 'auto' (see
         `use_engine`; `batch_size` and `hint` are what the engine is tuned and measured for).
         """
@@ -185,6 +186,9 @@ class Predictor:
 
             if self.info.path is None:
                 raise CxrError(f"engine {INT8_ENGINE!r} needs a checkpoint file (its run's images calibrate it)")
+            if self.multilabel:
+                raise CxrError(f"engine {INT8_ENGINE!r} is accepted by the validation macro-F1 of a single-label "
+                               "model; this checkpoint is multi-label: use --engine openvino or onnxruntime")
             root = (self.info.config.get("data") or {}).get("root")
             chosen = int8_engine_for_run(self.model, spec, self.info.path, root, self._classes, self.preprocessing)
         else:

@@ -79,3 +79,16 @@ def test_split_inputs_reads_the_split_evenly_spaced(tiny_classifier, tmp_path):
     ckpt = tmp_path / "run" / "checkpoints" / "best.pt"
     got = int8.split_inputs(ckpt, data, ["COVID", "Normal"], tiny_classifier().preprocessing, "train", 3)
     assert got.x.shape == (3, 3, SIZE, SIZE) and set(np.unique(got.y)) <= {0, 1}
+
+
+def test_a_multilabel_run_is_refused_with_the_labels_named(tiny_classifier, tmp_path):
+    """Macro-F1 of the argmax says nothing about findings: a split.csv of 'A|B' labels is refused."""
+    data = generate_dataset(tmp_path / "data", n_per_class=2, size=SIZE, seed=0, classes=("COVID", "Normal"))
+    (tmp_path / "run").mkdir()
+    write_csv(tmp_path / "run" / "split.csv", ["path", "label", "split", "group"],
+              [[str(p.relative_to(data)), label, "train", p.stem]
+               for p, label in zip(sorted(data.rglob("*.png")), ["COVID", "COVID|Normal", "No Finding", "COVID"],
+                                   strict=False)])
+    ckpt = tmp_path / "run" / "checkpoints" / "best.pt"
+    with pytest.raises(CxrError, match=r"not classes \(COVID\|Normal, No Finding\): a multi-label run"):
+        int8.split_inputs(ckpt, data, ["COVID", "Normal"], tiny_classifier().preprocessing, "train", 3)

@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 OUTPUT_SUFFIXES = (".csv", ".json")
 EXPORT_FORMATS = ("onnx", "torchscript")
 DEVICE_HELP = f"where to compute: {' | '.join(DEVICES)}"
-PRECISION_HELP = (f"compute precision: {' | '.join(PRECISIONS)}; auto = PyTorch in bf16 where the CPU has it natively, "
-                  "exported engines in fp32 (bf16 only when asked for: it changes some labels)")
+PRECISION_HELP = (f"compute precision: {' | '.join(PRECISIONS)}; auto = fp32 on a CPU, every engine alike (bf16 only "
+                  "when asked for: it changes some labels), bf16 autocast on a GPU that has it")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

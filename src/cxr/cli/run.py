@@ -86,7 +86,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--batch-size", type=positive_int, metavar="N", help="batch size (default: the run's)")
     evaluate.add_argument("--device", default="auto", metavar="DEVICE", help=f"where to compute: {DEVICE_HELP}")
     evaluate.add_argument("--precision", default="auto", choices=PRECISIONS, metavar="MODE",
-                          help="compute precision: auto (bf16 where native, else fp32; fp16 on older GPUs) | "
+                          help="compute precision: auto (fp32 on a CPU: bf16 changes some labels; bf16 on GPUs "
+                               "that have it, else fp16) | "
                                + " | ".join(PRECISIONS[1:]))
     add_external_arguments(evaluate)
     evaluate.add_argument("--engine", choices=EVAL_ENGINES, metavar="NAME",

@@ -88,7 +88,13 @@ def split_inputs(ckpt: str | Path, data_root: str | Path | None, classes: list[s
                        f"{'no data root in its config' if data_root is None else f'no split.csv beside it ({split_csv})'}")
     if not Path(data_root).exists():
         raise CxrError(f"int8 needs the run's images, but its data root {data_root} does not exist here")
-    rows = [r for r in read_split_csv(split_csv) if r.split == split and r.label in classes]
+    every = read_split_csv(split_csv)
+    foreign = sorted({r.label for r in every} - set(classes))
+    if foreign:  # a single-label run's split.csv holds its classes only; a multi-label one holds 'A|B', 'No Finding'
+        raise CxrError(f"int8 is accepted by the validation macro-F1 of a single-label model, but {split_csv} holds "
+                       f"labels that are not classes ({', '.join(foreign[:3])}): a multi-label run; use --engine "
+                       "openvino or onnxruntime")
+    rows = [r for r in every if r.split == split]
     if not rows:
         raise CxrError(f"int8 needs images of the {split} split; {split_csv} has none")
     if len(rows) > limit:

@@ -65,7 +65,8 @@ def evaluate_checkpoint(
     state, cfg, found, rows = _evaluation_inputs(ckpt_path, Path(data), split, split_csv)
     classes = list(state["classes"])
     set_threads(threads)
-    compute = Compute.resolve(device, precision, channels_last=cfg.train.channels_last, progress=progress)
+    compute = Compute.resolve(device, precision, scoring=True, channels_last=cfg.train.channels_last,
+                              progress=progress)
     model = model_from_checkpoint(state).to(compute.device)
     multilabel = found.task == "multilabel"
     dataset = SplitDataset(found.root, rows, classes, model.preprocessing, None, seed=cfg.train.seed,
