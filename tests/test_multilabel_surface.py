@@ -88,6 +88,8 @@ def test_the_demo_replaces_its_own_data_and_keeps_a_users(tmp_path: Path, monkey
     cfg, source = study.run_demo(tmp_path / "out", n_per_class=2, task="multilabel", progress=False)
     assert cfg.data.task == "multilabel" and source == data / MANIFEST
     assert not (data / "COVID").exists() and len(_read_manifest(source)) == 8
+    _, again = study.run_demo(tmp_path / "out", n_per_class=2, force=True, progress=False)  # back to four classes
+    assert again == data and not (data / MANIFEST).exists() and len(list(data.glob("*/*.png"))) == 8
     mine = tmp_path / "other" / "data" / "mine.txt"
     mine.parent.mkdir(parents=True)
     mine.write_text("keep me")

@@ -46,10 +46,9 @@ def run_demo(
     ensure_weights(cfg.model.weights, cfg.model.backbone)  # so is a missing weights package
     data = out / "data"
     expected = len(CLASSES) * n_per_class
-    pattern = "images/*.png" if task == "multilabel" else "*/*.png"
-    existing = sum(1 for _ in data.glob(pattern)) if data.is_dir() else 0
     source = data / MANIFEST if task == "multilabel" else data
-    if existing != expected or not source.exists():
+    existing = _generated_images(data, task)
+    if existing != expected:
         log.info("generating %d synthetic images (%s) in %s", expected,
                  "several findings each" if task == "multilabel" else f"{n_per_class} per class", data)
         if is_synthetic(data):  # an earlier demo's images go whole: none of another task or count stays mixed in
@@ -61,3 +60,13 @@ def run_demo(
     else:
         log.info("reusing the %d synthetic images in %s", existing, data)
     return run_study(cfg, source, out, force=force, cache_dir=cache_dir, progress=progress)
+
+
+def _generated_images(data: Path, task: str) -> int:
+    """Images of a demo folder of `task` (0 when it holds the other task's layout, so it is made again)."""
+    if not data.is_dir():
+        return 0
+    multilabel_layout = (data / MANIFEST).is_file()
+    if task == "multilabel":
+        return len(list(data.glob("images/*.png"))) if multilabel_layout else 0
+    return 0 if multilabel_layout else sum(len(list((data / name).glob("*.png"))) for name in CLASSES)
