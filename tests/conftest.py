@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,16 @@ def isolated_feature_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CXR_CACHE_DIR", str(tmp_path_factory.mktemp("feature-cache")))
         yield
+
+
+@pytest.fixture(autouse=True)
+def cxr_logger():
+    """The `cxr` logger as it was before the test: `cxr.cli.main` points it at the test's captured
+    stderr, which is closed afterwards."""
+    logger = logging.getLogger("cxr")
+    state = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = state
 
 
 @pytest.fixture

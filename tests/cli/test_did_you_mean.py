@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 import torch
 
@@ -13,15 +11,6 @@ from cxr.errors import CxrError
 from cxr.predict import Predictor
 from cxr.suggest import close_match, did_you_mean
 from cxr.transforms import Preprocessing
-
-
-@pytest.fixture(autouse=True)
-def logger_state():
-    """main() points the `cxr` logger at this test's captured stderr; restore it afterwards."""
-    logger = logging.getLogger("cxr")
-    state = (logger.handlers[:], logger.level, logger.propagate)
-    yield
-    logger.handlers[:], logger.level, logger.propagate = state
 
 
 def _parse_error(argv: list[str], capsys) -> str:

@@ -4,10 +4,8 @@
 from __future__ import annotations
 
 import json
-import logging
 
 import pytest
-import torch
 
 from cxr.cli import main
 from cxr.data.synthetic import generate_dataset
@@ -15,16 +13,7 @@ from cxr.data.synthetic import generate_dataset
 timm = pytest.importorskip("timm")
 
 
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch):
-    """One torch thread, and the `cxr` logger as it was (main() points it at captured stderr)."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    logger = logging.getLogger("cxr")
-    state = (logger.handlers[:], logger.level, logger.propagate)
-    yield
-    logger.handlers[:], logger.level, logger.propagate = state
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the `cxr` logger is restored by conftest
 
 
 def _head(width: int, classes: int = 4) -> int:

@@ -6,7 +6,6 @@ import logging
 from pathlib import Path
 
 import pytest
-import torch
 
 from cxr import study
 from cxr.cli import main, setup_logging
@@ -21,16 +20,7 @@ from cxr.study.folder import claim
 RANDOM = RunConfig(model=ModelConfig(weights="random"))  # the seed's ImageNet weights would need a download
 
 
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch):
-    """One torch thread, and the `cxr` logger restored (main() points it at captured stderr)."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    logger = logging.getLogger("cxr")
-    state = (logger.handlers[:], logger.level, logger.propagate)
-    yield
-    logger.handlers[:], logger.level, logger.propagate = state
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the `cxr` logger is restored by conftest
 
 
 def _fake_run(root: Path) -> list[Path]:

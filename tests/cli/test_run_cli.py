@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from pathlib import Path
 
 import pytest
-import torch
 
 from cxr.checkpoint import save_checkpoint
 from cxr.cli import build_parser, main
@@ -20,17 +18,7 @@ from cxr.errors import CxrError
 CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral_Pneumonia"]
 
 
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch):
-    """One torch thread (2 shared cores), and the `cxr` logger as it was: main() points it at this
-    test's captured stderr, which is closed afterwards."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    logger = logging.getLogger("cxr")
-    state = (logger.handlers[:], logger.level, logger.propagate)
-    yield
-    logger.handlers[:], logger.level, logger.propagate = state
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the `cxr` logger is restored by conftest
 
 
 def _args(*argv: str) -> argparse.Namespace:

@@ -31,17 +31,9 @@ LINE = re.compile(r"^(?P<desc>[\w ]+): (?P<done>\d+)/(?P<total>\d+) img \(\d+%\)
 
 
 @pytest.fixture(autouse=True)
-def isolated(monkeypatch, tmp_path):
-    """One thread, a private engine cache, and the `cxr` logger restored after main() pointed it at
-    this test's captured stderr."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+def isolated(monkeypatch, tmp_path, one_thread):
+    """One thread and a private engine cache (the `cxr` logger is restored by conftest)."""
     monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "cache"))
-    threads = torch.get_num_threads()
-    logger = logging.getLogger("cxr")
-    state = (logger.handlers[:], logger.level, logger.propagate)
-    yield
-    logger.handlers[:], logger.level, logger.propagate = state
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
