@@ -120,26 +120,25 @@ def existing_path(value: str) -> Path:
     return path
 
 
+def _int_at_least(value: str, low: int, expected: str) -> int:
+    """`value` as an integer >= `low`; an ArgumentTypeError says what was `expected` and what came."""
+    try:
+        number: int | None = int(value)
+    except ValueError:
+        number = None
+    if number is None or number < low:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {value!r}")
+    return number
+
+
 def non_negative_int(value: str) -> int:
     """argparse type: an integer >= 0."""
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}")
-    return number
+    return _int_at_least(value, 0, "an integer >= 0")
 
 
 def positive_int(value: str) -> int:
     """argparse type: an integer >= 1."""
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return number
+    return _int_at_least(value, 1, "a positive integer")
 
 
 def writable_output(path: Path | None, *, folder: bool = False) -> Path | None:

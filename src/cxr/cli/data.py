@@ -8,7 +8,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from cxr.cli._common import add_command, positive_int, writable_output
+from cxr.cli._common import add_command, non_negative_int, positive_int, writable_output
 from cxr.config import DataConfig, EvalConfig, allowed_values, load_config
 from cxr.data.audit import AuditReport
 from cxr.data.hashes import DEFAULT_NEAR_THRESHOLD, NEAR_METHOD, PHASH_BITS
@@ -87,20 +87,10 @@ def _out(text: str = "") -> None:
     sys.stdout.write(text + "\n")
 
 
-def _non_negative_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}")
-    return number
-
-
 def _add_threshold(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--near-threshold",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=DEFAULT_NEAR_THRESHOLD,
         metavar="N",
         help=f"max Hamming distance (of {PHASH_BITS} bits) between perceptual hashes of near duplicates",
