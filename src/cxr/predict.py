@@ -78,8 +78,10 @@ class Prediction:
             return self.probabilities[self.label]
         return max(self.probabilities.values())
 
-    def to_dict(self) -> dict[str, Any]:
-        out = {"source": self.source, "label": self.label, "probabilities": dict(self.probabilities)}
+    def to_dict(self, source: bool = True) -> dict[str, Any]:
+        """label, probabilities (and `findings` for a multi-label model); `source` first unless left out."""
+        out = {"source": self.source} if source else {}
+        out.update(label=self.label, probabilities=dict(self.probabilities))
         if self.findings is not None:
             out["findings"] = list(self.findings)
         return out
@@ -127,7 +129,7 @@ class Predictor:
         self.lung_crop: float | None = None  # the crop margin of a model trained on lung crops (data.lung_crop)
         self.engine = engine  # None: PyTorch eager on self.model
         self.temperature = check_temperature(temperature, name)  # the logits are divided by it
-        self.multilabel = multilabel  # one sigmoid per finding instead of a softmax over classes
+        # multi-label: the threshold each finding is called present at; None: one class per image
         self.thresholds = _check_thresholds(thresholds, self._classes) if multilabel else None
 
     @classmethod
@@ -198,6 +200,11 @@ class Predictor:
         self.engine = None if chosen.name == "torch" else chosen
         log.info("%s: inference on %s", self.name, chosen.describe())
         return chosen.describe()
+
+    @property
+    def multilabel(self) -> bool:
+        """Whether the model scores findings (one sigmoid each) instead of one class (a softmax)."""
+        return self.thresholds is not None
 
     @property
     def engine_name(self) -> str:

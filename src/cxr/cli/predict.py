@@ -258,8 +258,7 @@ def _write_json(out: Path, results: list[tuple[str, Any]], skipped: list[tuple[s
     doc: dict[str, Any] = {"model": model, "classes": classes}
     if thresholds is not None:  # multi-label: `label` joins the findings at or over their thresholds
         doc.update(task="multilabel", thresholds=dict(zip(classes, thresholds, strict=True)))
-    doc["predictions"] = [{"path": path, **{k: v for k, v in p.to_dict().items() if k != "source"}}
-                          for path, p in results]
+    doc["predictions"] = [{"path": path, **p.to_dict(source=False)} for path, p in results]
     doc["skipped"] = [{"path": item, "reason": reason} for item, reason in skipped]
     out.write_text(json.dumps(doc, indent=2) + "\n")
 

@@ -24,6 +24,7 @@ from cxr.cli.flags import DEMO_FLAGS, RUN_FLAGS, add_flags, flag_overrides
 from cxr.config import DEVICES, EVAL_ENGINES, PRECISIONS
 from cxr.errors import CxrError
 from cxr.rank import is_main_process
+from cxr.report.format import fmt
 
 DEVICE_HELP = " | ".join(DEVICES)
 FORCE_HELP = ("replace the run in --out: its checkpoints, history, metrics, predictions, split, audit, "
@@ -252,14 +253,11 @@ def _metrics_line(test: dict[str, Any]) -> str:
 
 def _multilabel_line(test: dict[str, Any]) -> str:
     """'test n=48: mean AUROC 0.91 [0.86, 0.95], mean AP ...; AUROC COVID 0.93, ...' (n/a: one outcome only)."""
-    def number(value: Any) -> str:
-        return "n/a" if value is None else f"{value:.4f}"
-
     def with_ci(name: str) -> str:
         bounds = test.get(f"{name}_ci")
-        return number(test.get(name)) + (f" [{bounds[0]:.4f}, {bounds[1]:.4f}]" if bounds else "")
+        return fmt(test.get(name), 4) + (f" [{bounds[0]:.4f}, {bounds[1]:.4f}]" if bounds else "")
 
-    per = ", ".join(f"{name} {number(row.get('auroc'))}" for name, row in (test.get("per_label") or {}).items())
+    per = ", ".join(f"{name} {fmt(row.get('auroc'), 4)}" for name, row in (test.get("per_label") or {}).items())
     return f"test n={test['n']}: mean AUROC {with_ci('mean_auroc')}, mean AP {with_ci('mean_ap')}; AUROC {per}"
 
 

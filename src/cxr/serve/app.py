@@ -118,7 +118,7 @@ class Inference:
     async def predicted(self, upload: Upload) -> dict[str, Any]:
         prepare = lungs.preprocessor(self.predictor, lungs.upload_boxes(self.predictor, upload.fields))
         prediction = await self.worker.predict(await self.decoded(upload, prepare))
-        return {k: v for k, v in prediction.to_dict().items() if k != "source"}  # multi-label: + findings
+        return prediction.to_dict(source=False)  # multi-label: + findings
 
     async def batch_result(self, upload: Upload) -> dict[str, Any]:
         """One file's entry of a batch answer: its prediction, or its error (status and detail)."""

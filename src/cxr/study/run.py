@@ -25,6 +25,7 @@ from cxr.models.build import count_parameters
 from cxr.provenance import Provenance
 from cxr.rank import is_main_process
 from cxr.report.document import write_report
+from cxr.report.format import fmt
 from cxr.rundir import RunDir, read_history_csv, read_json, write_json
 from cxr.runtime import Compute, describe, seed_everything, set_threads
 from cxr.study.audits import study_extras
@@ -247,7 +248,7 @@ def finish_study(trained: TrainingRun, run: RunDir, provenance: Provenance, *, p
                            run.report_html, run.best])
     if trained.prepared.multilabel:
         log.info("test: mean AUROC %s, mean AP %s over %d findings (n=%d); wall time %.1f s",
-                 _number(metrics["mean_auroc"]), _number(metrics["mean_ap"]), len(classes), metrics["n"],
+                 fmt(metrics["mean_auroc"], 4), fmt(metrics["mean_ap"], 4), len(classes), metrics["n"],
                  summary["wall_seconds"], extra=RESULT)
     else:
         log.info("test: accuracy %.4f, macro-F1 %.4f, loss %.4f (n=%d); wall time %.1f s", metrics["accuracy"],
@@ -255,7 +256,3 @@ def finish_study(trained: TrainingRun, run: RunDir, provenance: Provenance, *, p
                  extra=RESULT)  # the command prints these two itself
     log.info("report: %s", run.report_html, extra=RESULT)
     return summary
-
-
-def _number(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
