@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from cxr.report.blocks import Block, Code, Image, Para, joined
+from cxr.report.format import NOT_AVAILABLE, fmt, fmt_ci
 from cxr.report.runfiles import RunFiles
 
 FIGURE_CAPTIONS = {
@@ -46,6 +48,16 @@ def figures(files: RunFiles, stems: Sequence[str]) -> list[Block]:
     if missing:
         blocks.append(Para(("Figures not available: ", *joined(Code(m) for m in missing), "."), missing=True))
     return blocks
+
+
+def with_ci(metrics: dict[str, Any], key: str, ci_key: str | None = None) -> str:
+    """'0.912 (0.850 – 0.950)', the value alone without an interval, or 'n/a'. The interval is
+    metrics[ci_key], or metrics["ci"][key] without `ci_key`."""
+    value = metrics.get(key)
+    if value is None:
+        return NOT_AVAILABLE
+    ci = metrics.get(ci_key) if ci_key else (metrics.get("ci") or {}).get(key)
+    return f"{fmt(value)} ({fmt_ci(ci)})" if ci else fmt(value)
 
 
 def class_order(files: RunFiles) -> list[str]:

@@ -7,8 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from cxr.report.blocks import Block, Bold, Code, Heading, Para, Table, para
-from cxr.report.format import NOT_AVAILABLE, fmt, fmt_ci, plain
+from cxr.report.format import NOT_AVAILABLE, fmt, plain
 from cxr.report.runfiles import RunFiles
+from cxr.report.sections.common import with_ci
 
 SHIFT_COLUMNS = (  # metrics.json key, table header
     ("accuracy", "Accuracy"),
@@ -19,16 +20,6 @@ SHIFT_COLUMNS = (  # metrics.json key, table header
     ("ece", "ECE"),
 )
 LABELS = dict(SHIFT_COLUMNS)
-
-
-def with_ci(metrics: dict[str, Any], key: str, ci_key: str | None = None) -> str:
-    """'0.912 (0.850 – 0.950)', the value alone without an interval, or 'n/a'. The interval is
-    metrics[ci_key], or metrics["ci"][key] without `ci_key`."""
-    value = metrics.get(key)
-    if value is None:
-        return NOT_AVAILABLE
-    ci = metrics.get(ci_key) if ci_key else (metrics.get("ci") or {}).get(key)
-    return f"{fmt(value)} ({fmt_ci(ci)})" if ci else fmt(value)
 
 
 def _row(label: str, metrics: dict[str, Any]) -> tuple[str, ...]:

@@ -8,9 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 from cxr.report.blocks import Block, Bold, Code, Heading, Table, not_available, para
-from cxr.report.format import fmt, fmt_ci, plain
+from cxr.report.format import fmt, plain
 from cxr.report.runfiles import METRICS_SPLIT_COUNTS, RunFiles
-from cxr.report.sections.common import figures, test_metrics
+from cxr.report.sections.common import figures, test_metrics, with_ci
 from cxr.rundir import SPLITS
 
 FINDING_FIGURES = ("roc", "pr_curves")
@@ -38,11 +38,6 @@ def finding_counts(files: RunFiles) -> list[Block]:
                  " uncertain labels not counted):"), Table(("Finding", *SPLITS, "total"), tuple(rows))]
 
 
-def _with_ci(value: Any, ci: Any) -> str:
-    interval = fmt_ci(ci)
-    return fmt(value) if interval == fmt(None) else f"{fmt(value)} ({interval})"
-
-
 def _finding_rows(per_label: dict[str, Any]) -> tuple[tuple[str, ...], ...]:
     rows = []
     for name, v in per_label.items():
@@ -50,10 +45,9 @@ def _finding_rows(per_label: dict[str, Any]) -> tuple[tuple[str, ...], ...]:
             continue
         rows.append((
             name, f"{plain(v.get('positives'))} / {plain(v.get('labelled'))}", fmt(v.get("prevalence")),
-            _with_ci(v.get("auroc"), v.get("auroc_ci")),
-            _with_ci(v.get("average_precision"), v.get("average_precision_ci")),
-            fmt(v.get("threshold")), _with_ci(v.get("sensitivity"), v.get("sensitivity_ci")),
-            _with_ci(v.get("specificity"), v.get("specificity_ci")), fmt(v.get("f1")),
+            with_ci(v, "auroc", "auroc_ci"), with_ci(v, "average_precision", "average_precision_ci"),
+            fmt(v.get("threshold")), with_ci(v, "sensitivity", "sensitivity_ci"),
+            with_ci(v, "specificity", "specificity_ci"), fmt(v.get("f1")),
         ))
     return tuple(rows)
 
@@ -68,8 +62,8 @@ def findings_results(files: RunFiles) -> list[Block]:
     )]
     blocks.append(para(
         Bold("Mean over findings:"),
-        f" AUROC {_with_ci(test.get('mean_auroc'), test.get('mean_auroc_ci'))},"
-        f" average precision {_with_ci(test.get('mean_ap'), test.get('mean_ap_ci'))}.",
+        f" AUROC {with_ci(test, 'mean_auroc', 'mean_auroc_ci')},"
+        f" average precision {with_ci(test, 'mean_ap', 'mean_ap_ci')}.",
     ))
     per_label = test.get("per_label")
     blocks.append(Heading(3, "Per finding"))

@@ -60,9 +60,9 @@ def dataset(files: RunFiles) -> list[Block]:
             rows.append((label, *map(str, values), str(sum(values))))
         totals = [sum(counts.get(s, {}).values()) for s in SPLITS]
         rows.append(("Total", *map(str, totals), str(sum(totals))))
-        what = "label combination" if is_multilabel_run(files) else "class"  # NIH style: 'Effusion|Mass'
+        what, column = ("label combination", "Label") if is_multilabel_run(files) else ("class", "Class")
         blocks.append(para(f"Images per {what} and split (from ", Code(str(files.split_counts_source)), ")."))
-        blocks.append(Table(("Label" if what != "class" else "Class", *SPLITS, "total"), tuple(rows)))
+        blocks.append(Table((column, *SPLITS, "total"), tuple(rows)))
         blocks += finding_counts(files)
     blocks.extend(figures(files, DATASET_FIGURES))
     return blocks
