@@ -53,6 +53,7 @@ TASKS = ("auto", "multiclass", "multilabel")  # auto: multilabel for a manifest 
 UNCERTAIN_POLICIES = ("ignore", "zeros", "ones")  # what a CheXpert-style -1 (uncertain) finding becomes
 OCCLUDE_CHOICES = ("lungs", "outside")  # the masked-region test blanks the lungs, or everything outside them
 FILL_CHOICES = ("median", "zero")  # what blanked pixels become: the image's median pixel value, or black
+LUNGS_CHOICES = ("auto", "masks", "none")  # lung regions: given ones else the default segmenter's | given only | none
 
 
 def setting(default: Any, check: Check | None = None, *, describe: Callable[[], str] | None = None) -> Any:
@@ -83,6 +84,9 @@ class DataConfig:
     boxes: str | None = setting(None, OptionalPath())  # CSV path,x0,y0,x1,y1 of lung boxes (a box = a rectangular mask)
     lung_crop: bool = False  # crop each image to its lung mask's or boxes' bounding box (+ margin) before resizing
     lung_crop_margin: float = setting(0.05, FRACTION)  # the crop's margin, a fraction of the box's width/height
+    # where lung regions come from: auto = the given masks/boxes, else the built-in segmenter's masks (cached);
+    # masks = only the given ones; none = no lung regions at all (no shortcut audit, no lung crop)
+    lungs: str = setting("auto", Choice(LUNGS_CHOICES))
 
 
 @dataclass
@@ -250,6 +254,8 @@ def validate_config(cfg: RunConfig, *, check_files: bool = True) -> RunConfig:
     the model catalog; the first problem is a CxrError naming the key, the value and what is allowed.
     Returns `cfg`. `check_files=False` skips the existence check of a weights PATH."""
     check_section(cfg, check_files=check_files)
+    if cfg.data.lung_crop and cfg.data.lungs == "none":
+        raise CxrError("data.lung_crop needs lung regions but data.lungs is 'none'; with lung_crop use: auto, masks")
     return cfg
 
 

@@ -48,6 +48,7 @@ from cxr.engine.select import EngineSpec, select_engine
 from cxr.errors import CxrError
 from cxr.hashing import file_sha256
 from cxr.io import pil_to_gray, read_image, read_image_bytes
+from cxr.lungs.auto import AUTO, AutoLungs
 from cxr.malloc import tune_malloc
 from cxr.pixels import RGB_LUMA
 from cxr.runtime import autocast, resolve_device, scoring_precision
@@ -127,6 +128,7 @@ class Predictor:
         self.name = name
         self.info = info or CheckpointInfo()
         self.lung_crop: float | None = None  # the crop margin of a model trained on lung crops (data.lung_crop)
+        self.auto_lungs: AutoLungs | None = None  # data.lungs auto: lungs where the caller gives none (cxr.lungs)
         self.engine = engine  # None: PyTorch eager on self.model
         self.temperature = check_temperature(temperature, name)  # the logits are divided by it
         # multi-label: the threshold each finding is called present at; None: one class per image
@@ -135,7 +137,7 @@ class Predictor:
     @classmethod
     def from_checkpoint(
         cls, path: str | Path, device: str = "auto", precision: str = "auto", engine: str = "torch",
-        batch_size: int = 32, hint: str = "throughput",
+        batch_size: int = 32, hint: str = "throughput", lungs: str | None = None,
     ) -> Predictor:
         """Load a `cxr` checkpoint (safely, weights only) and rebuild its model for inference.
 
@@ -143,6 +145,8 @@ class Predictor:
         autocast on a GPU that has it.
         engine: 'torch' (default), 'onnxruntime', 'openvino', 'openvino-int8' or 'auto' (see
         `use_engine`; `batch_size` and `hint` are what the engine is tuned and measured for).
+        lungs: the checkpoint's `data.lungs` unless given; auto: a lung-crop model given no lung region
+        crops to the built-in segmenter's mask (`cxr.lungs.auto`).
         """
         tune_malloc()
         path = Path(path)
@@ -166,6 +170,7 @@ class Predictor:
                         temperature=temperature_of(ckpt, path), multilabel=multilabel,
                         thresholds=thresholds_of(ckpt) if multilabel else None)
         predictor.lung_crop = cfg.data.lung_crop_margin if cfg.data.lung_crop else None
+        predictor.auto_lungs = AutoLungs() if (lungs or cfg.data.lungs) == AUTO else None
         log.info("loaded %s (%d %s, %s on %s)", name, len(predictor.classes), "findings" if multilabel else "classes",
                  predictor.precision, predictor.device)
         if engine != "torch":
@@ -254,7 +259,10 @@ class Predictor:
         return to_input(resize_gray(self.lung_input(gray, box), pre.size, pre.interpolation), pre)
 
     def lung_input(self, gray: np.ndarray, box: Region | None = None) -> np.ndarray:
-        """The image as the network sees it before resizing: cropped to `box` for a lung-crop model."""
+        """The image as the network sees it before resizing: cropped to `box` for a lung-crop model
+        (given none, to its automatic lung mask with `auto_lungs`)."""
+        if box is None and self.lung_crop is not None and self.auto_lungs is not None:
+            box = self.auto_lungs.crop_region(gray)
         return crop_to_lungs(gray, self.lung_crop, box)
 
     # ------------------------------------------------------------------------------- inference
@@ -275,7 +283,8 @@ class Predictor:
         `ImageReadError` naming it (the CLI catches it per file and goes on). `progress(n)` is
         called after each batch with the number of images it held. `box`: the lung region of every image
         (boxes in image pixels, (x0, y0, x1, y1) or a list of them, or a mask array); `boxes`: one region
-        per image. A model trained on lung crops needs one for each image (others ignore them).
+        per image. A model trained on lung crops needs one for each image (others ignore them); with
+        `auto_lungs` an image without one is cropped to its automatic lung mask.
         """
         if batch_size < 1:
             raise CxrError(f"batch_size must be >= 1, got {batch_size}")
@@ -284,7 +293,10 @@ class Predictor:
         results: list[Prediction] = []
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
-            batch = torch.stack([self.preprocess(self.load(item), regions[start + i]) for i, item in enumerate(chunk)])
+            given = regions[start : start + batch_size]
+            if self.lung_crop is not None and self.auto_lungs is not None:  # files: cached automatic lungs
+                given = self.auto_lungs.fill_regions(chunk, given)
+            batch = torch.stack([self.preprocess(self.load(item), given[i]) for i, item in enumerate(chunk)])
             probs = self.predict_tensor(batch, tta=tta)
             results.extend(self.to_prediction(p, _source_of(item)) for p, item in zip(probs, chunk, strict=True))
             if progress is not None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr.cli.flags import entry_value
-from cxr.config import OCCLUDE_CHOICES
+from cxr.config import LUNGS_CHOICES, OCCLUDE_CHOICES
 from cxr.errors import CxrError
 
 OCCLUDE_BOTH = "both"
@@ -31,8 +31,14 @@ def add_arguments(evaluate: argparse.ArgumentParser) -> None:
     evaluate.add_argument("--label-map", type=Path, metavar="FILE",
                           help="YAML 'their class name: our class' (or ': ignore') for the external sets")
     evaluate.add_argument("--shortcut", action="store_true",
-                          help="the shortcut audit of the test images with lung masks or boxes: Grad-CAM energy "
-                               "inside the lungs and the masked-region test (lungs, then all else, blanked)")
+                          help="the shortcut audit of the test images with lung masks or boxes (automatic ones where "
+                               "none are given, see --lungs): Grad-CAM energy inside the lungs and the masked-region "
+                               "test (lungs, then all else, blanked)")
+    evaluate.add_argument("--lungs", choices=LUNGS_CHOICES, metavar="MODE",
+                          help="where lung regions come from: auto = the given masks/boxes, else masks made by the "
+                               "built-in lung segmenter (cached; suspect ones left out of the audit, a suspect lung "
+                               "crop is the whole image); masks = only given ones; none = no lungs (default: the "
+                               "checkpoint's data.lungs, auto)")
     evaluate.add_argument("--occlude", choices=(*OCCLUDE_CHOICES, OCCLUDE_BOTH),
                           help="the shortcut audit with only this masked-region test: blank the lungs, everything "
                                "outside them, or both in turn (blanked pixels: eval.occlude_fill, the image's median)")
@@ -57,7 +63,7 @@ def run_extras(args: argparse.Namespace, target: Path | None, create: bool = Fal
     external = external_from_flags(args.external or [])
     added = add_evaluations(target, checkpoint=args.checkpoint, data=args.data, external=external,
                             label_map=str(args.label_map) if args.label_map else None, occlude=occlude_modes(args),
-                            device=args.device, precision=args.precision, create=create)
+                            device=args.device, precision=args.precision, create=create, lungs=args.lungs)
     for line in summary_lines(added, [name for name, _ in args.external or []]):
         _say(line)
     return added

@@ -78,6 +78,9 @@ FLAGS: dict[str, Flag] = {
              allowed=False, default="none"),
         Flag("--lung-crop", ("data.lung_crop",), "crop every image to its lung mask's or boxes' bounding box plus "
              "data.lung_crop_margin before resizing (train, evaluate, predict and serve)", sets=True),
+        Flag("--lungs", ("data.lungs",), "where lung regions come from (shortcut audit, external sets, lung crop): "
+             "auto = the given masks/boxes, else masks made by the built-in lung segmenter (cached under "
+             "$CXR_CACHE_DIR/lungs); masks = only given ones; none = no lungs (no audit, no lung crop)", "MODE"),
         Flag("--engine", ("train.engine",), "what runs the frozen backbone for the feature cache (CPU): auto = "
              "the fastest installed here, measured once per machine; torch = PyTorch eager", "NAME"),
         Flag("--threads", ("train.threads",), "intra-op threads; 0 = $OMP_NUM_THREADS, else one per core free "
@@ -87,9 +90,9 @@ FLAGS: dict[str, Flag] = {
 RUN_FLAGS = tuple(FLAGS[o] for o in (
     "--backbone", "--weights", "--freeze", "--epochs", "--batch-size", "--lr", "--seed", "--name", "--device",
     "--precision", "--compile", "--no-feature-cache", "--task", "--uncertain", "--track", "--track-uri",
-    "--external", "--label-map", "--masks", "--boxes", "--lung-crop", "--engine", "--threads",
+    "--external", "--label-map", "--masks", "--boxes", "--lung-crop", "--lungs", "--engine", "--threads",
 ))
-DEMO_FLAGS = tuple(FLAGS[o] for o in ("--epochs", "--no-feature-cache", "--device", "--engine", "--threads"))
+DEMO_FLAGS = tuple(FLAGS[o] for o in ("--epochs", "--no-feature-cache", "--lungs", "--device", "--engine", "--threads"))
 MODEL_FLAGS = tuple(FLAGS[o] for o in ("--backbone", "--weights", "--freeze", "--dropout"))
 
 

@@ -21,7 +21,7 @@ from cxr.cli._common import (
     positive_int,
     writable_output,
 )
-from cxr.config import DEVICES, EVAL_ENGINES, PRECISIONS
+from cxr.config import DEVICES, EVAL_ENGINES, LUNGS_CHOICES, PRECISIONS
 from cxr.errors import CxrError, ImageReadError
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 OUTPUT_SUFFIXES = (".csv", ".json")
 EXPORT_FORMATS = ("onnx", "torchscript")
 DEVICE_HELP = f"where to compute: {' | '.join(DEVICES)}"
+LUNGS_HELP = (f"{' | '.join(LUNGS_CHOICES)}: without --box/--mask, auto takes the lungs from the built-in lung "
+              "segmenter (cached by image bytes; a suspect mask: the whole image, with a warning), for a lung-crop "
+              "model's crop and explain's lung outline; masks/none: only --box/--mask (default: the checkpoint's "
+              "data.lungs, auto)")
 PRECISION_HELP = (f"compute precision: {' | '.join(PRECISIONS)}; auto = fp32 on a CPU, every engine alike (bf16 only "
                   "when asked for: it changes some labels), bf16 autocast on a GPU that has it")
 
@@ -93,6 +97,7 @@ def _region_arguments(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--box", action="append", metavar="X0,Y0,X1,Y1",
                    help=f"a lung bounding box in image pixels (repeatable: one per lung): {what}")
     p.add_argument("--mask", type=existing_path, metavar="FILE", help=f"a lung mask image: {what}")
+    p.add_argument("--lungs", choices=LUNGS_CHOICES, metavar="MODE", help=LUNGS_HELP)
 
 
 def _region(args: argparse.Namespace) -> Any:
@@ -151,12 +156,12 @@ def collect_images(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]
 
 
 def read_chunks(
-    files: list[Path], size: int, prepare: Callable[[Any], Any] | None = None
+    files: list[Path], size: int, prepare: Callable[[Any, Path], Any] | None = None
 ) -> Iterator[tuple[list[str], list[Any], list[tuple[str, str]]]]:
     """Decode `files` in chunks of `size`: yields (paths, images, unreadable (path, reason)).
 
-    The next chunk is decoded (and `prepare`d, e.g. preprocessed, when given) in a background
-    thread while the caller runs the model on this one.
+    The next chunk is decoded (and `prepare(image, path)`d, e.g. preprocessed, when given) in a
+    background thread while the caller runs the model on this one.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -167,7 +172,7 @@ def read_chunks(
         for path in chunk:
             try:
                 image = read_image(path)
-                images.append(prepare(image) if prepare is not None else image)
+                images.append(prepare(image, path) if prepare is not None else image)
                 paths.append(str(path))
             except ImageReadError as exc:
                 bad.append((str(path), exc.reason))
@@ -199,13 +204,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not files:
         raise CxrError(f"no image files found in {', '.join(args.inputs)}")
     set_threads(args.threads)
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, precision=args.precision)
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, precision=args.precision,
+                                          lungs=args.lungs)
     warn_if_synthetic(predictor)
     region = _region(args)
+    prepare = auto_crop(predictor, files, region)
     results: list[tuple[str, Prediction]] = []
     engine_chosen = False
     with Progress(len(files), "predict") as bar:
-        for paths, inputs, bad in read_chunks(files, args.batch_size, lambda image: predictor.preprocess(image, region)):
+        for paths, inputs, bad in read_chunks(files, args.batch_size, prepare):
             for path, reason in bad:
                 log.warning("skipped %s: %s", path, reason)
             skipped.extend(bad)
@@ -231,6 +238,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if skipped:
         log.warning("skipped (unreadable): %s", ", ".join(item for item, _ in skipped))
     return 1 if skipped else 0
+
+
+def auto_crop(predictor: Any, files: list[Path], region: Any) -> Callable[[Any, Path], Any]:
+    """Each image's preprocessing: cropped to `region` (--box/--mask) or, for a lung-crop model given
+    none with automatic lungs, to its cached automatic mask (all segmented first, in batches)."""
+    if region is not None or predictor.lung_crop is None or predictor.auto_lungs is None:
+        return lambda image, path: predictor.preprocess(image, region)
+    masks = dict(zip(map(str, files), predictor.auto_lungs.crop_masks(files), strict=True))
+    return lambda image, path: predictor.preprocess(image, predictor.auto_lungs.region(masks.get(str(path))))
 
 
 def warn_if_synthetic(predictor: Any) -> None:
@@ -287,11 +303,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.out.suffix.lower() != ".png":
         raise CxrError(f"--out must be a .png file, got {args.out}")
     writable_output(args.out)
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device)
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, lungs=args.lungs)
     warn_if_synthetic(predictor)
     if args.class_name is not None:
         predictor.class_index(args.class_name)  # fails early, listing the classes
     region = _region(args)
+    if region is None and predictor.auto_lungs is not None:  # the automatic lungs (None when suspect: warned)
+        region = predictor.auto_lungs.outline_region(args.image)
     result = explain(predictor, args.image, args.class_name, layer=args.cam_layer, box=region)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     picture = result.overlay()

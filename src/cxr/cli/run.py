@@ -200,7 +200,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.data is not None:
         metrics = evaluate_checkpoint(args.checkpoint, args.data, args.split, out_dir=args.out, tta=args.tta,
                                       device=args.device, precision=args.precision, batch_size=args.batch_size,
-                                      split_csv=args.split_csv, engine=args.engine, threads=args.threads)
+                                      split_csv=args.split_csv, engine=args.engine, threads=args.threads,
+                                      lungs=args.lungs)
         _say(_metrics_line(metrics))
         _say_calibration(metrics)
         _say(metrics.get("classification_report", "").rstrip())

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cxr.cli._common import ENGINE_HELP, THREADS_HELP, add_command, existing_path, non_negative_int
 from cxr.cli.predict import DEVICE_HELP, warn_if_synthetic
-from cxr.config import EVAL_ENGINES
+from cxr.config import EVAL_ENGINES, LUNGS_CHOICES
 from cxr.errors import CxrError
 from cxr.serve.limits import ServeLimits, read_api_key
 
@@ -34,6 +34,10 @@ def _register_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", choices=EVAL_ENGINES, default="auto", metavar="NAME",
                    help=ENGINE_HELP + "; tuned for latency (one request at a time); explain always runs on PyTorch")
     p.add_argument("--threads", type=non_negative_int, default=0, metavar="N", help=THREADS_HELP)
+    p.add_argument("--lungs", choices=LUNGS_CHOICES, metavar="MODE",
+                   help="a lung-crop model's uploads without a 'box' field: auto = crop to the built-in lung "
+                        "segmenter's mask (suspect: the whole image, logged); masks = refuse them (422) "
+                        "(default: the checkpoint's data.lungs, auto)")
     p.add_argument("--api-key-file", type=Path, metavar="FILE",
                    help="require the key in FILE (first line, at least 16 characters) on every /v1/* request, "
                    "as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'")
@@ -74,7 +78,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     api_key = read_api_key(args.api_key_file) if args.api_key_file is not None else None
     set_threads(args.threads)
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, engine=args.engine,
-                                          batch_size=1, hint="latency")  # measured for single requests
+                                          batch_size=1, hint="latency", lungs=args.lungs)  # measured for single requests
     warn_if_synthetic(predictor)
     log.info("serving %s on http://%s:%d/ (Ctrl-C to stop)", predictor.name, args.host, args.port)
     serve(predictor, host=args.host, port=args.port, limits=limits, api_key=api_key, docs_ui=not args.no_docs)

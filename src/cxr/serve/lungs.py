@@ -1,6 +1,7 @@
-"""Lung regions in the HTTP API: a model trained on lung crops (`data.lung_crop`) needs each image's
-lung box, sent as the form field (or query parameter) `box`: 'x0 y0 x1 y1' in the uploaded image's
-pixels, several boxes separated by ';'. Other models ignore it."""
+"""Lung regions in the HTTP API: a model trained on lung crops (`data.lung_crop`) crops each image to
+its lung box, sent as the form field (or query parameter) `box`: 'x0 y0 x1 y1' in the uploaded image's
+pixels, several boxes separated by ';'. Without one (and `data.lungs: auto`, the default) the built-in
+lung segmenter finds the lungs; with `--lungs masks` the box is required. Other models ignore it."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ def upload_boxes(predictor: Predictor, fields: dict[str, str]) -> list[Box] | No
     """The upload's lung boxes; 422 when they are malformed, or missing for a lung-crop model."""
     text = (fields.get(BOX_FIELD) or "").strip()
     if predictor.lung_crop is None:
+        return None
+    if not text and predictor.auto_lungs is not None:  # data.lungs auto: the built-in segmenter's lungs
         return None
     if not text:
         raise HTTPException(422, "this model was trained on lung crops: send the lung bounding box as the form field "

@@ -25,6 +25,7 @@ from cxr.metrics.predictions import read_predictions_csv
 from cxr.report.document import write_report
 from cxr.rundir import RunDir, SplitRow, read_json, write_json
 from cxr.runtime import Compute, set_threads
+from cxr.study.auto_lungs import write_lungs_report
 from cxr.study.checkpoint_eval import evaluation_rows
 from cxr.study.external import external_section, external_sets
 from cxr.study.phases import TrainingRun
@@ -54,6 +55,7 @@ def study_extras(
     if sets:
         out["external"] = external_section(trained.model, classes, cfg, sets, trained.compute,
                                            internal=(y_true, probs), fig_dir=run.figures, tolerant=True)
+    write_lungs_report(run, out)  # lungs.json: the automatic masks the audits used
     return out
 
 
@@ -91,13 +93,15 @@ def add_evaluations(
     precision: str = "auto",
     progress: bool = True,
     create: bool = False,
+    lungs: str | None = None,
 ) -> dict[str, Any]:
     """Add the shortcut audit (when `occlude` is given: the modes of the masked-region test) and the
     external sets to the metrics.json of `run_dir` and rewrite its report; returns what was added.
 
     The checkpoint defaults to the run's best.pt, the data to the one it was trained on. With
     `run_dir` None nothing is written (figures neither) and `checkpoint` is needed; `create` makes a
-    missing `run_dir` (an --out folder) instead of refusing it.
+    missing `run_dir` (an --out folder) instead of refusing it. `lungs` replaces the checkpoint's
+    `data.lungs` (auto: automatic masks where none are given).
     """
     tune_malloc()
     if run_dir is None and checkpoint is None:
@@ -111,6 +115,7 @@ def add_evaluations(
     state = load_checkpoint(ckpt)
     cfg = config_of(state)
     cfg.eval.label_map = label_map or cfg.eval.label_map
+    cfg.data.lungs = lungs or cfg.data.lungs
     classes = list(state["classes"])
     unknown = sorted(set(occlude or ()) - set(OCCLUDE_CHOICES))
     if unknown:
@@ -123,10 +128,12 @@ def add_evaluations(
     added: dict[str, Any] = {}
     if occlude is not None:
         root, rows = _test_rows(ckpt, cfg, data)
-        audit = shortcut_audit(model, root, rows, classes, compute, AuditSettings.of(cfg, occlude=tuple(occlude)),
-                               name="test", fig_dir=run.figures if run is not None else None)
+        settings = AuditSettings.of(cfg, occlude=tuple(occlude), progress=progress)
+        audit = shortcut_audit(model, root, rows, classes, compute, settings, name="test",
+                               fig_dir=run.figures if run is not None else None)
         if audit is None:
-            raise CxrError(f"no test image of {root} has a lung mask or box; give --masks DIR or --boxes FILE")
+            raise CxrError(f"no test image of {root} has a usable lung mask or box (data.lungs: {cfg.data.lungs}); "
+                           "give --masks DIR or --boxes FILE, or --lungs auto")
         added["shortcut"] = audit
     existing = read_json(run.metrics) if run is not None and run.metrics.is_file() else {}
     if external:
@@ -139,6 +146,7 @@ def add_evaluations(
         section["sets"] = {**{k: v for k, v in previous.items() if k not in section["sets"]}, **section["sets"]}
         added["external"] = section
     if run is not None:
+        write_lungs_report(run, added)
         write_json(run.metrics, {**existing, **added})
         write_report(run.root)
     return added

@@ -23,6 +23,7 @@ from cxr.malloc import tune_malloc
 from cxr.metrics import classification_metrics
 from cxr.rundir import RunDir, SplitRow, read_split_csv, write_json
 from cxr.runtime import Compute, describe, set_threads
+from cxr.study.auto_lungs import crop_rows
 from cxr.study.calibrate import Scored, calibration_entry, score
 from cxr.study.evaluation import EVALUATION_SPLITS, scored_rows
 from cxr.study.multilabel import score_multilabel
@@ -49,11 +50,13 @@ def evaluate_checkpoint(
     progress: bool = True,
     engine: str | None = None,
     threads: int = 0,
+    lungs: str | None = None,
 ) -> dict[str, Any]:
     """Classification metrics of a checkpoint on a data folder; optionally writes them to `out_dir`.
 
     `engine` runs the model (`cxr.engine`; default: the checkpoint's `eval.engine`); `threads` is
-    the intra-op thread count (0: $OMP_NUM_THREADS, else one per free core).
+    the intra-op thread count (0: $OMP_NUM_THREADS, else one per free core); `lungs` replaces the
+    checkpoint's `data.lungs` (a lung-crop model's regions: auto | masks).
 
     Rows: `split_csv` when given; else the run's split.csv beside the checkpoint when it was trained
     on this same data, folder or CSV manifest (rows of `split`); else, for `split='test'`, every image
@@ -62,7 +65,7 @@ def evaluate_checkpoint(
     """
     tune_malloc()
     ckpt_path = Path(ckpt)
-    state, cfg, found, rows = _evaluation_inputs(ckpt_path, Path(data), split, split_csv)
+    state, cfg, found, rows = _evaluation_inputs(ckpt_path, Path(data), split, split_csv, lungs)
     classes = list(state["classes"])
     set_threads(threads)
     compute = Compute.resolve(device, precision, scoring=True, channels_last=cfg.train.channels_last,
@@ -117,13 +120,14 @@ def _score(module: Any, loader: Any, compute: Compute, state: dict[str, Any], ck
 
 
 def _evaluation_inputs(
-    ckpt_path: Path, data: Path, split: str, split_csv: str | Path | None
+    ckpt_path: Path, data: Path, split: str, split_csv: str | Path | None, lungs: str | None = None
 ) -> tuple[dict[str, Any], RunConfig, Discovery, list[SplitRow]]:
     """The checkpoint, its config, the data's discovery and the rows to score (see `evaluate_checkpoint`)."""
     if split not in EVALUATION_SPLITS:
         raise CxrError(f"unknown split {split!r}; allowed: {', '.join(EVALUATION_SPLITS)}")
     state = load_checkpoint(ckpt_path)
     cfg = config_of(state)
+    cfg.data.lungs = lungs or cfg.data.lungs
     classes = list(state["classes"])
     if not data.exists():
         raise CxrError(f"data not found: {data}")
@@ -137,6 +141,7 @@ def _evaluation_inputs(
     rows = rows_with_regions(evaluation_rows(ckpt_path, cfg, data, found, split, split_csv), found)
     if not rows:
         raise CxrError(f"no images to evaluate in split {split!r} of {data}")
+    rows = crop_rows(rows, found.root, cfg, f"evaluate {split}")  # a lung-crop model: automatic lungs
     if cfg.data.lung_crop:
         require_regions(rows, f"{ckpt_path} (trained on lung crops)")
     return state, cfg, found, rows

@@ -30,6 +30,7 @@ from cxr.rundir import (
     write_json,
     write_split_csv,
 )
+from cxr.study.auto_lungs import crop_rows
 from cxr.study.scoring import require_regions
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,8 @@ def prepare_data(
             )
     warn_small_classes(prepared)
     if cfg.data.lung_crop:
-        require_regions(rows, "data.lung_crop")
+        prepared.rows = crop_rows(rows, found.root, cfg, "data.lung_crop", progress=progress)  # automatic lungs
+        require_regions(prepared.rows, "data.lung_crop")
     return prepared
 
 

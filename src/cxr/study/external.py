@@ -29,6 +29,7 @@ from cxr.errors import CxrError
 from cxr.logs import RESULT
 from cxr.metrics.partial import present_class_metrics, restrict, worse_than
 from cxr.runtime import Compute
+from cxr.study.auto_lungs import crop_rows
 from cxr.study.checkpoint_eval import all_rows
 from cxr.study.scoring import require_regions, score_rows
 from cxr.study.shortcut import AuditSettings, shortcut_audit
@@ -94,7 +95,7 @@ def evaluate_external(
     found = with_regions(discover(ext.data, min_classes=1), ext.masks, ext.boxes)
     user = read_label_map(ext.label_map) if ext.label_map else None
     found, mappings = apply_label_map(found, classes, user, where=f"external set {ext.name}")
-    rows = all_rows(found)
+    rows = crop_rows(all_rows(found), found.root, cfg, f"external {ext.name}")  # a lung-crop model's regions
     if cfg.data.lung_crop:
         require_regions(rows, f"external set {ext.name} (the model was trained on lung crops)")
     scored = score_rows(model, found.root, rows, classes, compute, regions=region_options(cfg),

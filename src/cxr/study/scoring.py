@@ -37,7 +37,7 @@ def require_regions(rows: Sequence[SplitRow], what: str) -> None:
         raise CxrError(
             f"{what} needs a lung mask or box for every image, but {len(missing)} of {len(rows)} have none "
             f"(e.g. {', '.join(missing[:_SHOWN])}); give masks (Kaggle v4 masks/ folders, --masks DIR) or "
-            "boxes (--boxes FILE, a manifest lung_box column)"
+            "boxes (--boxes FILE, a manifest lung_box column), or let the built-in segmenter make them (--lungs auto)"
         )
 
 

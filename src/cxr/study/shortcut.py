@@ -28,6 +28,7 @@ from cxr.explain_masks import area_fraction, cam_share, grad_cam_batch, overlay_
 from cxr.metrics.attention import attention_summary, occlusion_summary, shortcut_verdict
 from cxr.rundir import SplitRow
 from cxr.runtime import Compute
+from cxr.study.auto_lungs import audit_rows
 from cxr.study.scoring import score_rows
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,8 @@ class AuditSettings:
     seed: int = 0
     batch_size: int = 32
     num_workers: int = 0
-    cfg: RunConfig | None = None  # the run's config: its lung crop and occlusion fill
+    cfg: RunConfig | None = None  # the run's config: its lung crop, occlusion fill and data.lungs
+    progress: bool = True  # progress of the automatic lung masks
 
     @classmethod
     def of(cls, cfg: RunConfig, **changes: Any) -> AuditSettings:
@@ -126,7 +128,12 @@ def shortcut_audit(
     name: str = "test",
     fig_dir: Path | None = None,
 ) -> dict[str, Any] | None:
-    """The audit of `rows` (those with a lung region; None when none has one). See the module docstring."""
+    """The audit of `rows` (those with a lung region, given or automatic: `cxr.study.auto_lungs`; None
+    when none has one). See the module docstring."""
+    filled = audit_rows(rows, root, settings.cfg, name, progress=settings.progress)
+    if filled is None:
+        return None
+    rows, lungs = filled
     chosen = select_rows(rows, settings.max_images)
     if not chosen:
         log.info("shortcut audit (%s): no image has a lung mask or box; skipped", name)
@@ -151,7 +158,7 @@ def shortcut_audit(
     return {"images": int(len(found["y"])), "with_region": sum(1 for r in rows if r.mask),
             "without_region": sum(1 for r in rows if not r.mask), "selection": "evenly per class, path order",
             "max_images": settings.max_images, "crop": crop.crop_margin is not None,
-            "attention": attention, "occlusion": occlusion, "verdict": verdict, "gallery": gallery}
+            "attention": attention, "occlusion": occlusion, "verdict": verdict, "gallery": gallery, "lungs": lungs}
 
 
 def _occlusion(model: nn.Module, root: str | Path, rows: list[SplitRow], classes: Sequence[str], compute: Compute,

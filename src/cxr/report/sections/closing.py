@@ -5,13 +5,15 @@ from __future__ import annotations
 from cxr.report.blocks import Block, Bold, Bullets, Heading, para
 from cxr.report.runfiles import RunFiles
 from cxr.report.sections.common import SHOWN_FIGURES, figures
+from cxr.report.sections.lungs import claims_figure as lungs_figure
 from cxr.report.sections.shortcut import claims_figure
 
 
 def other_figures(files: RunFiles) -> list[Block]:
     """Other figures: every PNG of figures/ that no section shows, so none is silently dropped."""
     known = set(SHOWN_FIGURES)
-    others = [stem for stem in files.figures if stem not in known and not claims_figure(stem)]
+    others = [stem for stem in files.figures if stem not in known and not claims_figure(stem)
+              and not lungs_figure(stem)]
     return [Heading(2, "Other figures"), *figures(files, others)] if others else []
 
 
