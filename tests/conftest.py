@@ -70,3 +70,79 @@ def calibrated_model():
         return model.eval()
 
     return make
+
+
+
+def lung_ellipses(shape: tuple[int, int]):
+    """Both lungs as two upright ellipses in the middle rows of an image of `shape` (bool)."""
+    import numpy as np
+
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    out = np.zeros((h, w), dtype=bool)
+    for cx in (0.3 * w, 0.7 * w):
+        out |= ((xx - cx) / (0.16 * w)) ** 2 + ((yy - 0.5 * h) / (0.3 * h)) ** 2 <= 1.0
+    return out
+
+
+class FakeSegmenter:
+    """A stand-in for the built-in lung segmenter: two ellipses where the lungs of a frontal X-ray are,
+    `ok`; a flat image (a blank page) gets an empty mask flagged `suspect`. Instant; `calls` counts
+    the images it segmented."""
+
+    def __init__(self, digest: str = "f" * 64) -> None:
+        self.digest = digest
+        self.calls = 0
+
+    def segment(self, images):
+        import numpy as np
+
+        from cxr.lungs.qc import LungQC
+        from cxr.lungs.segmenter import LungResult
+
+        out = []
+        for image in images:
+            self.calls += 1
+            if int(np.ptp(image)) < 8:  # flat: not an X-ray
+                qc = LungQC(0.0, 0, 0.0, 0.0, "suspect", "lung area 0.0% < 6%")
+                out.append(LungResult(np.zeros(image.shape, dtype=bool), qc))
+            else:
+                mask = lung_ellipses(image.shape)
+                out.append(LungResult(mask, LungQC(float(mask.mean()), 2, 1.0, 0.95, "ok", "")))
+        return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def instant_lungs():
+    """The built-in lung segmenter (`data.lungs: auto`, the default) replaced by an instant
+    `FakeSegmenter` in every test, module fixtures included; `real_lungs` brings the real one back."""
+    import cxr.lungs.auto
+
+    fake = FakeSegmenter()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cxr.lungs.auto, "default_segmenter", lambda engine="auto": fake)
+        yield fake
+
+
+@pytest.fixture
+def fake_lungs(monkeypatch, tmp_path):
+    """A fresh `FakeSegmenter` as the built-in one, with an empty mask cache (in tmp_path): its
+    `calls` count what was segmented in this test."""
+    import cxr.lungs.auto
+
+    fake = FakeSegmenter()
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "cxr-cache"))
+    monkeypatch.setattr(cxr.lungs.auto, "default_segmenter", lambda engine="auto": fake)
+    return fake
+
+
+@pytest.fixture
+def real_lungs(monkeypatch):
+    """The packaged lung segmenter itself (PyTorch engine: no export to wait for), for the tests that
+    must use it; returns it."""
+    import cxr.lungs.auto
+    from cxr.lungs.segmenter import LungSegmenter
+
+    segmenter = LungSegmenter.default(engine="torch")
+    monkeypatch.setattr(cxr.lungs.auto, "default_segmenter", lambda engine="auto": segmenter)
+    return segmenter

@@ -61,7 +61,9 @@ def test_the_study_scores_each_external_set_on_the_classes_it_holds(finished):
     assert set(entry["metrics"]["predicted_absent"]) == {"Lung_Opacity", "Viral_Pneumonia"}
     assert entry["internal_same_classes"]["classes_present"] == ["COVID", "Normal"]
     assert section["internal_test"]["classes_present"] == ["COVID", "Lung_Opacity", "Normal", "Viral_Pneumonia"]
-    assert entry["shortcut"] is None  # the external set has no masks
+    lungs = entry["shortcut"]["lungs"]  # the external set has no masks: the audit uses automatic ones
+    assert lungs["auto"] == 8 and lungs["given"] == 0 and entry["shortcut"]["images"] == 8
+    assert "lungs" not in metrics["shortcut"] or not metrics["shortcut"]["lungs"].get("auto")
     assert metrics["shortcut"]["images"] == metrics["test"]["n"]  # the internal test split has masks
     report = (finished["run"] / "report.md").read_text()
     assert "## External validation (domain shift)" in report and "| External: hospB | 8 | COVID, Normal |" in report
@@ -91,7 +93,9 @@ def test_evaluate_run_dir_adds_an_external_set_and_touches_nothing_else(finished
     assert "external onlyNormal n=5 (Normal): accuracy" in out and out.strip().endswith("report.html")
     after, metrics_after = _digests(run), json.loads((run / "metrics.json").read_text())
     changed = {name for name in before if before[name] != after.get(name)}
-    assert changed <= {"metrics.json", "report.md", "report.html"} and set(after) == set(before)
+    assert changed <= {"metrics.json", "report.md", "report.html", "lungs.json", "figures/lungs_auto.png"}
+    added = set(after) - set(before)  # the new set's audit (automatic lungs): its gallery
+    assert set(before) <= set(after) and all(a.startswith("figures/shortcut_external-onlyNormal_") for a in added)
     assert {k: v for k, v in metrics_after.items() if k != "external"} == {
         k: v for k, v in metrics_before.items() if k != "external"}
     sets = metrics_after["external"]["sets"]

@@ -1,6 +1,7 @@
 """Lung-crop preprocessing (`data.lung_crop`): trained with it, the checkpoint records it, and
 evaluation, `Predictor`, `cxr predict`, `cxr explain` and the HTTP API crop to the lungs, refusing an
-image without a lung region."""
+image without a lung region when automatic lungs are off (`data.lungs: masks`; tests/test_auto_lungs.py
+has the automatic ones)."""
 
 from __future__ import annotations
 
@@ -45,8 +46,8 @@ def image_file(tmp_path_factory) -> Path:
 
 
 def test_the_predictor_crops_to_the_box_and_refuses_an_image_without_one(crop_checkpoint, image_file):
-    predictor = Predictor.from_checkpoint(crop_checkpoint, device="cpu", precision="fp32")
-    assert predictor.lung_crop == 0.0
+    predictor = Predictor.from_checkpoint(crop_checkpoint, device="cpu", precision="fp32", lungs="masks")
+    assert predictor.lung_crop == 0.0 and predictor.auto_lungs is None
     with pytest.raises(CxrError, match="trained on lung crops"):
         predictor.predict(image_file)
     cropped = np.asarray(Image.open(image_file))[BOX[1]:BOX[3], BOX[0]:BOX[2]]
@@ -64,7 +65,7 @@ def test_the_predictor_crops_to_the_box_and_refuses_an_image_without_one(crop_ch
 
 
 def test_cxr_predict_and_explain_take_a_box(crop_checkpoint, image_file, tmp_path, capsys):
-    assert main(["predict", str(crop_checkpoint), str(image_file), "--device", "cpu"]) == 2
+    assert main(["predict", str(crop_checkpoint), str(image_file), "--device", "cpu", "--lungs", "masks"]) == 2
     assert "trained on lung crops" in capsys.readouterr().err
     out = tmp_path / "p.json"
     assert main(["predict", str(crop_checkpoint), str(image_file), "--box", "20,16,76,80", "--out", str(out),
@@ -102,7 +103,7 @@ def test_the_api_needs_the_box_field_for_a_lung_crop_model(crop_checkpoint, imag
         from fastapi.testclient import TestClient
     from cxr.serve.app import create_app
 
-    predictor = Predictor.from_checkpoint(crop_checkpoint, device="cpu", precision="fp32")
+    predictor = Predictor.from_checkpoint(crop_checkpoint, device="cpu", precision="fp32", lungs="masks")
     body = image_file.read_bytes()
     with TestClient(create_app(predictor)) as client:
         missing = client.post("/v1/predict", files={"file": ("x.png", body, "image/png")})
@@ -131,7 +132,8 @@ def test_a_study_with_lung_crop_records_it_and_needs_regions(tmp_path):
     metrics = study.evaluate_checkpoint(run / "checkpoints" / "best.pt", data, progress=False)
     assert metrics["n"] >= 1
     plain = generate_dataset(tmp_path / "plain", n_per_class=8, size=48, classes=["COVID", "Normal"])
+    cfg.data.lungs = "masks"  # no automatic lungs
     with pytest.raises(CxrError, match="lung mask or box for every image"):
         study.train(cfg, plain, tmp_path / "run2", progress=False)
     with pytest.raises(CxrError, match="lung mask or box for every image"):
-        study.evaluate_checkpoint(run / "checkpoints" / "best.pt", plain, progress=False)
+        study.evaluate_checkpoint(run / "checkpoints" / "best.pt", plain, progress=False, lungs="masks")
