@@ -90,6 +90,8 @@ class FakeSegmenter:
     `ok`; a flat image (a blank page) gets an empty mask flagged `suspect`. Instant; `calls` counts
     the images it segmented."""
 
+    ellipses = staticmethod(lung_ellipses)
+
     def __init__(self, digest: str = "f" * 64) -> None:
         self.digest = digest
         self.calls = 0
