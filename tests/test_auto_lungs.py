@@ -90,6 +90,7 @@ def test_automatic_masks_fill_rows_and_are_cached_by_image_bytes_and_model(plain
         audit = fill_rows(_rows(blank), blank, AutoLungs(), purpose="audit")
         crop = fill_rows(_rows(blank), blank, AutoLungs(), purpose="crop")
     assert [r.mask for r in audit.rows] == [None, None] and audit.summary["suspect"] == 2  # left out of the audit
+    assert fake_lungs.calls == 6  # the two blank pages have the same bytes: segmented once
     whole = np.asarray(Image.open(crop.rows[0].mask))  # the crop of a suspect image: all of it
     assert whole.shape == (40, 50) and whole.min() == 255
     assert "Normal/a.png" in caplog.text and "whole image" in caplog.text

@@ -151,7 +151,7 @@ class EvalConfig:
     grid_per_class: int = setting(5, at_least(1))  # images per class in the sample grid
     external: dict[str, Any] = field(default_factory=dict, metadata={"check": ExternalSets()})  # NAME: PATH (or {data, masks, boxes, label_map}) scored after the test split
     label_map: str | None = setting(None, OptionalPath())  # YAML 'their class name: our class | ignore' for external sets
-    shortcut_audit: bool = True  # with lung masks/boxes: Grad-CAM share inside the lungs and the masked-region test
+    shortcut_audit: bool = True  # with lung masks/boxes (given, else automatic: data.lungs): Grad-CAM share in the lungs, masked-region test
     shortcut_max_images: int = setting(200, at_least(1))  # images per set the shortcut audit looks at (evenly per class)
     shortcut_gallery: int = setting(8, at_least(0))  # overlays of the images whose attention lies most outside the lungs
     occlude_fill: str = setting("median", Choice(FILL_CHOICES))  # blanked pixels: each image's median value, or zero

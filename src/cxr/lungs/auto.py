@@ -99,37 +99,40 @@ class AutoLungs:
 
     def masks(self, paths: Sequence[str | Path], desc: str = "lung masks") -> list[AutoMask | None]:
         """The automatic mask of every image file (None for one that cannot be read), from the cache
-        or made in batches of `batch_size` and cached; progress over the images."""
+        or made in batches of `batch_size` and cached (files with the same bytes: once); progress."""
         out: list[AutoMask | None] = [None] * len(paths)
-        todo: list[tuple[int, str]] = []
+        todo: dict[str, list[int]] = {}  # image sha256 -> positions of the files with those bytes
         for i, path in enumerate(paths):
             try:
                 sha = file_sha256(path)
             except OSError:
                 continue
-            out[i] = self.cache.get(sha)
+            out[i] = self.cache.get(sha) if sha not in todo else None
             if out[i] is None:
-                todo.append((i, sha))
+                todo.setdefault(sha, []).append(i)
         if todo:
-            log.info("%s: segmenting %d of %d images (%d cached)", desc, len(todo), len(paths), len(paths) - len(todo))
-            with Progress(len(todo), desc, enabled=self.progress) as bar:
-                for start in range(0, len(todo), self.batch_size):
-                    chunk = todo[start : start + self.batch_size]
+            log.info("%s: segmenting %d of %d images (the others cached)", desc, len(todo), len(paths))
+            pending = list(todo.items())
+            with Progress(len(pending), desc, enabled=self.progress) as bar:
+                for start in range(0, len(pending), self.batch_size):
+                    chunk = pending[start : start + self.batch_size]
                     self._segment_files(paths, chunk, out)
                     bar.update(len(chunk))
         return out
 
-    def _segment_files(self, paths: Sequence[str | Path], chunk: list[tuple[int, str]],
+    def _segment_files(self, paths: Sequence[str | Path], chunk: list[tuple[str, list[int]]],
                        out: list[AutoMask | None]) -> None:
         readable, images = [], []
-        for i, sha in chunk:
+        for sha, where in chunk:
             try:
-                images.append(read_image(paths[i]))
-                readable.append((i, sha))
+                images.append(read_image(paths[where[0]]))
+                readable.append((sha, where))
             except ImageReadError as exc:
-                log.debug("automatic lungs: %s not segmented: %s", paths[i], exc.reason)
-        for (i, sha), (mask, qc) in zip(readable, self.segment(images) if images else [], strict=True):
-            out[i] = self.cache.put(sha, mask, qc)
+                log.debug("automatic lungs: %s not segmented: %s", paths[where[0]], exc.reason)
+        for (sha, where), (mask, qc) in zip(readable, self.segment(images) if images else [], strict=True):
+            found = self.cache.put(sha, mask, qc)
+            for i in where:
+                out[i] = found
 
     def crop_region(self, gray: np.ndarray, name: str | None = None) -> np.ndarray:
         """The lung region of an image in memory for a lung-crop model: its automatic mask, or the

@@ -79,6 +79,14 @@ def occlusion_sentence(occlusion: dict[str, Any]) -> Para:
     return para(*parts)
 
 
+def _auto_text(lungs: Any) -> str:
+    """', 5 of them with a suspect automatic mask; 12 masks made automatically' (data.lungs auto)."""
+    if not isinstance(lungs, dict) or not lungs.get("model"):
+        return ""
+    text = f"; {plain(lungs.get('auto'))} lung masks were made automatically"
+    return text + (f", {plain(lungs.get('suspect'))} flagged suspect and left out" if lungs.get("suspect") else "")
+
+
 def _group_table(attention: dict[str, Any]) -> Table:
     rows = []
     for name, group in (attention.get("per_class") or {}).items():
@@ -120,8 +128,9 @@ def shortcut(files: RunFiles) -> list[Block]:
     blocks: list[Block] = [Heading(2, "Shortcut audit (lungs or elsewhere?)")]
     sets = audited_sets(files)
     if not sets:
-        blocks.append(para("Not run: no test or external image has a lung mask or box (Kaggle v4 masks/ folders, "
-                           "--masks DIR, --boxes FILE or a manifest mask/lung_box column)."))
+        blocks.append(para("Not run: no test or external image has a usable lung mask or box (Kaggle v4 masks/ "
+                           "folders, --masks DIR, --boxes FILE, a manifest mask/lung_box column, or the automatic "
+                           "lungs of --lungs auto)."))
         return blocks
     for label, audit in sets:
         blocks.append(Heading(3, label))
@@ -133,7 +142,7 @@ def shortcut(files: RunFiles) -> list[Block]:
             blocks.append(occlusion_sentence(audit["occlusion"]))
         blocks.append(para(f"{plain(audit.get('images'))} images audited (at most {plain(audit.get('max_images'))}, "
                            f"{plain(audit.get('selection'))}); {plain(audit.get('without_region'))} without a lung "
-                           "mask or box were left out."))
+                           "mask or box were left out" + _auto_text(audit.get("lungs")) + "."))
         if attention.get("n"):
             blocks.append(_group_table(attention))
         blocks += _gallery(files, audit)
