@@ -147,9 +147,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from cxr.lungs.report import summary_lines
     from cxr.lungs.run import evaluate_and_report
 
+    model = _model_arg(args.model)
     pairs = find_pairs(args.data, args.masks)
     out = writable_output(args.out, folder=True) if args.out else None
-    evaluation = evaluate_and_report(_model_arg(args.model), pairs, out, engine=args.engine, threads=args.threads)
+    evaluation = evaluate_and_report(model, pairs, out, engine=args.engine, threads=args.threads)
     print(f"{len(pairs)} pairs: " + "; ".join(summary_lines(evaluation.summary)))
     if out is not None:
         print(f"report: {out / 'report.md'}")

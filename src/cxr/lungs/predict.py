@@ -27,13 +27,13 @@ QC_COLUMNS = ("path", "mask", "area_fraction", "parts", "balance", "confidence",
 
 
 def list_images(source: Path) -> tuple[Path, list[Path]]:
-    """(root, image files): a folder's images (recursive, hidden files and mask outputs skipped), or one file."""
+    """(root, image files): a folder's images (recursive; hidden folders and `masks/` folders skipped), or one file."""
     if source.is_file():
         return source.parent, [source]
     if not source.is_dir():
         raise CxrError(f"images not found: {source}")
     files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                   and not any(part.startswith(".") for part in p.relative_to(source).parts))
+                   and not any(part.startswith(".") or part == "masks" for part in p.relative_to(source).parent.parts))
     if not files:
         raise CxrError(f"{source} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     return source, files
