@@ -22,7 +22,6 @@ from cxr.lungs.segmenter import LungSegmenter, resize_prob
 from cxr.lungs.train import read_mask
 from cxr.progress import Progress
 
-
 Shown = tuple[np.ndarray, np.ndarray, np.ndarray, str]  # image, predicted mask, reference mask, title
 
 
