@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "every X-ray with the packaged model (trained on the Montgomery and Shenzhen sets; "
                         "its masks' licence is CC BY-NC-SA 4.0, non-commercial); the masks it writes are what "
                         "`--masks DIR` reads.")
-    lsub = group.add_subparsers(dest="lungs_command", metavar="COMMAND")
+    lsub = group.add_subparsers(dest="lungs_command", metavar="COMMAND", help="what to do with lungs")
     _register_train(lsub)
     _register_predict(lsub)
     _register_eval(lsub)
