@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import os
 import struct
 import subprocess
 import sys
+import traceback
 import zlib
 from pathlib import Path
 
@@ -15,18 +18,35 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cxr.cli import main
 from cxr.data.synthetic import generate_dataset
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 TINY_RUN = ["--backbone", "efficientnet_lite0", "--weights", "random", "--epochs", "1", "--batch-size", "8",
             "--set", "data.image_size=32", "--set", "data.num_workers=0", "--set", "model.head=[8]",
             "--set", "eval.bootstrap=5", "--set", "eval.aug_samples=1", "--set", "eval.grid_per_class=1"]
 
 
-def cxr(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+def cxr_process(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    """`cxr ARGS` as a user runs it: a new process (the entry point, its re-exec, its exit status)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-m", "cxr", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=env)
+
+
+def cxr(*args: str) -> subprocess.CompletedProcess:
+    """`cxr ARGS` through `cxr.cli.main` in this process (a new process costs seconds of imports; one
+    test keeps the real command): its exit status and output, an uncaught exception as its traceback."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse's usage errors
+            code = exc.code if isinstance(exc.code, int) else 1
+        except Exception:  # noqa: BLE001 - what the command would print before dying
+            traceback.print_exc()
+            code = 1
+    return subprocess.CompletedProcess(["cxr", *map(str, args)], code, out.getvalue(), err.getvalue())
 
 
 def refused(result: subprocess.CompletedProcess, *needles: str) -> None:
@@ -109,6 +129,12 @@ def test_bad_data_is_one_line_for_inspect_and_run(corpus, tmp_path, case, needle
     refused(cxr("data", "inspect", corpus[case]), needle)
     refused(cxr("run", "--data", corpus[case], "--out", tmp_path / "run", *TINY_RUN), needle)
     assert not (tmp_path / "run").exists()
+
+
+def test_the_command_itself_refuses_with_one_line_and_exit_2(corpus):
+    result = cxr_process("data", "inspect", corpus["empty"])
+    refused(result, "no images found")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_missing_data_and_bad_options(corpus, tmp_path):
