@@ -50,6 +50,7 @@ from cxr.hashing import file_sha256
 from cxr.io import pil_to_gray, read_image, read_image_bytes
 from cxr.malloc import tune_malloc
 from cxr.pixels import RGB_LUMA
+from cxr.prediction_sets import SetMaker, set_maker
 from cxr.runtime import autocast, resolve_device, scoring_precision
 from cxr.suggest import did_you_mean
 from cxr.temperature import check_temperature, synthetic_of, temperature_of
@@ -70,6 +71,7 @@ class Prediction:
     probabilities: dict[str, float]
     source: str | None = None  # the file path or upload name, when known
     findings: tuple[str, ...] | None = None  # multi-label: the findings over their thresholds; None: one class
+    prediction_set: tuple[str, ...] | None = None  # conformal set at the predictor's coverage (None: not asked)
 
     @property
     def confidence(self) -> float:
@@ -84,6 +86,8 @@ class Prediction:
         out.update(label=self.label, probabilities=dict(self.probabilities))
         if self.findings is not None:
             out["findings"] = list(self.findings)
+        if self.prediction_set is not None:
+            out["prediction_set"] = list(self.prediction_set)
         return out
 
 
@@ -131,11 +135,12 @@ class Predictor:
         self.temperature = check_temperature(temperature, name)  # the logits are divided by it
         # multi-label: the threshold each finding is called present at; None: one class per image
         self.thresholds = _check_thresholds(thresholds, self._classes) if multilabel else None
+        self.sets: SetMaker | None = None  # prediction sets at a coverage (`set_coverage`); None: none
 
     @classmethod
     def from_checkpoint(
         cls, path: str | Path, device: str = "auto", precision: str = "auto", engine: str = "torch",
-        batch_size: int = 32, hint: str = "throughput",
+        batch_size: int = 32, hint: str = "throughput", coverage: float | None = None,
     ) -> Predictor:
         """Load a `cxr` checkpoint (safely, weights only) and rebuild its model for inference.
 
@@ -143,6 +148,7 @@ class Predictor:
         autocast on a GPU that has it.
         engine: 'torch' (default), 'onnxruntime', 'openvino', 'openvino-int8' or 'auto' (see
         `use_engine`; `batch_size` and `hint` are what the engine is tuned and measured for).
+        coverage: give every prediction its conformal set at this coverage (`set_coverage`).
         """
         tune_malloc()
         path = Path(path)
@@ -166,6 +172,7 @@ class Predictor:
                         temperature=temperature_of(ckpt, path), multilabel=multilabel,
                         thresholds=thresholds_of(ckpt) if multilabel else None)
         predictor.lung_crop = cfg.data.lung_crop_margin if cfg.data.lung_crop else None
+        predictor.set_coverage(coverage)
         log.info("loaded %s (%d %s, %s on %s)", name, len(predictor.classes), "findings" if multilabel else "classes",
                  predictor.precision, predictor.device)
         if engine != "torch":
@@ -200,6 +207,11 @@ class Predictor:
         self.engine = None if chosen.name == "torch" else chosen
         log.info("%s: inference on %s", self.name, chosen.describe())
         return chosen.describe()
+
+    def set_coverage(self, coverage: float | None) -> None:
+        """From now on every Prediction carries its prediction set at `coverage` (None: no sets), from the
+        checkpoint's conformal calibration (`cxr.prediction_sets`); a CxrError when it has none."""
+        self.sets = set_maker(self.info.extra, coverage, self.name, multilabel=self.multilabel)
 
     @property
     def multilabel(self) -> bool:
@@ -320,7 +332,8 @@ class Predictor:
         """A `Prediction` from one row of class (multi-label: finding) probabilities."""
         table = {c: float(p) for c, p in zip(self._classes, probs, strict=True)}
         if self.thresholds is None:
-            return Prediction(label=self._classes[int(np.argmax(probs))], probabilities=table, source=source)
+            return Prediction(label=self._classes[int(np.argmax(probs))], probabilities=table, source=source,
+                              prediction_set=self.sets(probs) if self.sets is not None else None)
         present = tuple(c for c, p, t in zip(self._classes, probs, self.thresholds, strict=True) if p >= t)
         return Prediction(label=SEPARATOR.join(present) or NO_FINDING, probabilities=table, source=source,
                           findings=present)
