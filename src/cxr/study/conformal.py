@@ -56,7 +56,8 @@ def sets_entry(checkpoint: Path | dict[str, Any], y: np.ndarray, probs: np.ndarr
     log.info("prediction sets on %s (%s%s, nominal %.2f): coverage %.4f [%.4f, %.4f], mean set size %.3f, "
              "singletons %.3f%s", name, entry["method"], "+mondrian" if entry["mondrian"] else "", entry["nominal"],
              entry["coverage"], low, high, entry["mean_size"], entry["singletons"],
-             "; BELOW the nominal coverage (a sign of shift)" if entry["below_nominal"] else "")
+             f"; its interval lies BELOW the nominal coverage{'' if name == 'test' else ' (a sign of shift)'}"
+             if entry["below_nominal"] else "")
     return entry
 
 
