@@ -74,8 +74,10 @@ def _shift(label: str, entry: dict[str, Any], internal: bool) -> Block:
     head = Bold(f"{label}: coverage below the nominal {nominal}.")
     ci = f" Its 95% interval {fmt_ci(entry.get('coverage_ci'))} lies wholly below it."
     if internal:
-        return para(head, ci, " The test split is drawn like the validation split, so this happens by chance about "
-                    "once in 40 runs; more often, the two splits differ (a group or a source in one only).")
+        return para(head, ci, " The test split is drawn like the validation split, so by chance alone this happens "
+                    "about once in 40 runs. The validation split also chose the best epoch, which makes its scores "
+                    "somewhat better than new images' (compare its accuracy with the test's), and a group or source "
+                    "in one split only would show the same way.")
     return para(head, ci, " On images exchangeable with the validation split that happens about once in 40 sets; "
                 "here it is a sign of distribution shift: these images differ from the ones the sets were calibrated "
                 "on, and the sets' guarantee does not hold for them.")
