@@ -51,10 +51,10 @@ def test_section_gives_coverage_sizes_per_class_and_variants(tmp_path: Path) -> 
     md = write_report(_run(tmp_path))[0].read_text()
     section = _section(md)
     assert "APS (adaptive" in section and "calibrated on the 400 validation images" in section
-    assert "| Internal test | 300 |" in section and "| External: elsewhere | 250 |" in section
+    assert "| Internal test | 300 |" in section and "| elsewhere (external) | 250 |" in section
     assert "Mean set size" in section and "Singletons" in section and "Share of sets by size" in section
     assert "Internal test: the coverage interval reaches the nominal 0.90." in section
-    assert "**External: elsewhere: coverage below the nominal 0.90.**" in section
+    assert "**elsewhere (external): coverage below the nominal 0.90.**" in section
     assert "sign of distribution shift" in section
     assert "| Viral_Pneumonia" not in section and "| Normal |" in section and "absent" in section  # not in the foreign set
     assert "lac+mondrian" in section and "raps" in section and "Worst class coverage" in section

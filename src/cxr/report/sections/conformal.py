@@ -26,7 +26,7 @@ def _entries(files: RunFiles) -> dict[str, dict[str, Any]]:
     external = (files.metrics or {}).get("external")
     for name, entry in ((external or {}).get("sets") or {}).items() if isinstance(external, dict) else ():
         if isinstance(entry, dict) and isinstance(entry.get("conformal"), dict):
-            out[f"External: {name}"] = entry["conformal"]
+            out[f"{name} (external)"] = entry["conformal"]
     return out
 
 
