@@ -119,6 +119,20 @@ def test_evaluate_checkpoint_reproduces_the_run_test_metrics(tiny_run, tiny_data
 
 
 @pytest.mark.slow
+def test_prediction_sets_are_calibrated_on_val_stored_in_best_pt_and_reported(tiny_run):
+    from cxr.prediction_sets import conformal_of
+
+    calibration = conformal_of(load_checkpoint(tiny_run / "checkpoints" / "best.pt"))
+    val = [r for r in read_split_csv(tiny_run / "split.csv") if r.split == "val"]
+    assert calibration.n == len(val) and calibration.record["fitted_on"] == "val" and calibration.coverage == 0.9
+    test = json.loads((tiny_run / "metrics.json").read_text())["test"]
+    entry = test["conformal"]
+    assert entry["n"] == test["n"] and entry["method"] == "lac" and entry["calibration_images"] == len(val)
+    assert sum(entry["size_counts"].values()) == test["n"] and len(entry["variants"]) == 6
+    assert "## Prediction sets (conformal)" in (tiny_run / "report.md").read_text()
+
+
+@pytest.mark.slow
 def test_evaluating_a_run_on_a_csv_manifest_scores_its_split_not_every_image(tiny_data, tmp_path):
     manifest = tmp_path / "manifest.csv"
     with open(manifest, "w", newline="") as fh:

@@ -26,6 +26,7 @@ from cxr.checks import (
     Matches,
     NonEmpty,
     OptionalPath,
+    Range,
     Ratios,
     Span,
     above,
@@ -54,6 +55,7 @@ UNCERTAIN_POLICIES = ("ignore", "zeros", "ones")  # what a CheXpert-style -1 (un
 OCCLUDE_CHOICES = ("lungs", "outside")  # the masked-region test blanks the lungs, or everything outside them
 FILL_CHOICES = ("median", "zero")  # what blanked pixels become: the image's median pixel value, or black
 LUNGS_CHOICES = ("auto", "masks", "none")  # lung regions: given ones else the default segmenter's | given only | none
+CONFORMAL_METHODS = ("lac", "aps", "raps")  # prediction-set scores (cxr.metrics.conformal.METHODS)
 
 
 def setting(default: Any, check: Check | None = None, *, describe: Callable[[], str] | None = None) -> Any:
@@ -155,6 +157,11 @@ class EvalConfig:
     shortcut_max_images: int = setting(200, at_least(1))  # images per set the shortcut audit looks at (evenly per class)
     shortcut_gallery: int = setting(8, at_least(0))  # overlays of the images whose attention lies most outside the lungs
     occlude_fill: str = setting("median", Choice(FILL_CHOICES))  # blanked pixels: each image's median value, or zero
+    coverage: float = setting(0.9, Range(0.0, 1.0, low_open=True, high_open=True))  # prediction sets: share of images whose set holds the true class (cxr predict --coverage)
+    conformal_method: str = setting("lac", Choice(CONFORMAL_METHODS))  # prediction-set score: lac (smallest sets) | aps (adaptive) | raps (APS + rank penalty)
+    conformal_mondrian: bool = False  # calibrate the sets per class, so every class gets the coverage (larger sets)
+    raps_k_reg: int = setting(1, at_least(0))  # RAPS: labels ranked past this many pay the penalty
+    raps_lambda: float = setting(0.01, at_least(0))  # RAPS: penalty per rank past raps_k_reg
 
 
 @dataclass

@@ -4,7 +4,9 @@ Both exports take the *normalised* input tensor (N, 3, S, S), float32, and retur
 probabilities (softmax inside the graph; the ONNX graph also outputs the logits). The preprocessing
 that makes that tensor from an X-ray is written into the file so a consumer can reproduce it: ONNX
 `metadata_props` and TorchScript extra file `cxr.json` hold the classes, the preprocessing mode,
-input size, per-channel mean/std (on 0..255 pixels), channel order and the temperature. The logits
+input size, per-channel mean/std (on 0..255 pixels), channel order, the temperature and, when best.pt has
+one, the conformal calibration (`conformal`: method, thresholds per class at the default coverage and a
+few others, how to form a set from the probabilities; `cxr.prediction_sets`). The logits
 are divided by the checkpoint's temperature inside the graph (`cxr.temperature`; 1 when it has none),
 so the exported probabilities are the calibrated ones `cxr predict` gives. The batch axis is dynamic.
 """
@@ -30,6 +32,7 @@ from cxr.errors import CxrError
 from cxr.io import IMAGE_EXTENSIONS, read_image
 from cxr.logs import RESULT
 from cxr.predict import Predictor
+from cxr.prediction_sets import export_metadata
 from cxr.temperature import TemperatureScaled, temperature_of
 from cxr.transforms import Preprocessing, output_probs, resize_gray, to_input
 
@@ -116,6 +119,7 @@ def export_onnx(
     proto = onnx.load(str(out))
     meta = describe_input(ckpt["classes"], pre, temperature_of(ckpt), _thresholds(ckpt))
     meta["backbone"] = config_of(ckpt).model.backbone
+    meta.update(export_metadata(ckpt))  # conformal: the prediction sets' thresholds, when calibrated
     _set_metadata(proto, meta)
     proto.doc_string = "cxr chest X-ray classifier. " + meta["input"]
     onnx.checker.check_model(proto)
@@ -174,6 +178,7 @@ def export_torchscript(checkpoint: str | Path | dict[str, Any], out: str | Path,
             traced = torch.jit.trace(wrapped, (example,), check_trace=False)
         meta = describe_input(ckpt["classes"], pre, temperature_of(ckpt), _thresholds(ckpt))
         meta["backbone"] = config_of(ckpt).model.backbone
+        meta.update(export_metadata(ckpt))
         torch.jit.save(traced, str(out), _extra_files={TORCHSCRIPT_META: json.dumps(meta)})
     log.info("wrote %s (TorchScript, %d classes)", out, len(ckpt["classes"]), extra=RESULT)
     if check:

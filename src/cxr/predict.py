@@ -51,6 +51,7 @@ from cxr.io import pil_to_gray, read_image, read_image_bytes
 from cxr.lungs.auto import AUTO, AutoLungs
 from cxr.malloc import tune_malloc
 from cxr.pixels import RGB_LUMA
+from cxr.prediction_sets import SetMaker, set_maker
 from cxr.runtime import autocast, resolve_device, scoring_precision
 from cxr.suggest import did_you_mean
 from cxr.temperature import check_temperature, synthetic_of, temperature_of
@@ -71,6 +72,7 @@ class Prediction:
     probabilities: dict[str, float]
     source: str | None = None  # the file path or upload name, when known
     findings: tuple[str, ...] | None = None  # multi-label: the findings over their thresholds; None: one class
+    prediction_set: tuple[str, ...] | None = None  # conformal set at the predictor's coverage (None: not asked)
 
     @property
     def confidence(self) -> float:
@@ -85,6 +87,8 @@ class Prediction:
         out.update(label=self.label, probabilities=dict(self.probabilities))
         if self.findings is not None:
             out["findings"] = list(self.findings)
+        if self.prediction_set is not None:
+            out["prediction_set"] = list(self.prediction_set)
         return out
 
 
@@ -133,11 +137,13 @@ class Predictor:
         self.temperature = check_temperature(temperature, name)  # the logits are divided by it
         # multi-label: the threshold each finding is called present at; None: one class per image
         self.thresholds = _check_thresholds(thresholds, self._classes) if multilabel else None
+        self.sets: SetMaker | None = None  # prediction sets at a coverage (`set_coverage`); None: none
 
     @classmethod
     def from_checkpoint(
         cls, path: str | Path, device: str = "auto", precision: str = "auto", engine: str = "torch",
         batch_size: int = 32, hint: str = "throughput", lungs: str | None = None,
+        coverage: float | None = None,
     ) -> Predictor:
         """Load a `cxr` checkpoint (safely, weights only) and rebuild its model for inference.
 
@@ -147,6 +153,7 @@ class Predictor:
         `use_engine`; `batch_size` and `hint` are what the engine is tuned and measured for).
         lungs: the checkpoint's `data.lungs` unless given; auto: a lung-crop model given no lung region
         crops to the built-in segmenter's mask (`cxr.lungs.auto`).
+        coverage: give every prediction its conformal set at this coverage (`set_coverage`).
         """
         tune_malloc()
         path = Path(path)
@@ -171,6 +178,7 @@ class Predictor:
                         thresholds=thresholds_of(ckpt) if multilabel else None)
         predictor.lung_crop = cfg.data.lung_crop_margin if cfg.data.lung_crop else None
         predictor.auto_lungs = AutoLungs() if (lungs or cfg.data.lungs) == AUTO else None
+        predictor.set_coverage(coverage)
         log.info("loaded %s (%d %s, %s on %s)", name, len(predictor.classes), "findings" if multilabel else "classes",
                  predictor.precision, predictor.device)
         if engine != "torch":
@@ -205,6 +213,11 @@ class Predictor:
         self.engine = None if chosen.name == "torch" else chosen
         log.info("%s: inference on %s", self.name, chosen.describe())
         return chosen.describe()
+
+    def set_coverage(self, coverage: float | None) -> None:
+        """From now on every Prediction carries its prediction set at `coverage` (None: no sets), from the
+        checkpoint's conformal calibration (`cxr.prediction_sets`); a CxrError when it has none."""
+        self.sets = set_maker(self.info.extra, coverage, self.name, multilabel=self.multilabel)
 
     @property
     def multilabel(self) -> bool:
@@ -332,7 +345,8 @@ class Predictor:
         """A `Prediction` from one row of class (multi-label: finding) probabilities."""
         table = {c: float(p) for c, p in zip(self._classes, probs, strict=True)}
         if self.thresholds is None:
-            return Prediction(label=self._classes[int(np.argmax(probs))], probabilities=table, source=source)
+            return Prediction(label=self._classes[int(np.argmax(probs))], probabilities=table, source=source,
+                              prediction_set=self.sets(probs) if self.sets is not None else None)
         present = tuple(c for c, p, t in zip(self._classes, probs, self.thresholds, strict=True) if p >= t)
         return Prediction(label=SEPARATOR.join(present) or NO_FINDING, probabilities=table, source=source,
                           findings=present)

@@ -108,7 +108,7 @@ def test_batch_answers_each_file_in_order(client: TestClient, png_bytes: bytes, 
 
 def test_openapi_documents_the_uploads(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
-    for path, fields in (("/v1/predict", {"file"}), ("/v1/explain", {"file", "class"}),
+    for path, fields in (("/v1/predict", {"file", "coverage"}), ("/v1/explain", {"file", "class"}),
                          ("/v1/predict/batch", {"file"})):
         body = spec["paths"][path]["post"]["requestBody"]
         form = body["content"]["multipart/form-data"]["schema"]

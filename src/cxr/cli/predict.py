@@ -59,6 +59,9 @@ def _register_use(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", choices=EVAL_ENGINES, default="auto", metavar="NAME", help=ENGINE_HELP)
     p.add_argument("--precision", choices=PRECISIONS, default="auto", metavar="MODE", help=PRECISION_HELP)
     p.add_argument("--threads", type=non_negative_int, default=0, metavar="N", help=THREADS_HELP)
+    p.add_argument("--coverage", type=float, metavar="P",
+                   help="also give each image's prediction set: classes that hold the true one for a share P of "
+                   "images like the validation split's (e.g. 0.9; conformal, stored in best.pt; default: no sets)")
 
     p = add_command(sub, "explain", cmd_explain, "Grad-CAM heatmap of one image, overlaid on the X-ray",
                     description="Write the Grad-CAM overlay at the image's size to --out, and beside it "
@@ -205,7 +208,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise CxrError(f"no image files found in {', '.join(args.inputs)}")
     set_threads(args.threads)
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, precision=args.precision,
-                                          lungs=args.lungs)
+                                          lungs=args.lungs, coverage=args.coverage)
     warn_if_synthetic(predictor)
     region = _region(args)
     prepare = auto_crop(predictor, files, region)
@@ -231,7 +234,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     elif args.out.suffix.lower() == ".csv":
         _write_csv(args.out, results, classes)
     else:
-        _write_json(args.out, results, skipped, predictor.name, classes, predictor.thresholds)
+        _write_json(args.out, results, skipped, predictor.name, classes, predictor.thresholds, predictor.sets)
     if args.out is not None:
         log.info("wrote %s", args.out)
     log.info("%d images predicted, %d skipped", len(results), len(skipped))
@@ -257,21 +260,37 @@ def warn_if_synthetic(predictor: Any) -> None:
 
 
 def _rows(results: list[tuple[str, Any]], classes: list[str]) -> list[list[str]]:
-    return [[path, p.label, *(f"{p.probabilities[c]:.6f}" for c in classes)] for path, p in results]
+    return [[path, p.label, *(f"{p.probabilities[c]:.6f}" for c in classes), *_set_cell(p)] for path, p in results]
+
+
+def _set_cell(prediction: Any) -> list[str]:
+    """[the prediction set as '{A, B}'] when one was asked for (--coverage), else []."""
+    from cxr.prediction_sets import format_set
+
+    return [] if prediction.prediction_set is None else [format_set(prediction.prediction_set)]
+
+
+def _with_sets(results: list[tuple[str, Any]]) -> bool:
+    return bool(results) and results[0][1].prediction_set is not None
 
 
 def _write_csv(out: Path, results: list[tuple[str, Any]], classes: list[str]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["path", "label", *(f"prob_{c}" for c in classes)])
+        sets = ["prediction_set"] if _with_sets(results) else []
+        writer.writerow(["path", "label", *(f"prob_{c}" for c in classes), *sets])
         writer.writerows(_rows(results, classes))
 
 
 def _write_json(out: Path, results: list[tuple[str, Any]], skipped: list[tuple[str, str]], model: str,
-                classes: list[str], thresholds: list[float] | None = None) -> None:
+                classes: list[str], thresholds: list[float] | None = None, sets: Any = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     doc: dict[str, Any] = {"model": model, "classes": classes}
+    if sets is not None:  # --coverage: how each prediction's `prediction_set` was made
+        cal = sets.calibration
+        doc["prediction_sets"] = {"coverage": sets.coverage, "method": cal.method, "mondrian": cal.mondrian,
+                                  "calibration_images": cal.n}
     if thresholds is not None:  # multi-label: `label` joins the findings at or over their thresholds
         doc.update(task="multilabel", thresholds=dict(zip(classes, thresholds, strict=True)))
     doc["predictions"] = [{"path": path, **p.to_dict(source=False)} for path, p in results]
@@ -282,8 +301,9 @@ def _write_json(out: Path, results: list[tuple[str, Any]], skipped: list[tuple[s
 def _print_table(results: list[tuple[str, Any]], classes: list[str], thresholds: list[float] | None = None) -> None:
     """One row per image: its label and the probability of every class; a multi-label model's table
     names its column `findings` and shows, under the header, the threshold each finding is called at."""
-    header = ["path", "label" if thresholds is None else "findings", *classes]
-    rows = [[path, p.label, *(f"{p.probabilities[c]:.4f}" for c in classes)] for path, p in results]
+    sets = ["set"] if _with_sets(results) else []
+    header = ["path", "label" if thresholds is None else "findings", *classes, *sets]
+    rows = [[path, p.label, *(f"{p.probabilities[c]:.4f}" for c in classes), *_set_cell(p)] for path, p in results]
     if thresholds is not None:
         rows.insert(0, ["(threshold)", "", *(f"{t:.4f}" for t in thresholds)])
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]

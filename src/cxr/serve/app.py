@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException
 from cxr import __version__
 from cxr.errors import CxrError
 from cxr.predict import Predictor
-from cxr.serve import docs, lungs
+from cxr.serve import docs, lungs, sets
 from cxr.serve.guard import API_PREFIX, ApiKeyMiddleware, BodyGuardMiddleware
 from cxr.serve.limits import ServeLimits
 from cxr.serve.modelcard import NOT_A_MEDICAL_DEVICE, SYNTHETIC_WARNING, build_model_card
@@ -105,6 +105,7 @@ class Inference:
         self._decoders = asyncio.Semaphore(limits.decoders)
         # lung boxes are in the uploaded pixels: a lung-crop model's uploads are not shrunk early
         self._min_side = SHRINK_MARGIN * predictor.preprocessing.size if predictor.lung_crop is None else None
+        self.sets = sets.SetAnswers(predictor)  # prediction sets at the request's `coverage`
 
     async def decoded(self, upload: Upload, then: Callable[[np.ndarray], Any] | None = None) -> Any:
         """The upload decoded (and passed through `then`) in the thread pool, `limits.decoders` at a time."""
@@ -115,17 +116,19 @@ class Inference:
         async with self._decoders:
             return await run_in_threadpool(work)
 
-    async def predicted(self, upload: Upload) -> dict[str, Any]:
+    async def predicted(self, upload: Upload, fields: Any = None) -> dict[str, Any]:
+        """`fields`: the request's, where the upload has none of its own (a batch part)."""
+        coverage = self.sets.coverage(upload.fields if fields is None else fields)
         prepare = lungs.preprocessor(self.predictor, lungs.upload_boxes(self.predictor, upload.fields))
         prediction = await self.worker.predict(await self.decoded(upload, prepare))
-        return prediction.to_dict(source=False)  # multi-label: + findings
+        return {**prediction.to_dict(source=False), **self.sets.answer(prediction, coverage)}  # multi-label: + findings
 
-    async def batch_result(self, upload: Upload) -> dict[str, Any]:
+    async def batch_result(self, upload: Upload, fields: Any = None) -> dict[str, Any]:
         """One file's entry of a batch answer: its prediction, or its error (status and detail)."""
         error = upload.error
         if error is None:
             try:
-                return {"file": upload.name, **await self.predicted(upload)}
+                return {"file": upload.name, **await self.predicted(upload, fields)}
             except HTTPException as exc:
                 error = exc
         return {"file": upload.name, "error": {"status": error.status_code, "detail": error.detail}}
@@ -154,7 +157,7 @@ def _add_routes(app: FastAPI, predictor: Predictor, worker: InferenceWorker, lim
     async def model_card() -> dict[str, Any]:
         return card
 
-    @app.post("/v1/predict", openapi_extra=docs.upload_body(), response_model=None,
+    @app.post("/v1/predict", openapi_extra=sets.documented(docs.upload_body()), response_model=None,
               responses={**docs.json_response(docs.PREDICTION, "the prediction"), **_UPLOAD_ERRORS})
     async def predict(request: Request) -> dict[str, Any]:
         start = time.perf_counter()
@@ -163,13 +166,15 @@ def _add_routes(app: FastAPI, predictor: Predictor, worker: InferenceWorker, lim
             result = await run.predicted(upload)
         return {**result, "model": predictor.name, **warning, "latency_ms": _ms_since(start)}
 
-    @app.post("/v1/predict/batch", openapi_extra=docs.upload_body(batch=True), response_model=None,
+    @app.post("/v1/predict/batch", openapi_extra=sets.documented(docs.upload_body(batch=True), form=False),
+              response_model=None,
               responses={**docs.json_response(docs.BATCH, "one result per file, in order"), **_UPLOAD_ERRORS})
     async def predict_batch(request: Request) -> dict[str, Any]:
         start = time.perf_counter()
         uploads = await read_batch(request, limits.max_files)
+        run.sets.coverage(request.query_params)  # a bad coverage fails the request, not each file
         with run.admission.hold(sum(u.error is None for u in uploads)):
-            results = await asyncio.gather(*(run.batch_result(u) for u in uploads))
+            results = await asyncio.gather(*(run.batch_result(u, request.query_params) for u in uploads))
         return {"model": predictor.name, **warning, "results": results, "latency_ms": _ms_since(start)}
 
     @app.post("/v1/explain", openapi_extra=docs.upload_body(with_class=True), responses={

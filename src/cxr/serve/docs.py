@@ -74,17 +74,20 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 _FINDINGS = {"type": "array", "items": {"type": "string"},
              "description": "multi-label models only: the findings at or over their thresholds (see /model)"}
 _WARNING = {"type": "string", "description": "present when the model was trained on synthetic images"}
+_SET = {"type": "array", "items": {"type": "string"}, "description": "the classes of the conformal prediction set at "
+        "`coverage`, most probable first (absent when the model has no conformal calibration)"}
+_COVERAGE = {"type": "number", "description": "the coverage `prediction_set` was made for"}
 PREDICTION = {"type": "object", "properties": {
     "label": {"type": "string", "description": "the most probable class (multi-label model: the findings "
               "called present joined by '|', or 'No Finding')"},
-    "findings": _FINDINGS, "probabilities": _PROBABILITIES, "model": {"type": "string"}, "warning": _WARNING,
-    "latency_ms": {"type": "number"}}}
+    "findings": _FINDINGS, "probabilities": _PROBABILITIES, "prediction_set": _SET, "coverage": _COVERAGE,
+    "model": {"type": "string"}, "warning": _WARNING, "latency_ms": {"type": "number"}}}
 BATCH = {"type": "object", "properties": {
     "model": {"type": "string"}, "warning": _WARNING, "latency_ms": {"type": "number"},
     "results": {"type": "array", "description": "one per file, in the order sent", "items": {
         "type": "object", "properties": {
             "file": {"type": "string"}, "label": {"type": "string"}, "findings": _FINDINGS,
-            "probabilities": _PROBABILITIES,
+            "probabilities": _PROBABILITIES, "prediction_set": _SET, "coverage": _COVERAGE,
             "error": {"type": "object", "description": "instead of label and probabilities when the file "
                       "cannot be used", "properties": {"status": {"type": "integer"}, "detail": {"type": "string"}}}}}}}}
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr.predict import Predictor
+from cxr.serve.sets import card_entry as sets_card
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ def build_model_card(predictor: Predictor) -> dict[str, Any]:
         "preprocessing": predictor.preprocessing.to_dict(),
         "calibration": {"temperature": predictor.temperature,
                         "method": "logits divided by a temperature fitted on the validation split (1: none)"},
+        "prediction_sets": sets_card(predictor),  # conformal sets (cxr.serve.sets); None: the checkpoint has none
         "training_data": {**_training_data(cfg, run_metrics), "synthetic": predictor.synthetic},
         "training": _training(cfg),
         "validation_metrics": _validation(info.metrics),

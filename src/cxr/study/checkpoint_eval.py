@@ -25,6 +25,7 @@ from cxr.rundir import RunDir, SplitRow, read_split_csv, write_json
 from cxr.runtime import Compute, describe, set_threads
 from cxr.study.auto_lungs import crop_rows
 from cxr.study.calibrate import Scored, calibration_entry, score
+from cxr.study.conformal import sets_entry
 from cxr.study.evaluation import EVALUATION_SPLITS, scored_rows
 from cxr.study.multilabel import score_multilabel
 from cxr.study.scoring import require_regions, rows_with_regions
@@ -116,6 +117,7 @@ def _score(module: Any, loader: Any, compute: Compute, state: dict[str, Any], ck
     metrics["temperature"] = temperature
     metrics["calibration"] = calibration_entry(scored, (state.get("extra") or {}).get("calibration"),
                                                bins=cfg.eval.ece_bins, n_boot=cfg.eval.bootstrap, seed=cfg.train.seed)
+    metrics["conformal"] = sets_entry(state, scored.y, scored.calibrated, name=split)  # None: no calibration stored
     return scored, metrics
 
 

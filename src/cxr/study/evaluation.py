@@ -20,6 +20,7 @@ from cxr.errors import CxrError
 from cxr.metrics import classification_metrics
 from cxr.rundir import SPLITS, SplitRow
 from cxr.study.calibrate import Scored, calibrate, calibration_entry, score
+from cxr.study.conformal import calibrate_sets, sets_entry
 from cxr.study.inputs import decoded_cache_of, image_loaders
 from cxr.study.multilabel import score_multilabel, store_thresholds, validation_thresholds
 from cxr.study.operating import operating_entry
@@ -82,6 +83,7 @@ def calibrate_best(run: TrainingRun) -> Calibration:
     module, loader, compute = split_inputs(run, "val")
     val, record = calibrate(score(module, loader, compute, desc="validation"), run.result.best_path,
                             seed=run.cfg.train.seed)
+    calibrate_sets(val.y, val.calibrated, run.prepared.classes, run.cfg, run.result.best_path)  # prediction sets
     return Calibration(record["temperature"], val, record)
 
 
@@ -104,6 +106,7 @@ def evaluate_best(run: TrainingRun, calibration: Calibration) -> tuple[dict[str,
     metrics["calibration"] = calibration_entry(test, calibration.record, bins=cfg.eval.ece_bins,
                                                n_boot=cfg.eval.bootstrap, seed=cfg.train.seed)
     metrics["operating_points"] = operating_entry(calibration.val, test, classes)
+    metrics["conformal"] = sets_entry(run.result.best_path, test.y, test.calibrated)  # prediction sets
     return metrics, scored_rows(loader, run.prepared.split("test")), test
 
 

@@ -31,6 +31,7 @@ from cxr.metrics.partial import present_class_metrics, restrict, worse_than
 from cxr.runtime import Compute
 from cxr.study.auto_lungs import crop_rows
 from cxr.study.checkpoint_eval import all_rows
+from cxr.study.conformal import external_sets_entry
 from cxr.study.scoring import require_regions, score_rows
 from cxr.study.shortcut import AuditSettings, shortcut_audit
 
@@ -88,8 +89,10 @@ def evaluate_external(
     *,
     internal: tuple[np.ndarray, np.ndarray] | None = None,
     fig_dir: Path | None = None,
+    sets_from: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Score `model` on one external set; the entry of metrics.json["external"]["sets"][name]."""
+    """Score `model` on one external set; the entry of metrics.json["external"]["sets"][name]
+    (`sets_from`: the checkpoint dict whose prediction sets are judged on it too)."""
     if not ext.data.exists():
         raise CxrError(f"external set {ext.name}: data not found: {ext.data}")
     found = with_regions(discover(ext.data, min_classes=1), ext.masks, ext.boxes)
@@ -125,6 +128,7 @@ def evaluate_external(
         "ignored": sum(1 for m in mappings if m.target is None), "skipped": scored.skipped,
         "masks": {"with_region": sum(1 for r in rows if r.mask), "without_region": sum(1 for r in rows if not r.mask)},
         "metrics": metrics, "internal_same_classes": same, "worse_than_internal": worse, "shortcut": audit,
+        "conformal": external_sets_entry(sets_from, scored.y_true, scored.probs, f"external {ext.name}"),
     }
 
 
@@ -138,6 +142,7 @@ def external_section(
     internal: tuple[np.ndarray, np.ndarray] | None,
     fig_dir: Path | None,
     tolerant: bool = False,
+    sets_from: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """metrics.json["external"]: the internal test reference and every external set's entry.
 
@@ -148,7 +153,8 @@ def external_section(
     entries = {}
     for ext in sets:
         try:
-            entries[ext.name] = evaluate_external(model, classes, cfg, ext, compute, internal=internal, fig_dir=fig_dir)
+            entries[ext.name] = evaluate_external(model, classes, cfg, ext, compute, internal=internal, fig_dir=fig_dir,
+                                                  sets_from=sets_from)
         except CxrError as exc:
             if not tolerant:
                 raise

@@ -16,6 +16,7 @@ from cxr.report.runfiles import RunFiles
 from cxr.report.sections.banners import first_screen
 from cxr.report.sections.calibration import calibration
 from cxr.report.sections.closing import limitations, other_figures
+from cxr.report.sections.conformal import conformal
 from cxr.report.sections.errors import errors
 from cxr.report.sections.external import external
 from cxr.report.sections.lungs import lungs
@@ -29,7 +30,7 @@ from cxr.report.sections.training import augmented, training
 Section = Callable[[RunFiles], list[Block]]
 
 SECTIONS: tuple[Section, ...] = (
-    first_screen, shortcut_banner, summary, dataset, results, calibration, operating_points, errors, external,
+    first_screen, shortcut_banner, summary, dataset, results, calibration, conformal, operating_points, errors, external,
     shortcut, lungs, training, augmented, provenance, other_figures, limitations,
 )
 
