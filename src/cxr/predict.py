@@ -49,6 +49,7 @@ from cxr.errors import CxrError
 from cxr.hashing import file_sha256
 from cxr.io import pil_to_gray, read_image, read_image_bytes
 from cxr.malloc import tune_malloc
+from cxr.ood.guard import OodGuard
 from cxr.pixels import RGB_LUMA
 from cxr.runtime import autocast, resolve_device, scoring_precision
 from cxr.suggest import did_you_mean
@@ -70,6 +71,9 @@ class Prediction:
     probabilities: dict[str, float]
     source: str | None = None  # the file path or upload name, when known
     findings: tuple[str, ...] | None = None  # multi-label: the findings over their thresholds; None: one class
+    in_distribution: bool | None = None  # False: not like the training X-rays (`reason` says why); None: not checked
+    reason: str | None = None  # why the input is (not) in distribution (`cxr.ood.guard`)
+    ood_score: float | None = None  # the feature detector's score / its threshold (over 1: out of distribution)
 
     @property
     def confidence(self) -> float:
@@ -84,6 +88,8 @@ class Prediction:
         out.update(label=self.label, probabilities=dict(self.probabilities))
         if self.findings is not None:
             out["findings"] = list(self.findings)
+        if self.in_distribution is not None:
+            out.update(in_distribution=self.in_distribution, reason=self.reason, ood_score=self.ood_score)
         return out
 
 
@@ -131,6 +137,7 @@ class Predictor:
         self.temperature = check_temperature(temperature, name)  # the logits are divided by it
         # multi-label: the threshold each finding is called present at; None: one class per image
         self.thresholds = _check_thresholds(thresholds, self._classes) if multilabel else None
+        self.ood = OodGuard.from_extra(self.info.extra)  # image checks, and the feature detector best.pt stores
 
     @classmethod
     def from_checkpoint(
@@ -181,7 +188,7 @@ class Predictor:
         `sample` (normalised inputs: give a few of the images to be predicted), else on synthetic
         images. 'openvino-int8' needs the run's split.csv and images (`cxr.engine.int8`).
         """
-        spec = EngineSpec("logits", precision=self.precision, export_precision=engine_precision(self.requested_precision),
+        spec = EngineSpec(self.ood.engine_output(name), precision=self.precision, export_precision=engine_precision(self.requested_precision),
                           batch_size=batch_size, hint=hint, device=str(self.device), channels_last=False)
         if name == INT8_ENGINE:
             from cxr.engine.int8 import int8_engine_for_run
@@ -284,16 +291,20 @@ class Predictor:
         results: list[Prediction] = []
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
-            batch = torch.stack([self.preprocess(self.load(item), regions[start + i]) for i, item in enumerate(chunk)])
+            grays = [self.load(item) for item in chunk]
+            batch = torch.stack([self.preprocess(gray, regions[start + i]) for i, gray in enumerate(grays)])
             probs = self.predict_tensor(batch, tta=tta)
-            results.extend(self.to_prediction(p, _source_of(item)) for p, item in zip(probs, chunk, strict=True))
+            results.extend(self.ood.judge([self.to_prediction(p, _source_of(item)) for p, item in zip(probs, chunk, strict=True)],
+                                          [self.ood.input_reasons(item, gray) for item, gray in zip(chunk, grays, strict=True)]))
             if progress is not None:
                 progress(len(chunk))
         return results
 
     @torch.no_grad()
     def predict_tensor(self, batch: torch.Tensor, tta: bool = False) -> np.ndarray:
-        """Class probabilities (N, C) float64 for a batch of normalised inputs (N, 3, S, S)."""
+        """Class probabilities (N, C) float64 for a batch of normalised inputs (N, 3, S, S); the
+        out-of-distribution guard keeps the batch's pooled features (`self.ood.judge` reads them)."""
+        self.ood.begin()
         if self.engine is None:
             batch = batch.to(self.device, non_blocking=True)
         if tta:
@@ -310,10 +321,10 @@ class Predictor:
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """Calibrated logits: the model's (on its engine) divided by the temperature."""
         if self.engine is not None:
-            logits = self.engine(x)
+            logits = self.ood.forward(self.model, x, self.engine) if self.engine.output == "features" else self.engine(x)
         else:
             with autocast(self.device, self.precision):
-                logits = self.model(x)
+                logits = self.ood.forward(self.model, x) if self.ood.wants_features else self.model(x)
         return logits if self.temperature == 1.0 else logits.float() / self.temperature
 
     def to_prediction(self, probs: np.ndarray, source: str | None = None) -> Prediction:

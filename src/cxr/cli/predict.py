@@ -186,6 +186,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
     from cxr.engine.parity import PARITY_IMAGES
+    from cxr.ood.image_checks import colour_reason, gray_reasons
     from cxr.predict import Prediction, Predictor
     from cxr.progress import Progress
     from cxr.runtime import set_threads
@@ -205,18 +206,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
     results: list[tuple[str, Prediction]] = []
     engine_chosen = False
     with Progress(len(files), "predict") as bar:
-        for paths, inputs, bad in read_chunks(files, args.batch_size, lambda image: predictor.preprocess(image, region)):
+        for paths, inputs, bad in read_chunks(files, args.batch_size, lambda image: (
+                predictor.preprocess(image, region), gray_reasons(image, predictor.ood.checks))):
             for path, reason in bad:
                 log.warning("skipped %s: %s", path, reason)
             skipped.extend(bad)
             if inputs:
-                batch = torch.stack(inputs)
+                batch = torch.stack([x for x, _ in inputs])
                 if not engine_chosen:  # checked against PyTorch on the first images to predict
                     predictor.use_engine(args.engine, sample=batch[:PARITY_IMAGES], batch_size=args.batch_size,
                                          images=len(files))
                     engine_chosen = True
                 probs = predictor.predict_tensor(batch, tta=args.tta)
-                results.extend((path, predictor.to_prediction(p)) for path, p in zip(paths, probs, strict=True))
+                checks = [[*filter(None, [colour_reason(path, predictor.ood.checks)]), *r] for path, (_, r) in zip(paths, inputs, strict=True)]
+                judged = predictor.ood.judge([predictor.to_prediction(p) for p in probs], checks)
+                results.extend(zip(paths, judged, strict=True))
             bar.update(len(paths) + len(bad))
     classes = predictor.classes
     if args.out is None:
@@ -241,14 +245,14 @@ def warn_if_synthetic(predictor: Any) -> None:
 
 
 def _rows(results: list[tuple[str, Any]], classes: list[str]) -> list[list[str]]:
-    return [[path, p.label, *(f"{p.probabilities[c]:.6f}" for c in classes)] for path, p in results]
+    return [[path, p.label, *(f"{p.probabilities[c]:.6f}" for c in classes), *ood_cells(p)] for path, p in results]
 
 
 def _write_csv(out: Path, results: list[tuple[str, Any]], classes: list[str]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["path", "label", *(f"prob_{c}" for c in classes)])
+        writer.writerow(["path", "label", *(f"prob_{c}" for c in classes), *OOD_COLUMNS])
         writer.writerows(_rows(results, classes))
 
 
@@ -263,13 +267,21 @@ def _write_json(out: Path, results: list[tuple[str, Any]], skipped: list[tuple[s
     out.write_text(json.dumps(doc, indent=2) + "\n")
 
 
+OOD_COLUMNS = ("in_distribution", "reason")  # `cxr.ood.guard`: false when the input is not like the training X-rays
+
+
+def ood_cells(p: Any) -> list[str]:
+    """The in_distribution and reason cells of a prediction ('' when it was not checked)."""
+    return ["" if p.in_distribution is None else str(p.in_distribution).lower(), p.reason or ""]
+
+
 def _print_table(results: list[tuple[str, Any]], classes: list[str], thresholds: list[float] | None = None) -> None:
     """One row per image: its label and the probability of every class; a multi-label model's table
     names its column `findings` and shows, under the header, the threshold each finding is called at."""
-    header = ["path", "label" if thresholds is None else "findings", *classes]
-    rows = [[path, p.label, *(f"{p.probabilities[c]:.4f}" for c in classes)] for path, p in results]
+    header = ["path", "label" if thresholds is None else "findings", *classes, *OOD_COLUMNS]
+    rows = [[path, p.label, *(f"{p.probabilities[c]:.4f}" for c in classes), *ood_cells(p)] for path, p in results]
     if thresholds is not None:
-        rows.insert(0, ["(threshold)", "", *(f"{t:.4f}" for t in thresholds)])
+        rows.insert(0, ["(threshold)", "", *(f"{t:.4f}" for t in thresholds), "", ""])
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         _echo("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

@@ -74,17 +74,23 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 _FINDINGS = {"type": "array", "items": {"type": "string"},
              "description": "multi-label models only: the findings at or over their thresholds (see /model)"}
 _WARNING = {"type": "string", "description": "present when the model was trained on synthetic images"}
+_OOD = {  # cxr.ood.guard
+    "in_distribution": {"type": "boolean", "description": "false: the input is not like the training X-rays "
+                        "(with cxr serve --reject-ood: a 422 instead)"},
+    "reason": {"type": "string", "description": "why the input is (not) in distribution"},
+    "ood_score": {"type": ["number", "null"], "description": "the feature detector's score over its threshold "
+                  "(over 1: out of distribution); null without a detector"}}
 PREDICTION = {"type": "object", "properties": {
     "label": {"type": "string", "description": "the most probable class (multi-label model: the findings "
               "called present joined by '|', or 'No Finding')"},
-    "findings": _FINDINGS, "probabilities": _PROBABILITIES, "model": {"type": "string"}, "warning": _WARNING,
-    "latency_ms": {"type": "number"}}}
+    "findings": _FINDINGS, "probabilities": _PROBABILITIES, **_OOD, "model": {"type": "string"},
+    "warning": _WARNING, "latency_ms": {"type": "number"}}}
 BATCH = {"type": "object", "properties": {
     "model": {"type": "string"}, "warning": _WARNING, "latency_ms": {"type": "number"},
     "results": {"type": "array", "description": "one per file, in the order sent", "items": {
         "type": "object", "properties": {
             "file": {"type": "string"}, "label": {"type": "string"}, "findings": _FINDINGS,
-            "probabilities": _PROBABILITIES,
+            "probabilities": _PROBABILITIES, **_OOD,
             "error": {"type": "object", "description": "instead of label and probabilities when the file "
                       "cannot be used", "properties": {"status": {"type": "integer"}, "detail": {"type": "string"}}}}}}}}
 

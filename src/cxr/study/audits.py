@@ -53,7 +53,8 @@ def study_extras(
     sets = external_sets(cfg.eval.external, cfg.eval.label_map)
     if sets:
         out["external"] = external_section(trained.model, classes, cfg, sets, trained.compute,
-                                           internal=(y_true, probs), fig_dir=run.figures, tolerant=True)
+                                           internal=(y_true, probs), fig_dir=run.figures, tolerant=True,
+                                           ood=load_checkpoint(trained.result.best_path).get("extra"))
     return out
 
 
@@ -134,7 +135,7 @@ def add_evaluations(
         source = run if run is not None and run.predictions.is_file() else RunDir.of_checkpoint(ckpt)
         internal = _internal_predictions(source, classes)  # the internal test this checkpoint was scored on
         section = external_section(model, classes, cfg, sets, compute, internal=internal,
-                                   fig_dir=run.figures if run is not None else None)
+                                   fig_dir=run.figures if run is not None else None, ood=state.get("extra"))
         previous = (existing.get("external") or {}).get("sets") or {}
         section["sets"] = {**{k: v for k, v in previous.items() if k not in section["sets"]}, **section["sets"]}
         added["external"] = section

@@ -28,6 +28,7 @@ from cxr.data.masks import region_options, with_regions
 from cxr.errors import CxrError
 from cxr.logs import RESULT
 from cxr.metrics.partial import present_class_metrics, restrict, worse_than
+from cxr.ood.share import flag_share
 from cxr.runtime import Compute
 from cxr.study.checkpoint_eval import all_rows
 from cxr.study.scoring import require_regions, score_rows
@@ -87,8 +88,10 @@ def evaluate_external(
     *,
     internal: tuple[np.ndarray, np.ndarray] | None = None,
     fig_dir: Path | None = None,
+    ood: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Score `model` on one external set; the entry of metrics.json["external"]["sets"][name]."""
+    """Score `model` on one external set; the entry of metrics.json["external"]["sets"][name]. `ood`: the
+    checkpoint's extra, whose out-of-distribution detector gives the entry's `ood` (share flagged)."""
     if not ext.data.exists():
         raise CxrError(f"external set {ext.name}: data not found: {ext.data}")
     found = with_regions(discover(ext.data, min_classes=1), ext.masks, ext.boxes)
@@ -124,6 +127,7 @@ def evaluate_external(
         "ignored": sum(1 for m in mappings if m.target is None), "skipped": scored.skipped,
         "masks": {"with_region": sum(1 for r in rows if r.mask), "without_region": sum(1 for r in rows if not r.mask)},
         "metrics": metrics, "internal_same_classes": same, "worse_than_internal": worse, "shortcut": audit,
+        "ood": flag_share(model, found.root, scored.rows, classes, cfg, compute, ood, desc=f"external {ext.name}"),
     }
 
 
@@ -137,6 +141,7 @@ def external_section(
     internal: tuple[np.ndarray, np.ndarray] | None,
     fig_dir: Path | None,
     tolerant: bool = False,
+    ood: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """metrics.json["external"]: the internal test reference and every external set's entry.
 
@@ -147,7 +152,8 @@ def external_section(
     entries = {}
     for ext in sets:
         try:
-            entries[ext.name] = evaluate_external(model, classes, cfg, ext, compute, internal=internal, fig_dir=fig_dir)
+            entries[ext.name] = evaluate_external(model, classes, cfg, ext, compute, internal=internal, fig_dir=fig_dir,
+                                                  ood=ood)
         except CxrError as exc:
             if not tolerant:
                 raise
