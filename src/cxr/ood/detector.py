@@ -57,7 +57,7 @@ class FeatureDetector:
         centred = x - a["mean"]
         projected = centred @ a["components"]
         residual = np.maximum((centred * centred).sum(1) - (projected * projected).sum(1), 0.0)
-        return (projected * projected / a["variances"]).sum(1) + residual / float(a["noise"])
+        return (projected * projected / a["variances"]).sum(1) + residual / float(np.reshape(a["noise"], -1)[0])
 
     def flags(self, features: np.ndarray | None, logits: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The scores and whether each is over the threshold (out of distribution)."""

@@ -88,7 +88,7 @@ def store_state(path: str | Path, detector: FeatureDetector | None) -> None:
         update_extra(path, {OOD_KEY: None})
         return
     state = detector.to_state()
-    state["arrays"] = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state["arrays"].items()}
+    state["arrays"] = {k: torch.from_numpy(np.array(v, dtype=np.float32, order="C")) for k, v in state["arrays"].items()}
     update_extra(path, {OOD_KEY: state})
 
 

@@ -18,6 +18,7 @@ from cxr.report.sections.calibration import calibration
 from cxr.report.sections.closing import limitations, other_figures
 from cxr.report.sections.errors import errors
 from cxr.report.sections.external import external
+from cxr.report.sections.ood import ood
 from cxr.report.sections.operating import operating_points
 from cxr.report.sections.overview import dataset, summary
 from cxr.report.sections.provenance import provenance
@@ -28,7 +29,7 @@ from cxr.report.sections.training import augmented, training
 Section = Callable[[RunFiles], list[Block]]
 
 SECTIONS: tuple[Section, ...] = (
-    first_screen, shortcut_banner, summary, dataset, results, calibration, operating_points, errors, external,
+    first_screen, shortcut_banner, summary, dataset, results, calibration, operating_points, errors, external, ood,
     shortcut, training, augmented, provenance, other_figures, limitations,
 )
 
