@@ -35,14 +35,13 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ood_battery import write_battery  # noqa: E402
-
 from cxr.data.discover import discover  # noqa: E402
 from cxr.ood.detector import fit_detector  # noqa: E402
 from cxr.ood.guard import OodGuard  # noqa: E402
 from cxr.ood.image_checks import colour_reason, gray_reasons  # noqa: E402
 from cxr.predict import Predictor  # noqa: E402
 from cxr.rundir import RunDir, read_split_csv  # noqa: E402
+from ood_battery import write_battery  # noqa: E402
 
 
 def collect(predictor: Predictor, paths: list[Path], batch: int = 32) -> dict[str, Any]:

@@ -66,3 +66,9 @@ def test_unreadable_or_grey_files_are_not_decoded_for_colour(tmp_path, xray):
     grey = tmp_path / "grey.png"
     Image.fromarray(xray).save(grey)
     assert colour_reason(grey) is None
+
+
+def test_pixel_noise_is_flagged_and_smooth_images_are_not(xray):
+    noise = np.random.default_rng(2).integers(0, 256, (128, 128), dtype=np.uint8)
+    assert any("noise-like" in r for r in gray_reasons(noise))
+    assert not any("noise-like" in r for r in gray_reasons(xray))

@@ -31,6 +31,7 @@ class ImageCheckConfig:
     min_std: float = 6.0  # standard deviation of the grey levels
     min_levels: int = 24  # distinct grey levels (drawings and graphics have few)
     max_aspect: float = 2.0  # longer side / shorter side
+    min_neighbour_corr: float = 0.3  # correlation of horizontally adjacent pixels (noise: about 0)
 
 
 DEFAULT_CHECKS = ImageCheckConfig()
@@ -71,7 +72,22 @@ def gray_reasons(gray: np.ndarray, cfg: ImageCheckConfig = DEFAULT_CHECKS) -> li
         levels = int(np.count_nonzero(np.bincount(sample.ravel(), minlength=256)))
         if levels < cfg.min_levels:
             reasons.append(f"only {levels} grey levels: a drawing or graphic, not a radiograph")
+        corr = neighbour_correlation(gray)
+        if corr < cfg.min_neighbour_corr:
+            reasons.append(f"noise-like image (adjacent pixels correlate {corr:.2f})")
     return reasons
+
+
+def neighbour_correlation(gray: np.ndarray, window: int = 256) -> float:
+    """Pearson correlation of horizontally adjacent pixels in a central window at full resolution
+    (a radiograph is smooth: well over 0.5; pixel noise: about 0)."""
+    h, w = gray.shape[:2]
+    top, left = max(0, (h - window) // 2), max(0, (w - window) // 2)
+    crop = gray[top : top + window, left : left + window].astype(np.float32)
+    a, b = crop[:, :-1].ravel(), crop[:, 1:].ravel()
+    if a.size < 2 or a.std() == 0 or b.std() == 0:
+        return 1.0
+    return float(np.corrcoef(a, b)[0, 1])
 
 
 def _rgb_thumbnail(image: Any) -> np.ndarray | None:
