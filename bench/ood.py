@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -34,14 +33,13 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cxr.data.discover import discover  # noqa: E402
-from cxr.ood.detector import fit_detector  # noqa: E402
-from cxr.ood.guard import OodGuard  # noqa: E402
-from cxr.ood.image_checks import colour_reason, gray_reasons  # noqa: E402
-from cxr.predict import Predictor  # noqa: E402
-from cxr.rundir import RunDir, read_split_csv  # noqa: E402
-from ood_battery import write_battery  # noqa: E402
+import ood_battery  # bench/ is on sys.path when a script runs
+from cxr.data.discover import discover
+from cxr.ood.detector import fit_detector
+from cxr.ood.guard import OodGuard
+from cxr.ood.image_checks import colour_reason, gray_reasons
+from cxr.predict import Predictor
+from cxr.rundir import RunDir, read_split_csv
 
 
 def collect(predictor: Predictor, paths: list[Path], batch: int = 32) -> dict[str, Any]:
@@ -164,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     test_paths = [root / r.path for r in rows if r.split == "test"]
     rng = np.random.default_rng(args.seed)
     picked = [test_paths[i] for i in np.sort(rng.permutation(len(test_paths))[: args.transformed])]
-    files = write_battery(args.battery or Path(tempfile.mkdtemp(prefix="cxr-ood-")), picked, args.seed)
+    files = ood_battery.write_battery(args.battery or Path(tempfile.mkdtemp(prefix="cxr-ood-")), picked, args.seed)
     test = collect(predictor, test_paths)
     groups = {g: collect(predictor, paths) for g, paths in files.items()}
     det = predictor.ood.detector
