@@ -50,6 +50,7 @@ from cxr.hashing import file_sha256
 from cxr.io import pil_to_gray, read_image, read_image_bytes
 from cxr.lungs.auto import AUTO, AutoLungs
 from cxr.malloc import tune_malloc
+from cxr.ood.guard import OodGuard
 from cxr.pixels import RGB_LUMA
 from cxr.prediction_sets import SetMaker, set_maker
 from cxr.runtime import autocast, resolve_device, scoring_precision
@@ -73,6 +74,9 @@ class Prediction:
     source: str | None = None  # the file path or upload name, when known
     findings: tuple[str, ...] | None = None  # multi-label: the findings over their thresholds; None: one class
     prediction_set: tuple[str, ...] | None = None  # conformal set at the predictor's coverage (None: not asked)
+    in_distribution: bool | None = None  # False: not like the training X-rays (`reason` says why); None: not checked
+    reason: str | None = None  # why the input is (not) in distribution (`cxr.ood.guard`)
+    ood_score: float | None = None  # the feature detector's score / its threshold (over 1: out of distribution)
 
     @property
     def confidence(self) -> float:
@@ -89,6 +93,8 @@ class Prediction:
             out["findings"] = list(self.findings)
         if self.prediction_set is not None:
             out["prediction_set"] = list(self.prediction_set)
+        if self.in_distribution is not None:
+            out.update(in_distribution=self.in_distribution, reason=self.reason, ood_score=self.ood_score)
         return out
 
 
@@ -138,6 +144,7 @@ class Predictor:
         # multi-label: the threshold each finding is called present at; None: one class per image
         self.thresholds = _check_thresholds(thresholds, self._classes) if multilabel else None
         self.sets: SetMaker | None = None  # prediction sets at a coverage (`set_coverage`); None: none
+        self.ood = OodGuard.from_extra(self.info.extra)  # image checks, and the feature detector best.pt stores
 
     @classmethod
     def from_checkpoint(
@@ -194,7 +201,7 @@ class Predictor:
         `sample` (normalised inputs: give a few of the images to be predicted), else on synthetic
         images. 'openvino-int8' needs the run's split.csv and images (`cxr.engine.int8`).
         """
-        spec = EngineSpec("logits", precision=self.precision, export_precision=engine_precision(self.requested_precision),
+        spec = EngineSpec(self.ood.engine_output(name), precision=self.precision, export_precision=engine_precision(self.requested_precision),
                           batch_size=batch_size, hint=hint, device=str(self.device), channels_last=False)
         if name == INT8_ENGINE:
             from cxr.engine.int8 import int8_engine_for_run
@@ -309,16 +316,20 @@ class Predictor:
             given = regions[start : start + batch_size]
             if self.lung_crop is not None and self.auto_lungs is not None:  # files: cached automatic lungs
                 given = self.auto_lungs.fill_regions(chunk, given)
-            batch = torch.stack([self.preprocess(self.load(item), given[i]) for i, item in enumerate(chunk)])
+            grays = [self.load(item) for item in chunk]
+            batch = torch.stack([self.preprocess(gray, given[i]) for i, gray in enumerate(grays)])
             probs = self.predict_tensor(batch, tta=tta)
-            results.extend(self.to_prediction(p, _source_of(item)) for p, item in zip(probs, chunk, strict=True))
+            results.extend(self.ood.judge([self.to_prediction(p, _source_of(item)) for p, item in zip(probs, chunk, strict=True)],
+                                          [self.ood.input_reasons(item, gray) for item, gray in zip(chunk, grays, strict=True)]))
             if progress is not None:
                 progress(len(chunk))
         return results
 
     @torch.no_grad()
     def predict_tensor(self, batch: torch.Tensor, tta: bool = False) -> np.ndarray:
-        """Class probabilities (N, C) float64 for a batch of normalised inputs (N, 3, S, S)."""
+        """Class probabilities (N, C) float64 for a batch of normalised inputs (N, 3, S, S); the
+        out-of-distribution guard keeps the batch's pooled features (`self.ood.judge` reads them)."""
+        self.ood.begin()
         if self.engine is None:
             batch = batch.to(self.device, non_blocking=True)
         if tta:
@@ -335,10 +346,10 @@ class Predictor:
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """Calibrated logits: the model's (on its engine) divided by the temperature."""
         if self.engine is not None:
-            logits = self.engine(x)
+            logits = self.ood.forward(self.model, x, self.engine) if self.engine.output == "features" else self.engine(x)
         else:
             with autocast(self.device, self.precision):
-                logits = self.model(x)
+                logits = self.ood.forward(self.model, x) if self.ood.wants_features else self.model(x)
         return logits if self.temperature == 1.0 else logits.float() / self.temperature
 
     def to_prediction(self, probs: np.ndarray, source: str | None = None) -> Prediction:

@@ -96,7 +96,9 @@ def summary_lines(added: dict[str, Any], names: list[str] | None = None) -> list
         recall = f"{m['macro_recall']:.3f}" if m.get("macro_recall") is not None else "n/a"
         lines.append(f"external {name} n={m['n']} ({', '.join(m['classes_present'])}): accuracy {m['accuracy']:.3f}"
                      f"{_ci(m['ci'].get('accuracy'))}, macro recall {recall}{_ci(m['ci'].get('macro_recall'))}"
-                     + (f"; worse than the internal test: {', '.join(worse)}" if worse else ""))
+                     + (f"; worse than the internal test: {', '.join(worse)}" if worse else "")
+                     + (f"; {(entry.get('ood') or {}).get('flagged')} of {m['n']} flagged out of distribution"
+                        if entry.get("ood") else ""))
         if entry.get("shortcut"):
             lines.append(_audit_line(f"external {name}", entry["shortcut"]))
     if added.get("shortcut"):

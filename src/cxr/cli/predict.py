@@ -194,6 +194,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
     from cxr.engine.parity import PARITY_IMAGES
+    from cxr.ood.image_checks import colour_reason, gray_reasons
     from cxr.predict import Prediction, Predictor
     from cxr.progress import Progress
     from cxr.runtime import set_threads
@@ -215,18 +216,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
     results: list[tuple[str, Prediction]] = []
     engine_chosen = False
     with Progress(len(files), "predict") as bar:
-        for paths, inputs, bad in read_chunks(files, args.batch_size, prepare):
+        for paths, inputs, bad in read_chunks(files, args.batch_size, lambda image, path: (
+                prepare(image, path), gray_reasons(image, predictor.ood.checks))):
             for path, reason in bad:
                 log.warning("skipped %s: %s", path, reason)
             skipped.extend(bad)
             if inputs:
-                batch = torch.stack(inputs)
+                batch = torch.stack([x for x, _ in inputs])
                 if not engine_chosen:  # checked against PyTorch on the first images to predict
                     predictor.use_engine(args.engine, sample=batch[:PARITY_IMAGES], batch_size=args.batch_size,
                                          images=len(files))
                     engine_chosen = True
                 probs = predictor.predict_tensor(batch, tta=args.tta)
-                results.extend((path, predictor.to_prediction(p)) for path, p in zip(paths, probs, strict=True))
+                checks = [[*filter(None, [colour_reason(path, predictor.ood.checks)]), *r] for path, (_, r) in zip(paths, inputs, strict=True)]
+                judged = predictor.ood.judge([predictor.to_prediction(p) for p in probs], checks)
+                results.extend(zip(paths, judged, strict=True))
             bar.update(len(paths) + len(bad))
     classes = predictor.classes
     if args.out is None:
@@ -260,7 +264,7 @@ def warn_if_synthetic(predictor: Any) -> None:
 
 
 def _rows(results: list[tuple[str, Any]], classes: list[str]) -> list[list[str]]:
-    return [[path, p.label, *(f"{p.probabilities[c]:.6f}" for c in classes), *_set_cell(p)] for path, p in results]
+    return [[path, p.label, *(f"{p.probabilities[c]:.6f}" for c in classes), *_set_cell(p), *ood_cells(p)] for path, p in results]
 
 
 def _set_cell(prediction: Any) -> list[str]:
@@ -279,7 +283,7 @@ def _write_csv(out: Path, results: list[tuple[str, Any]], classes: list[str]) ->
     with out.open("w", newline="") as fh:
         writer = csv.writer(fh)
         sets = ["prediction_set"] if _with_sets(results) else []
-        writer.writerow(["path", "label", *(f"prob_{c}" for c in classes), *sets])
+        writer.writerow(["path", "label", *(f"prob_{c}" for c in classes), *sets, *OOD_COLUMNS])
         writer.writerows(_rows(results, classes))
 
 
@@ -298,14 +302,22 @@ def _write_json(out: Path, results: list[tuple[str, Any]], skipped: list[tuple[s
     out.write_text(json.dumps(doc, indent=2) + "\n")
 
 
+OOD_COLUMNS = ("in_distribution", "reason")  # `cxr.ood.guard`: false when the input is not like the training X-rays
+
+
+def ood_cells(p: Any) -> list[str]:
+    """The in_distribution and reason cells of a prediction ('' when it was not checked)."""
+    return ["" if p.in_distribution is None else str(p.in_distribution).lower(), p.reason or ""]
+
+
 def _print_table(results: list[tuple[str, Any]], classes: list[str], thresholds: list[float] | None = None) -> None:
     """One row per image: its label and the probability of every class; a multi-label model's table
     names its column `findings` and shows, under the header, the threshold each finding is called at."""
     sets = ["set"] if _with_sets(results) else []
-    header = ["path", "label" if thresholds is None else "findings", *classes, *sets]
-    rows = [[path, p.label, *(f"{p.probabilities[c]:.4f}" for c in classes), *_set_cell(p)] for path, p in results]
+    header = ["path", "label" if thresholds is None else "findings", *classes, *sets, *OOD_COLUMNS]
+    rows = [[path, p.label, *(f"{p.probabilities[c]:.4f}" for c in classes), *_set_cell(p), *ood_cells(p)] for path, p in results]
     if thresholds is not None:
-        rows.insert(0, ["(threshold)", "", *(f"{t:.4f}" for t in thresholds)])
+        rows.insert(0, ["(threshold)", "", *(f"{t:.4f}" for t in thresholds), *[""] * (len(header) - 2 - len(thresholds))])
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         _echo("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

@@ -94,6 +94,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--engine", choices=EVAL_ENGINES, metavar="NAME",
                           help=f"{ENGINE_HELP} (default: the checkpoint's eval.engine, auto)")
     evaluate.add_argument("--threads", type=non_negative_int, default=0, metavar="N", help=THREADS_HELP)
+    evaluate.add_argument("--fit-ood", action="store_true",
+                          help="first fit the out-of-distribution detector of the checkpoint (RUN_DIR: its best.pt) on "
+                               "its run's training split, threshold on validation, and store it in the checkpoint")
 
     demo = add_command(
         sub, "demo", cmd_demo, "the main job on built-in synthetic images (a few minutes on a CPU)",
@@ -192,6 +195,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from cxr.study import evaluate_checkpoint
 
+    if args.fit_ood and fit_ood(args):  # nothing else asked for
+        return 0
     if args.run_dir is not None:
         return cmd_run_dir(args)
     if args.checkpoint is None:
@@ -204,6 +209,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                       lungs=args.lungs)
         _say(_metrics_line(metrics))
         _say_calibration(metrics)
+        _say(ood_line(metrics.get("ood")))
         _say(metrics.get("classification_report", "").rstrip())
     elif not wants_extras(args):
         raise CxrError("give --data PATH (the images to score) and/or --external NAME=PATH")
@@ -212,6 +218,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.out is not None:
         _say(args.out / "metrics.json")
     return 0
+
+
+def fit_ood(args: argparse.Namespace) -> bool:
+    """`cxr evaluate --fit-ood`: fit and store the detector; True when nothing else was asked for."""
+    from cxr.ood.fit import fit_checkpoint
+    from cxr.rundir import RunDir
+
+    ckpt = args.checkpoint or (RunDir(args.run_dir).best if args.run_dir is not None else None)
+    if ckpt is None:
+        raise CxrError("--fit-ood needs RUN_DIR or --checkpoint CKPT")
+    detector = fit_checkpoint(ckpt, args.data, device=args.device)
+    _say(f"out-of-distribution detector ({detector.method}, threshold {detector.threshold:.4g}, accepts "
+         f"{detector.accept:.0%} of {detector.info.get('val_images')} validation images) stored in {ckpt}")
+    return args.data is None and not wants_extras(args)
+
+
+def ood_line(entry: dict[str, Any] | None) -> str:
+    """'out of distribution: 12 of 700 images flagged (1.7%; ...)' from metrics.json's `ood` entry."""
+    if not entry:
+        return "out of distribution: not checked"
+    share = f"{100 * entry['share']:.1f}%" if entry.get("share") is not None else "n/a"
+    return (f"out of distribution: {entry['flagged']} of {entry['n']} images flagged ({share}; image checks "
+            f"{entry['image_checks']}, {entry.get('method') or 'no feature detector'} {entry['detector']})")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -42,6 +42,9 @@ def _register_serve(sub: argparse._SubParsersAction) -> None:
                    help="require the key in FILE (first line, at least 16 characters) on every /v1/* request, "
                    "as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'")
     p.add_argument("--no-docs", action="store_true", help="do not serve the API docs at /docs")
+    p.add_argument("--reject-ood", action="store_true",
+                   help="answer 422 with the reason, instead of a prediction, for an input that is not like the "
+                        "training X-rays (colour, near-constant, odd shape, or far from them in feature space)")
     limits = p.add_argument_group("limits")
     defaults = ServeLimits()
     limits.add_argument("--max-body-mb", type=float, default=defaults.max_body_mb, metavar="MB",
@@ -81,5 +84,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                           batch_size=1, hint="latency", lungs=args.lungs)  # measured for single requests
     warn_if_synthetic(predictor)
     log.info("serving %s on http://%s:%d/ (Ctrl-C to stop)", predictor.name, args.host, args.port)
-    serve(predictor, host=args.host, port=args.port, limits=limits, api_key=api_key, docs_ui=not args.no_docs)
+    serve(predictor, host=args.host, port=args.port, limits=limits, api_key=api_key, docs_ui=not args.no_docs,
+          reject_ood=args.reject_ood)
     return 0

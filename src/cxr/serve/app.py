@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException
 
 from cxr import __version__
 from cxr.errors import CxrError
+from cxr.ood.guard import with_reasons
 from cxr.predict import Predictor
 from cxr.serve import docs, lungs, sets
 from cxr.serve.guard import API_PREFIX, ApiKeyMiddleware, BodyGuardMiddleware
@@ -54,8 +55,12 @@ def create_app(
     limits: ServeLimits | None = None,
     api_key: str | None = None,
     docs_ui: bool = True,
+    reject_ood: bool = False,
 ) -> FastAPI:
     """The FastAPI app serving one model. Accepts a checkpoint path or a ready `Predictor`.
+
+    `reject_ood`: an input that is not like the training X-rays (`cxr.ood.guard`) is answered 422
+    with the reason instead of a prediction.
 
     `limits` default to `ServeLimits()`; `max_body_mb`, when given, replaces its body limit. With
     `api_key`, every /v1/* request needs it. `docs_ui`: serve /docs when swagger-ui-bundle is installed.
@@ -90,15 +95,17 @@ def create_app(
         docs.add_security(app, API_PREFIX)
     if docs_ui:
         docs.add_docs(app, "cxr")
-    _add_routes(app, predictor, worker, limits)
+    _add_routes(app, predictor, worker, limits, reject_ood)
     return app
 
 
 class Inference:
     """What the upload endpoints share: admission to the queue, bounded decoding, the worker."""
 
-    def __init__(self, predictor: Predictor, worker: InferenceWorker, limits: ServeLimits) -> None:
+    def __init__(self, predictor: Predictor, worker: InferenceWorker, limits: ServeLimits,
+                 reject_ood: bool = False) -> None:
         self.predictor = predictor
+        self.reject_ood = reject_ood  # 422 instead of a prediction for an input that is out of distribution
         self.worker = worker
         self.limits = limits
         self.admission = Admission(limits.max_queue, lambda: worker.seconds_per_image)
@@ -120,7 +127,11 @@ class Inference:
         """`fields`: the request's, where the upload has none of its own (a batch part)."""
         coverage = self.sets.coverage(upload.fields if fields is None else fields)
         prepare = lungs.preprocessor(self.predictor, lungs.upload_boxes(self.predictor, upload.fields))
-        prediction = await self.worker.predict(await self.decoded(upload, prepare))
+        checks = self.predictor.ood.input_reasons  # colour on the uploaded bytes, the rest on the decoded gray
+        x, reasons = await self.decoded(upload, lambda gray: (prepare(gray), checks(upload.data, gray)))
+        prediction = with_reasons(await self.worker.predict(x), reasons)
+        if self.reject_ood and prediction.in_distribution is False:
+            raise HTTPException(422, f"not a chest X-ray like the training data: {prediction.reason}")
         return {**prediction.to_dict(source=False), **self.sets.answer(prediction, coverage)}  # multi-label: + findings
 
     async def batch_result(self, upload: Upload, fields: Any = None) -> dict[str, Any]:
@@ -137,11 +148,13 @@ class Inference:
 _UPLOAD_ERRORS = docs.error_responses(401, 408, 413, 415, 422, 503)
 
 
-def _add_routes(app: FastAPI, predictor: Predictor, worker: InferenceWorker, limits: ServeLimits) -> None:
+def _add_routes(app: FastAPI, predictor: Predictor, worker: InferenceWorker, limits: ServeLimits,
+                reject_ood: bool = False) -> None:
     card = build_model_card(predictor)
+    card["ood"] = {**predictor.ood.describe(), "reject": reject_ood}
     warning = {"warning": SYNTHETIC_WARNING} if predictor.synthetic else {}  # in every prediction answer
     page = _static_text("index.html")
-    run = Inference(predictor, worker, limits)
+    run = Inference(predictor, worker, limits, reject_ood)
     app.state.admission = run.admission
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -220,6 +233,7 @@ def serve(
     limits: ServeLimits | None = None,
     api_key: str | None = None,
     docs_ui: bool = True,
+    reject_ood: bool = False,
 ) -> None:
     """Run the app with uvicorn until interrupted (blocking), with the header deadline of `limits`."""
     import uvicorn
@@ -230,7 +244,7 @@ def serve(
     if limit_concurrency is not None:
         limits = dataclasses.replace(limits, limit_concurrency=limit_concurrency)
     app = create_app(checkpoint_or_predictor, max_body_mb=max_body_mb, limits=limits, api_key=api_key,
-                     docs_ui=docs_ui)
+                     docs_ui=docs_ui, reject_ood=reject_ood)
     warn_exposure(host, api_key is not None)
     uvicorn.run(app, host=host, port=port, log_level="info", limit_concurrency=limits.limit_concurrency,
                 timeout_keep_alive=5, http=protocol_class(limits.timeout_s), ws="none")

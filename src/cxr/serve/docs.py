@@ -77,17 +77,23 @@ _WARNING = {"type": "string", "description": "present when the model was trained
 _SET = {"type": "array", "items": {"type": "string"}, "description": "the classes of the conformal prediction set at "
         "`coverage`, most probable first (absent when the model has no conformal calibration)"}
 _COVERAGE = {"type": "number", "description": "the coverage `prediction_set` was made for"}
+_OOD = {  # cxr.ood.guard
+    "in_distribution": {"type": "boolean", "description": "false: the input is not like the training X-rays "
+                        "(with cxr serve --reject-ood: a 422 instead)"},
+    "reason": {"type": "string", "description": "why the input is (not) in distribution"},
+    "ood_score": {"type": ["number", "null"], "description": "the feature detector's score over its threshold "
+                  "(over 1: out of distribution); null without a detector"}}
 PREDICTION = {"type": "object", "properties": {
     "label": {"type": "string", "description": "the most probable class (multi-label model: the findings "
               "called present joined by '|', or 'No Finding')"},
     "findings": _FINDINGS, "probabilities": _PROBABILITIES, "prediction_set": _SET, "coverage": _COVERAGE,
-    "model": {"type": "string"}, "warning": _WARNING, "latency_ms": {"type": "number"}}}
+    **_OOD, "model": {"type": "string"}, "warning": _WARNING, "latency_ms": {"type": "number"}}}
 BATCH = {"type": "object", "properties": {
     "model": {"type": "string"}, "warning": _WARNING, "latency_ms": {"type": "number"},
     "results": {"type": "array", "description": "one per file, in the order sent", "items": {
         "type": "object", "properties": {
             "file": {"type": "string"}, "label": {"type": "string"}, "findings": _FINDINGS,
-            "probabilities": _PROBABILITIES, "prediction_set": _SET, "coverage": _COVERAGE,
+            "probabilities": _PROBABILITIES, "prediction_set": _SET, "coverage": _COVERAGE, **_OOD,
             "error": {"type": "object", "description": "instead of label and probabilities when the file "
                       "cannot be used", "properties": {"status": {"type": "integer"}, "detail": {"type": "string"}}}}}}}}
 

@@ -129,7 +129,7 @@ class InferenceWorker:
         probs = self.predictor.predict_tensor(torch.stack(tensors))
         self.batches += 1
         self.images += len(tensors)
-        return [self.predictor.to_prediction(p) for p in probs]
+        return self.predictor.ood.judge([self.predictor.to_prediction(p) for p in probs])  # + in_distribution
 
     def _explain(self, payloads: list[tuple[np.ndarray, str | None, Any]]) -> list[Explanation]:
         return [explain(self.predictor, gray, class_name, box=box) for gray, class_name, box in payloads]

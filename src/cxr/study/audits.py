@@ -55,7 +55,7 @@ def study_extras(
     if sets:
         out["external"] = external_section(trained.model, classes, cfg, sets, trained.compute,
                                            internal=(y_true, probs), fig_dir=run.figures, tolerant=True,
-                                           sets_from=load_checkpoint(trained.result.best_path))
+                                           best=load_checkpoint(trained.result.best_path))
     write_lungs_report(run, out)  # lungs.json: the automatic masks the audits used
     return out
 
@@ -142,7 +142,7 @@ def add_evaluations(
         source = run if run is not None and run.predictions.is_file() else RunDir.of_checkpoint(ckpt)
         internal = _internal_predictions(source, classes)  # the internal test this checkpoint was scored on
         section = external_section(model, classes, cfg, sets, compute, internal=internal,
-                                   fig_dir=run.figures if run is not None else None, sets_from=state)
+                                   fig_dir=run.figures if run is not None else None, best=state)
         previous = (existing.get("external") or {}).get("sets") or {}
         section["sets"] = {**{k: v for k, v in previous.items() if k not in section["sets"]}, **section["sets"]}
         added["external"] = section

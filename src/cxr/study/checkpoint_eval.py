@@ -21,6 +21,7 @@ from cxr.errors import CxrError
 from cxr.logs import RESULT
 from cxr.malloc import tune_malloc
 from cxr.metrics import classification_metrics
+from cxr.ood.share import flag_share
 from cxr.rundir import RunDir, SplitRow, read_split_csv, write_json
 from cxr.runtime import Compute, describe, set_threads
 from cxr.study.auto_lungs import crop_rows
@@ -87,6 +88,7 @@ def evaluate_checkpoint(
                              multilabel=multilabel)
     skipped = [{"path": row.path, "reason": reason} for row, reason in dataset.unreadable()]
     rows = scored_rows(loader, rows)
+    metrics["ood"] = flag_share(model, found.root, rows, classes, cfg, compute, state.get("extra"), desc=split)
     if not rows:
         raise CxrError(f"none of the {len(skipped)} images of split {split!r} of {data} could be read")
     log.info("%s on %s (%s, %d images%s): accuracy %.4f, macro-F1 %.4f, loss %.4f", ckpt_path, data, split,

@@ -18,11 +18,13 @@ from cxr.checkpoint import load_checkpoint
 from cxr.engine.module import evaluation_module
 from cxr.errors import CxrError
 from cxr.metrics import classification_metrics
+from cxr.ood.share import flag_share
 from cxr.rundir import SPLITS, SplitRow
 from cxr.study.calibrate import Scored, calibrate, calibration_entry, score
 from cxr.study.conformal import calibrate_sets, sets_entry
 from cxr.study.inputs import decoded_cache_of, image_loaders
 from cxr.study.multilabel import score_multilabel, store_thresholds, validation_thresholds
+from cxr.study.ood import fit_study_detector
 from cxr.study.operating import operating_entry
 from cxr.study.phases import TrainingRun
 from cxr.training.epoch import evaluate_epoch
@@ -77,7 +79,9 @@ def split_inputs(run: TrainingRun, split: str, *, tta: bool = False) -> tuple[nn
 
 def calibrate_best(run: TrainingRun) -> Calibration:
     """Fit the temperature of best.pt on the validation split and store it in best.pt (single-label);
-    multi-label runs choose their thresholds on validation at test time instead (T stays 1)."""
+    multi-label runs choose their thresholds on validation at test time instead (T stays 1). The
+    out-of-distribution detector is fitted and stored first (`cxr.study.ood`)."""
+    fit_study_detector(run)
     if run.prepared.multilabel:
         return Calibration(1.0, None, {"temperature": 1.0, "how": "multi-label: per-finding thresholds instead"})
     module, loader, compute = split_inputs(run, "val")
@@ -107,6 +111,8 @@ def evaluate_best(run: TrainingRun, calibration: Calibration) -> tuple[dict[str,
                                                n_boot=cfg.eval.bootstrap, seed=cfg.train.seed)
     metrics["operating_points"] = operating_entry(calibration.val, test, classes)
     metrics["conformal"] = sets_entry(run.result.best_path, test.y, test.calibrated)  # prediction sets
+    metrics["ood"] = flag_share(run.model, run.prepared.root, run.prepared.split("test"), classes, cfg, run.compute,
+                                load_checkpoint(run.result.best_path).get("extra"))  # share out of distribution
     return metrics, scored_rows(loader, run.prepared.split("test")), test
 
 

@@ -28,6 +28,7 @@ from cxr.data.masks import region_options, with_regions
 from cxr.errors import CxrError
 from cxr.logs import RESULT
 from cxr.metrics.partial import present_class_metrics, restrict, worse_than
+from cxr.ood.share import flag_share
 from cxr.runtime import Compute
 from cxr.study.auto_lungs import crop_rows
 from cxr.study.checkpoint_eval import all_rows
@@ -89,10 +90,11 @@ def evaluate_external(
     *,
     internal: tuple[np.ndarray, np.ndarray] | None = None,
     fig_dir: Path | None = None,
-    sets_from: dict[str, Any] | None = None,
+    best: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Score `model` on one external set; the entry of metrics.json["external"]["sets"][name]
-    (`sets_from`: the checkpoint dict whose prediction sets are judged on it too)."""
+    """Score `model` on one external set; the entry of metrics.json["external"]["sets"][name]. `best`: the
+    checkpoint dict whose prediction sets are judged on it, and whose out-of-distribution detector gives the
+    entry's `ood` (share flagged)."""
     if not ext.data.exists():
         raise CxrError(f"external set {ext.name}: data not found: {ext.data}")
     found = with_regions(discover(ext.data, min_classes=1), ext.masks, ext.boxes)
@@ -128,7 +130,8 @@ def evaluate_external(
         "ignored": sum(1 for m in mappings if m.target is None), "skipped": scored.skipped,
         "masks": {"with_region": sum(1 for r in rows if r.mask), "without_region": sum(1 for r in rows if not r.mask)},
         "metrics": metrics, "internal_same_classes": same, "worse_than_internal": worse, "shortcut": audit,
-        "conformal": external_sets_entry(sets_from, scored.y_true, scored.probs, f"external {ext.name}"),
+        "conformal": external_sets_entry(best, scored.y_true, scored.probs, f"external {ext.name}"),
+        "ood": flag_share(model, found.root, scored.rows, classes, cfg, compute, (best or {}).get("extra"), desc=f"external {ext.name}"),
     }
 
 
@@ -142,7 +145,7 @@ def external_section(
     internal: tuple[np.ndarray, np.ndarray] | None,
     fig_dir: Path | None,
     tolerant: bool = False,
-    sets_from: dict[str, Any] | None = None,
+    best: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """metrics.json["external"]: the internal test reference and every external set's entry.
 
@@ -154,7 +157,7 @@ def external_section(
     for ext in sets:
         try:
             entries[ext.name] = evaluate_external(model, classes, cfg, ext, compute, internal=internal, fig_dir=fig_dir,
-                                                  sets_from=sets_from)
+                                                  best=best)
         except CxrError as exc:
             if not tolerant:
                 raise

@@ -20,6 +20,7 @@ from cxr.report.sections.conformal import conformal
 from cxr.report.sections.errors import errors
 from cxr.report.sections.external import external
 from cxr.report.sections.lungs import lungs
+from cxr.report.sections.ood import ood
 from cxr.report.sections.operating import operating_points
 from cxr.report.sections.overview import dataset, summary
 from cxr.report.sections.provenance import provenance
@@ -30,7 +31,7 @@ from cxr.report.sections.training import augmented, training
 Section = Callable[[RunFiles], list[Block]]
 
 SECTIONS: tuple[Section, ...] = (
-    first_screen, shortcut_banner, summary, dataset, results, calibration, conformal, operating_points, errors, external,
+    first_screen, shortcut_banner, summary, dataset, results, calibration, conformal, operating_points, errors, external, ood,
     shortcut, lungs, training, augmented, provenance, other_figures, limitations,
 )
 
