@@ -128,7 +128,10 @@ class TrainConfig:
     precision: str = setting("auto", Choice(PRECISIONS, ignore_case=True))  # compute precision
     channels_last: bool = True  # NHWC memory format for convolutions
     compile: bool = False  # torch.compile the model
-    engine: str = setting("auto", Choice(ENGINES))  # runs the frozen backbone for the feature cache (CPU; torch on GPUs)
+    # extracts the feature cache: torch = PyTorch, the reference (a study's result does not depend on the
+    # engines installed); onnxruntime/openvino/auto are faster on a CPU, but their features differ in the last
+    # bits and so may the metrics (each engine has its own cache entries). Not `--engine`: that is eval.engine
+    engine: str = setting("torch", Choice(ENGINES))
     threads: int = setting(0, at_least(0))  # intra-op threads; 0 = $OMP_NUM_THREADS, else one per core free at start
     feature_cache: bool = True  # with freeze=base, train the head on cached backbone features
     feature_views: int = setting(2, at_least(1))  # augmented views per training image in the feature cache (2: measured, bench/README.md)

@@ -78,8 +78,10 @@ FLAGS: dict[str, Flag] = {
              allowed=False, default="none"),
         Flag("--lung-crop", ("data.lung_crop",), "crop every image to its lung mask's or boxes' bounding box plus "
              "data.lung_crop_margin before resizing (train, evaluate, predict and serve)", sets=True),
-        Flag("--engine", ("train.engine",), "what runs the frozen backbone for the feature cache (CPU): auto = "
-             "the fastest installed here, measured once per machine; torch = PyTorch eager", "NAME"),
+        Flag("--engine", ("eval.engine",), "what scores images after training (TTA, --no-feature-cache, external "
+             "sets; later cxr evaluate): auto = the fastest installed here, measured once per machine; torch = "
+             "PyTorch eager. The feature cache is always PyTorch's (train.engine), so it does not change the metrics",
+             "NAME"),
         Flag("--threads", ("train.threads",), "intra-op threads; 0 = $OMP_NUM_THREADS, else one per core free "
              "at start (a busy machine is not oversubscribed)", "N"),
     )
