@@ -138,6 +138,9 @@ class TrainConfig:
     finetune_epochs: int = setting(0, at_least(0))  # after the head phase, unfreeze (finetune_freeze) and train this many epochs
     finetune_freeze: str = setting("none", Choice(FINETUNE_FREEZE_MODES))  # freeze mode of the fine-tuning phase
     finetune_lr: float = setting(1e-4, above(0))  # head lr in the fine-tuning phase
+    # multi-label studies: settings left at the seed's defaults take the multi-label recipe's (a linear head,
+    # balanced positive weights, lr 1e-3, weight decay; cxr.study.multilabel_recipe); false keeps the seed's
+    multilabel_recipe: bool = True
 
 
 @dataclass
