@@ -95,8 +95,9 @@ def one_run(data: Path, cfg: RunConfig, run_dir: Path, cache: Path) -> tuple[dic
     test = result.metrics["test"]
     best = max(result.history, key=lambda r: r.get("val_mean_auroc", -1.0))
     entries = sorted(p for p in cache.iterdir() if (p / "manifest.json").is_file())
+    ran = load_config(run_dir / "config.yaml").model  # with the multi-label recipe applied
     return {"mean_auroc": round(test["mean_auroc"], 4), "mean_auroc_ci": [round(v, 4) for v in test["mean_auroc_ci"]],
-            "best_epoch": int(best["epoch"]), "head": list(cfg.model.head),
+            "best_epoch": int(best["epoch"]), "head": list(ran.head), "head_init": ran.head_init,
             "seconds": round(time.perf_counter() - started, 1)}, entries[-1]
 
 

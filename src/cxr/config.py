@@ -42,6 +42,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: bf16 where native, fp16 o
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 ENGINES = ("auto", "torch", "onnxruntime", "openvino")  # auto: the fastest installed here, measured once (cxr.engine)
 EVAL_ENGINES = (*ENGINES, "openvino-int8")  # int8: only where validation macro-F1 stays within 0.01 of fp32
+HEAD_INITS = ("glorot", "zeros")  # the initial weights of the head's last layer
 FREEZE_MODES = ("base", "stages:N", "none")  # N's upper bound is the backbone's stage count (models.build)
 FINETUNE_FREEZE_MODES = ("stages:N", "none")
 FILL_MODES = ("nearest", "constant", "reflect", "wrap")  # Keras fill_mode values (SciPy modes)
@@ -104,6 +105,9 @@ class ModelConfig:
     freeze: str = setting("base", Choice(FREEZE_MODES))  # base: head only | stages:N: also the last N stages | none
     head: tuple[int, ...] = setting((2048, 512, 128), Each(at_least(1)))  # hidden widths of the MLP head (seed: 2048, 512, 128)
     dropout: float = setting(0.0, FRACTION)  # dropout before each hidden Linear of the head (seed: none)
+    # the head's last layer starts Glorot-uniform (Keras Dense, the seed) or at zero (as a logistic regression
+    # does: a linear head's random start is a random projection that few epochs on a small set never remove)
+    head_init: str = setting("glorot", Choice(HEAD_INITS))
     cam_layer: str = setting("", MODULE_PATH)  # Grad-CAM layer, a module path of the backbone (layer4, features.denseblock4); "": the map the head pools
 
 
