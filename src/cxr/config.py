@@ -43,6 +43,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: bf16 where native, fp16 o
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 ENGINES = ("auto", "torch", "onnxruntime", "openvino")  # auto: the fastest installed here, measured once (cxr.engine)
 EVAL_ENGINES = (*ENGINES, "openvino-int8")  # int8: only where validation macro-F1 stays within 0.01 of fp32
+HEAD_INITS = ("glorot", "zeros")  # the initial weights of the head's last layer
 FREEZE_MODES = ("base", "stages:N", "none")  # N's upper bound is the backbone's stage count (models.build)
 FINETUNE_FREEZE_MODES = ("stages:N", "none")
 FILL_MODES = ("nearest", "constant", "reflect", "wrap")  # Keras fill_mode values (SciPy modes)
@@ -110,6 +111,9 @@ class ModelConfig:
     freeze: str = setting("base", Choice(FREEZE_MODES))  # base: head only | stages:N: also the last N stages | none
     head: tuple[int, ...] = setting((2048, 512, 128), Each(at_least(1)))  # hidden widths of the MLP head (seed: 2048, 512, 128)
     dropout: float = setting(0.0, FRACTION)  # dropout before each hidden Linear of the head (seed: none)
+    # the head's last layer starts Glorot-uniform (Keras Dense, the seed) or at zero (as a logistic regression
+    # does: a linear head's random start is a random projection that few epochs on a small set never remove)
+    head_init: str = setting("glorot", Choice(HEAD_INITS))
     cam_layer: str = setting("", MODULE_PATH)  # Grad-CAM layer, a module path of the backbone (layer4, features.denseblock4); "": the map the head pools
 
 
@@ -134,13 +138,19 @@ class TrainConfig:
     precision: str = setting("auto", Choice(PRECISIONS, ignore_case=True))  # compute precision
     channels_last: bool = True  # NHWC memory format for convolutions
     compile: bool = False  # torch.compile the model
-    engine: str = setting("auto", Choice(ENGINES))  # runs the frozen backbone for the feature cache (CPU; torch on GPUs)
+    # extracts the feature cache: torch = PyTorch, the reference (a study's result does not depend on the
+    # engines installed); onnxruntime/openvino/auto are faster on a CPU, but their features differ in the last
+    # bits and so may the metrics (each engine has its own cache entries). Not `--engine`: that is eval.engine
+    engine: str = setting("torch", Choice(ENGINES))
     threads: int = setting(0, at_least(0))  # intra-op threads; 0 = $OMP_NUM_THREADS, else one per core free at start
     feature_cache: bool = True  # with freeze=base, train the head on cached backbone features
     feature_views: int = setting(2, at_least(1))  # augmented views per training image in the feature cache (2: measured, bench/README.md)
     finetune_epochs: int = setting(0, at_least(0))  # after the head phase, unfreeze (finetune_freeze) and train this many epochs
     finetune_freeze: str = setting("none", Choice(FINETUNE_FREEZE_MODES))  # freeze mode of the fine-tuning phase
     finetune_lr: float = setting(1e-4, above(0))  # head lr in the fine-tuning phase
+    # multi-label studies: settings left at the seed's defaults take the multi-label recipe's (a linear head,
+    # balanced positive weights, lr 1e-3, weight decay; cxr.study.multilabel_recipe); false keeps the seed's
+    multilabel_recipe: bool = True
 
 
 @dataclass

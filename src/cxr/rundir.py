@@ -39,6 +39,8 @@ HISTORY_COLUMNS = (
     "seconds",
 )
 PHASE_COLUMN = "phase"  # written after HISTORY_COLUMNS: 1 = the head (seed recipe), 2 = fine-tuning
+# written after PHASE_COLUMN when the rows have them: a multi-label run's validation mean AUROC (its selection metric)
+OPTIONAL_HISTORY_COLUMNS = ("val_mean_auroc",)
 INT_HISTORY_COLUMNS = ("epoch", PHASE_COLUMN)
 
 RUN_MARKER = ".cxr-run"  # in every run folder: the writer's lock, and a sign to discovery that this is no data
@@ -357,8 +359,10 @@ def split_counts(rows: Iterable[SplitRow], classes: Sequence[str] = ()) -> Split
 
 
 def write_history_csv(history: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    """Write the per-epoch rows (HISTORY_COLUMNS, then PHASE_COLUMN; phase 1 where a row has none)."""
-    columns = (*HISTORY_COLUMNS, PHASE_COLUMN)
+    """Write the per-epoch rows (HISTORY_COLUMNS, then PHASE_COLUMN; phase 1 where a row has none; then
+    the OPTIONAL_HISTORY_COLUMNS some row has)."""
+    optional = tuple(c for c in OPTIONAL_HISTORY_COLUMNS if any(c in row for row in history))
+    columns = (*HISTORY_COLUMNS, PHASE_COLUMN, *optional)
     rows = ([row.get(k, 1 if k == PHASE_COLUMN else None) for k in columns] for row in history)
     return write_csv(path, columns, ([("" if v is None else v) for v in row] for row in rows))
 

@@ -130,7 +130,7 @@ def test_the_feature_cache_extracts_on_an_engine(tiny_classifier, data):
 
 
 def test_config_keys_and_flags(tmp_path):
-    assert RunConfig().train.engine == "auto" and RunConfig().eval.engine == "auto" and RunConfig().train.threads == 0
+    assert RunConfig().train.engine == "torch" and RunConfig().eval.engine == "auto" and RunConfig().train.threads == 0
     cfg = load_config(None, {"train.engine": "openvino", "train.threads": 2, "eval.engine": "openvino-int8"})
     assert (cfg.train.engine, cfg.train.threads, cfg.eval.engine) == ("openvino", 2, "openvino-int8")
     with pytest.raises(CxrError, match=r"train\.engine: unknown value 'openvino-int8'; allowed: auto, torch"):
@@ -142,7 +142,7 @@ def test_config_keys_and_flags(tmp_path):
 
     parser = build_parser()
     args = parser.parse_args(["run", "--data", "x", "--engine", "onnxruntime", "--threads", "1"])
-    assert flag_overrides(args, RUN_FLAGS) == {"train.engine": "onnxruntime", "train.threads": 1}
+    assert flag_overrides(args, RUN_FLAGS) == {"eval.engine": "onnxruntime", "train.threads": 1}  # never the cache's
     for command in (["predict", str(tmp_path), str(tmp_path)], ["evaluate", "--checkpoint", "c", "--data", "d"],
                     ["serve", str(tmp_path)]):
         parsed = parser.parse_args([*command, "--engine", "openvino", "--threads", "3"])

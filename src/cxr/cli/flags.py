@@ -81,8 +81,10 @@ FLAGS: dict[str, Flag] = {
         Flag("--lungs", ("data.lungs",), "where lung regions come from (shortcut audit, external sets, lung crop): "
              "auto = the given masks/boxes, else masks made by the built-in lung segmenter (cached under "
              "$CXR_CACHE_DIR/lungs); masks = only given ones; none = no lungs (no audit, no lung crop)", "MODE"),
-        Flag("--engine", ("train.engine",), "what runs the frozen backbone for the feature cache (CPU): auto = "
-             "the fastest installed here, measured once per machine; torch = PyTorch eager", "NAME"),
+        Flag("--engine", ("eval.engine",), "what scores images after training (TTA, --no-feature-cache, external "
+             "sets; later cxr evaluate): auto = the fastest installed here, measured once per machine; torch = "
+             "PyTorch eager. The feature cache is always PyTorch's (train.engine), so it does not change the metrics",
+             "NAME"),
         Flag("--threads", ("train.threads",), "intra-op threads; 0 = $OMP_NUM_THREADS, else one per core free "
              "at start (a busy machine is not oversubscribed)", "N"),
     )

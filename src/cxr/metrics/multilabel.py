@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import precision_recall_curve, roc_curve
+from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
 
 from cxr.errors import CxrError
 from cxr.metrics.intervals import stratified_bootstrap, wilson_interval
@@ -46,9 +46,24 @@ def binary_cross_entropy(y: Any, labelled: Any, probs: Any) -> float:
     return float(loss[m].mean()) if m.any() else float("nan")
 
 
+def mean_auroc(y: Any, labelled: Any, probs: Any) -> float:
+    """Mean AUROC over the findings with both a positive and a negative labelled (NaN when none has).
+
+    The selection metric of a multi-label study (`cxr.training.state`): threshold-free, so a head that
+    ranks images well is kept even while every probability is under 0.5."""
+    t, m, p = check_multilabel(y, labelled, probs)
+    aucs = []
+    for c in range(t.shape[1]):
+        positive = t[m[:, c], c] > 0.5
+        if positive.any() and not positive.all():
+            aucs.append(roc_auc_score(positive, p[m[:, c], c]))
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
 def multilabel_epoch_metrics(y: Any, labelled: Any, probs: Any, loss: float | None = None) -> dict[str, float]:
     """The history.csv row: loss, and at 0.5 (Keras binary semantics, pooled over labelled entries)
-    element accuracy, precision, recall, and macro-F1 over the findings with a positive or a call."""
+    element accuracy, precision, recall, and macro-F1 over the findings with a positive or a call;
+    and `mean_auroc` (`mean_auroc`)."""
     t, m, p = check_multilabel(y, labelled, probs)
     called = p > 0.5
     pos = t > 0.5
@@ -64,6 +79,7 @@ def multilabel_epoch_metrics(y: Any, labelled: Any, probs: Any, loss: float | No
         "precision": float(tp.sum() / (tp.sum() + fp.sum())) if tp.sum() + fp.sum() else 0.0,
         "recall": float(tp.sum() / (tp.sum() + fn.sum())) if tp.sum() + fn.sum() else 0.0,
         "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "mean_auroc": mean_auroc(t, m, p),
     }
 
 

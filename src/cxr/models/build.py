@@ -119,7 +119,7 @@ def build_model(cfg: ModelConfig, num_classes: int, *, load_weights: bool = True
     backbone = create_backbone(cfg.backbone, in_chans=record.preprocessing.channels)
     if load_weights:
         record.load(backbone)
-    head = Head(backbone.num_features, tuple(cfg.head), num_classes, cfg.dropout)
+    head = Head(backbone.num_features, tuple(cfg.head), num_classes, cfg.dropout, zero_last=cfg.head_init == "zeros")
     model = Classifier(backbone, head, record.preprocessing, backbone_name=cfg.backbone, weights=cfg.weights)
     apply_freeze(model, cfg.freeze)
     counts = count_parameters(model)

@@ -1,7 +1,9 @@
 """The seed's classification head: GAP -> Linear(C, 2048) -> ReLU -> 512 -> ReLU -> 128 -> ReLU -> classes.
 
 Hidden widths come from ``ModelConfig.head``; the input width is read from the backbone. Weights use
-Glorot-uniform with zero biases, as Keras' Dense layers of the reference.
+Glorot-uniform with zero biases, as Keras' Dense layers of the reference; `zero_last` starts the last
+layer at zero (`model.head_init: zeros`, the multi-label recipe: a linear head then starts where a
+logistic regression does).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ class Head(nn.Module):
     """Global average pooling, then an MLP with ReLU between layers; outputs logits (no softmax)."""
 
     def __init__(
-        self, in_features: int, hidden: tuple[int, ...], num_classes: int, dropout: float = 0.0
+        self, in_features: int, hidden: tuple[int, ...], num_classes: int, dropout: float = 0.0,
+        zero_last: bool = False,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -41,6 +44,8 @@ class Head(nn.Module):
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
+        if zero_last:  # after the Glorot draws, so the random stream (and any hidden layer) is unchanged
+            nn.init.zeros_(self.mlp[-1].weight)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         """Logits from a feature map (N, C, h, w) or from already pooled features (N, C)."""

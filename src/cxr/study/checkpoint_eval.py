@@ -28,7 +28,7 @@ from cxr.study.auto_lungs import crop_rows
 from cxr.study.calibrate import Scored, calibration_entry, score
 from cxr.study.conformal import sets_entry
 from cxr.study.evaluation import EVALUATION_SPLITS, scored_rows
-from cxr.study.multilabel import score_multilabel
+from cxr.study.multilabel import absent_findings, score_multilabel
 from cxr.study.scoring import require_regions, rows_with_regions
 from cxr.study.summary import write_predictions_csv, write_result_figures
 from cxr.temperature import temperature_of
@@ -137,7 +137,11 @@ def _evaluation_inputs(
         raise CxrError(f"data not found: {data}")
     found = with_regions(discover(data, task=cfg.data.task, uncertain=cfg.data.uncertain), cfg.data.masks,
                          cfg.data.boxes, missing_ok=True)
-    if list(found.classes) != classes:
+    absent = absent_findings(list(found.classes), classes, found.task)
+    if absent:
+        log.warning("the data at %s have no case of %s: n/a (null in metrics.json); the other findings are "
+                    "scored as usual", data, ", ".join(absent))
+    if list(found.classes) != classes and absent is None:
         raise CxrError(
             f"class mismatch: checkpoint {ckpt_path} was trained on classes {classes}, "
             f"but the data at {data} has classes {list(found.classes)}"

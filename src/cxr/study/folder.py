@@ -21,6 +21,7 @@ from cxr.errors import CxrError
 from cxr.models.weights import ensure_weights
 from cxr.rank import is_main_process
 from cxr.rundir import RunDir, RunLock, read_split_csv
+from cxr.study.multilabel_recipe import with_task_defaults
 from cxr.training.distributed import run_on_main
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def check_resume(cfg: RunConfig, data: Path, run: RunDir) -> None:
     if saved.data.root is not None and Path(saved.data.root).resolve() != data.resolve():
         raise CxrError(f"cannot resume: the run in {run.root} was trained on {saved.data.root}, not on {data}; "
                        f"give --data {saved.data.root}")
-    before, now = _flat(to_dict(saved)), _flat(to_dict(cfg))
+    before, now = _flat(to_dict(saved)), _flat(to_dict(with_task_defaults(cfg, saved.data.task)))
     changed = sorted(k for k in before.keys() | now.keys()
                      if before.get(k) != now.get(k) and not k.startswith(RESUMABLE))
     if changed:

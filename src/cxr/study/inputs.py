@@ -18,7 +18,7 @@ from cxr.data.masks import region_options
 from cxr.device_augment import DEVICE_FILL_MODES, DeviceAugment
 from cxr.models.build import build_model
 from cxr.rundir import SPLITS
-from cxr.runtime import Compute, main_process_first
+from cxr.runtime import Compute, main_process_first, scoring_precision
 from cxr.study.data import PreparedData
 from cxr.training.features import feature_loaders
 from cxr.transforms import Preprocessing, SeedAugment
@@ -108,8 +108,8 @@ def head_phase_inputs(
         return model, loaders, False
     model.to(compute.device)
     with main_process_first():  # under torchrun rank 0 extracts, then the others read its entry
-        loaders = feature_loaders(model, prepared.root, prepared.rows, prepared.classes, cfg, cache_dir,
-                                  compute.device, compute.precision, progress=compute.progress)
+        loaders = feature_loaders(model, prepared.root, prepared.rows, prepared.classes, cfg, cache_dir, compute.device,
+                                  scoring_precision(cfg.train.precision, compute.device), progress=compute.progress)
     log.info("using the feature cache (%s, %d views per training image): training the head only",
              cache_dir, cfg.train.feature_views)
     return model.head, loaders, True

@@ -29,6 +29,16 @@ def validation_thresholds(module: Any, loader: Any, compute: Any) -> list[float 
     return choose_thresholds(np.nan_to_num(y), ~np.isnan(y), p)
 
 
+def absent_findings(found: list[str], classes: list[str], task: str) -> list[str] | None:
+    """The checkpoint's findings (`classes`) that multi-label data (`found`: its findings) have no case of,
+    when that is all that differs; None when the data do not fit the checkpoint (another task, a finding
+    it does not know). A finding without positives is normal in a small multi-label set: its AUROC and
+    AP are n/a (null in metrics.json), the other findings are scored as usual."""
+    if task != "multilabel" or not set(found) <= set(classes):
+        return None
+    return [name for name in classes if name not in set(found)]
+
+
 def store_thresholds(best_path: Any, thresholds: list[float | None]) -> None:
     """Record the thresholds in best.pt (`extra["thresholds"]`), so predict and serve use them."""
     update_extra(best_path, thresholds=[None if t is None else float(t) for t in thresholds])

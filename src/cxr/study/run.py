@@ -36,6 +36,7 @@ from cxr.study.external import check_external_sets, external_sets
 from cxr.study.folder import claim
 from cxr.study.inputs import build_classifier, with_device_augment
 from cxr.study.logfile import run_log
+from cxr.study.multilabel_recipe import with_task_defaults
 from cxr.study.phases import TrainingRun, train_phases
 from cxr.study.presets import default_cache_dir
 from cxr.study.summary import run_summary, write_predictions_csv, write_result_figures
@@ -127,8 +128,11 @@ def train_run(
     # under torchrun rank 0 audits and splits, and every rank gets its result (or its CxrError)
     prepared = run_on_main(lambda: prepare_data(cfg, data, run, resume=resume, split_csv=split_csv,
                                                 progress=progress))
-    if prepared.task != cfg.data.task:  # 'auto' resolved by discovery: the run (and its checkpoints) record it
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, task=prepared.task))
+    resolved = with_task_defaults(cfg, prepared.task)  # a multi-label study: its recipe (cxr.study.multilabel_recipe)
+    if prepared.task != resolved.data.task:  # 'auto' resolved by discovery: the run (and its checkpoints) record it
+        resolved = dataclasses.replace(resolved, data=dataclasses.replace(resolved.data, task=prepared.task))
+    if resolved != cfg:
+        cfg = resolved
         if main:
             save_config(cfg, run.config)
     counts = prepared.counts()

@@ -32,7 +32,7 @@ from cxr.engine.torch_engine import PooledBackbone
 from cxr.errors import CxrError
 from cxr.progress import Progress
 from cxr.rundir import SPLITS, write_json
-from cxr.runtime import autocast, batch_to, describe, to_channels_last
+from cxr.runtime import autocast, batch_to, describe
 from cxr.training.features_store import FORMAT, read_manifest
 from cxr.transforms import SeedAugment
 
@@ -184,13 +184,11 @@ def build_entry(
     precision: str,
     entry: Path,
     key: str,
+    engine: Engine,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Extract every split into a temporary folder, then rename it to `entry` (atomic publish)."""
-    model.to(device)
-    to_channels_last(model, cfg.train.channels_last)
-    forwards = sum(len(rows) * (views if split == "train" else 1) for split, rows in by_split.items())
-    engine = extraction_engine(model, root, by_split, classes, cfg, device, precision, forwards)
+    """Extract every split on `engine` (`extraction_engine`) into a temporary folder, then rename it
+    to `entry` (atomic publish)."""
     job = _Extraction(model, root, classes, cfg, device, precision, engine, progress)
     where = describe(device, precision) if engine.name == "torch" else engine.describe()
     log.info("feature cache: extracting %s on %s (%d views per training image%s)",
@@ -245,7 +243,8 @@ def build_entry(
 
 def extraction_engine(model: nn.Module, root: Path, by_split: dict[str, list[Any]], classes: list[str],
                       cfg: RunConfig, device: torch.device, precision: str, forwards: int) -> Engine:
-    """The engine of `cfg.train.engine` for the backbone (checked on a few training images)."""
+    """The engine of `cfg.train.engine` for the backbone (checked on a few training images): PyTorch
+    (default) in `precision`; an exported engine in fp32 unless `train.precision` names bf16."""
     spec = EngineSpec("features", precision=precision, export_precision=engine_precision(cfg.train.precision),
                       batch_size=cfg.train.batch_size, device=str(device), channels_last=cfg.train.channels_last,
                       compiled=cfg.train.compile)

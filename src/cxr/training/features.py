@@ -24,9 +24,13 @@ A second call with the same key computes nothing ("feature cache hit"); any chan
 Old entries are never deleted automatically: remove the cache folder to reclaim the space.
 
 The key and the reading of entries are in `cxr.training.features_store`, the extraction in
-`cxr.training.extract`, which runs the backbone on the engine of `train.engine` (`cxr.engine`). The
-engine is not part of the key: every engine is checked against PyTorch within its precision's bound,
-so features of one precision are interchangeable; the manifest records which engine ran. Batches are `(features float32 (N, C, 1, 1), labels int64)`: `model.head` (GAP -> MLP) runs on them
+`cxr.training.extract`, which runs the backbone on the engine of `train.engine`: PyTorch by default
+(the reference), in the precision the trained model scores images in (`runtime.scoring_precision`:
+fp32 on a CPU unless bf16 is named), so the head trains on the features `cxr predict` computes. What
+extracts is part of the key (`features_store.extractor_record`): engines agree with PyTorch only
+within their parity bound, and training amplifies the difference (test accuracy 0.833 vs 0.8125 on
+the demo), so an entry filled by one engine is never read by a run of another. Batches are
+`(features float32 (N, C, 1, 1), labels int64)`: `model.head` (GAP -> MLP) runs on them
 unchanged, so the trained head drops straight back into the full classifier.
 """
 
@@ -46,9 +50,9 @@ from cxr.config import RunConfig
 from cxr.data.dataset import make_loader
 from cxr.errors import CxrError
 from cxr.rundir import SPLITS
-from cxr.runtime import resolve_precision
-from cxr.training.extract import build_entry
-from cxr.training.features_store import cache_key, read_manifest
+from cxr.runtime import resolve_precision, to_channels_last
+from cxr.training.extract import build_entry, extraction_engine
+from cxr.training.features_store import cache_key, extractor_record, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -66,22 +70,28 @@ def feature_loaders(
 ) -> dict[str, DataLoader]:
     """Loaders over cached backbone features for train/val/test, extracting them on a cache miss.
 
-    `rows` are `SplitRow`s (path relative to `root`, label, split). The train loader's dataset has
-    `set_epoch(epoch)`, which picks the view of each image for that epoch.
+    `rows` are `SplitRow`s (path relative to `root`, label, split); `precision` is what PyTorch extracts
+    in (studies pass `runtime.scoring_precision`). The train loader's dataset has `set_epoch(epoch)`,
+    which picks the view of each image for that epoch.
     """
     precision = resolve_precision(precision, device)
     views = _effective_views(cfg)
     by_split = {s: [r for r in rows if r.split == s] for s in SPLITS}
     if not by_split["train"]:
         raise CxrError("the split has no training images; the feature cache needs at least one")
-    key = cache_key(model, Path(root), rows, classes, cfg, views, precision)
+    model.to(device)
+    to_channels_last(model, cfg.train.channels_last)
+    forwards = sum(len(r) * (views if s == "train" else 1) for s, r in by_split.items())
+    engine = extraction_engine(model, Path(root), by_split, classes, cfg, device, precision, forwards)
+    extractor = extractor_record(engine.name, engine.precision, cfg, device)
+    key = cache_key(model, Path(root), rows, classes, cfg, views, extractor)
     entry = Path(cache_dir) / key[:32]
     manifest = read_manifest(entry, key)
     if manifest is not None:
         log.info("feature cache hit: %s", entry)
     else:
         manifest = build_entry(model, Path(root), by_split, classes, cfg, views, device, precision, entry, key,
-                               progress)
+                               engine, progress)
     _log_summary(manifest, entry)
     return _make_loaders(entry, manifest, cfg, device)
 

@@ -2,12 +2,15 @@
 
 An entry is a folder `<cache>/<key[:32]>/` with `manifest.json`, `<split>.npy` (views, images,
 channels) float16 memory maps and `<split>_labels.npy`. The key covers everything the features
-depend on; any change makes a new entry.
+depend on, what computed them included (`extractor_record`: engine, precision, batch size, device,
+library versions, CPU instruction sets); any change makes a new entry, so a study's result never
+depends on which run filled the cache first.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,9 +24,39 @@ from cxr.data.regions import is_box_spec
 from cxr.errors import CxrError
 from cxr.hashing import update_with_file
 from cxr.rundir import SPLITS
+from cxr.runtime import cpu_flags
 
 FORMAT = "cxr-feature-cache/1"
+# CPU instruction sets that select different kernels (and so change fp32 results in the last bits)
+KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
+_LIBRARIES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 
+
+def extractor_record(engine_name: str, precision: str, cfg: RunConfig, device: torch.device) -> dict[str, Any]:
+    """What computes the features, as far as it changes their bits: part of the cache key.
+
+    Engines agree with PyTorch only within their parity bound (about 1e-6 relative in fp32), and
+    PyTorch's own fp32 results change with the batch size (measured on Lite0: 3e-6 between batch 32
+    and 8, not with 1 or 2 threads or with channels_last at batch 32); training amplifies such
+    differences into different metrics, so each of these makes its own entry.
+    """
+    record: dict[str, Any] = {
+        "engine": engine_name, "precision": precision, "batch_size": cfg.train.batch_size,
+        "device": device.type, "torch": torch.__version__,
+    }
+    if device.type == "cuda":
+        record["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        record["cpu_flags"] = sorted(cpu_flags() & set(KERNEL_FLAGS))
+    if engine_name == "torch":
+        record["channels_last"] = cfg.train.channels_last
+        record["compiled"] = cfg.train.compile
+    elif engine_name in _LIBRARIES:
+        try:
+            record[engine_name] = importlib.metadata.version(_LIBRARIES[engine_name])
+        except importlib.metadata.PackageNotFoundError:
+            record[engine_name] = None
+    return record
 
 
 
@@ -34,12 +67,13 @@ def cache_key(
     classes: list[str],
     cfg: RunConfig,
     views: int,
-    precision: str,
+    extractor: dict[str, Any],
 ) -> str:
     """SHA-256 hex digest naming a cache entry; any change to what the features depend on changes it.
 
     Covers the image bytes (`files_digest`), the row order, classes, backbone name, weights spec and
-    state, preprocessing, augmentation, image size, views, seed and precision; not the head.
+    state, preprocessing, augmentation, image size, views, seed and what extracts them (`extractor`,
+    from `extractor_record`: engine, precision, batch size, ...); not the head.
     """
     pre = getattr(model, "preprocessing", None)
     settings = {
@@ -53,7 +87,7 @@ def cache_key(
         "image_size": cfg.data.image_size,
         "views": views,
         "seed": cfg.train.seed,
-        "precision": precision,
+        "extractor": extractor,
     }
     if cfg.data.lung_crop:  # only then: other entries keep their keys
         settings["lung_crop_margin"] = cfg.data.lung_crop_margin
@@ -104,8 +138,6 @@ def state_digest(model: nn.Module) -> str:
         if t.numel():
             digest.update(t.view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
-
-
 
 
 def read_manifest(entry: Path, key: str) -> dict[str, Any] | None:

@@ -3,7 +3,7 @@
 Read like torchvision's reference loop: build the optimizer and schedule, restore when resuming,
 then per epoch make the data a function of (seed, epoch), train, evaluate on val, record the row
 (Keras-semantics metrics, `history.csv`), checkpoint (`last.pt` every epoch, `best.pt` on a val-loss
-improvement) and check early stopping. Metrics come from predictions gathered over all ranks and
+improvement; multi-label: a val mean AUROC improvement) and check early stopping. Metrics come from predictions gathered over all ranks and
 files are written by the main process only, so `module` may be a DistributedDataParallel wrapper.
 A later phase (2 = fine-tuning) continues the epoch count, history and best val loss of the one before.
 """
@@ -29,7 +29,7 @@ from cxr.runtime import Compute, make_grad_scaler, to_channels_last
 from cxr.training.epoch import evaluate_epoch, gathered_metrics, train_one_epoch
 from cxr.training.losses import EvalLoss
 from cxr.training.optim import build_optimizer, build_scheduler, training_criterion
-from cxr.training.state import Checkpointer, EarlyStopping, TrainingState
+from cxr.training.state import Checkpointer, EarlyStopping, TrainingState, selection_metric
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +79,17 @@ def _row(epoch: int, lr: float, phase: int, train_m: dict[str, float], val_m: di
     row.update({f"train_{k}": float(train_m[k]) for k in METRIC_NAMES})
     row.update({f"val_{k}": float(val_m[k]) for k in METRIC_NAMES})
     row[PHASE_COLUMN] = phase
+    if "mean_auroc" in val_m:  # multi-label: the selection metric (cxr.training.state.selection_score)
+        row["val_mean_auroc"] = float(val_m["mean_auroc"])
     return row
 
 
 def _log_epoch(row: dict[str, float], last_epoch: int, images_per_s: float, improved: bool, with_phase: bool) -> None:
+    auroc = f" mean AUROC {row['val_mean_auroc']:.4f}" if "val_mean_auroc" in row else ""
     log.info(
-        "epoch %d/%d%s: train loss %.4f acc %.4f | val loss %.4f acc %.4f f1 %.4f | %.0f img/s, %.1f s%s",
+        "epoch %d/%d%s: train loss %.4f acc %.4f | val loss %.4f acc %.4f f1 %.4f%s | %.0f img/s, %.1f s%s",
         row["epoch"], last_epoch, f" (phase {row[PHASE_COLUMN]})" if with_phase else "", row["train_loss"],
-        row["train_accuracy"], row["val_loss"], row["val_accuracy"], row["val_macro_f1"], images_per_s,
+        row["train_accuracy"], row["val_loss"], row["val_accuracy"], row["val_macro_f1"], auroc, images_per_s,
         row["seconds"], " (best)" if improved else "",
     )
 
@@ -162,8 +165,8 @@ def fit(
             on_epoch_end(row)
     stopped = stopper.should_stop(state)
     if stopped:
-        log.info("early stopping: no val-loss improvement for %d epochs (best epoch %d)", state.bad_epochs,
-                 state.best_epoch)
+        log.info("early stopping: no val-%s improvement for %d epochs (best epoch %d)", selection_metric(state.history),
+                 state.bad_epochs, state.best_epoch)
     return FitResult(history=state.history, best_epoch=state.best_epoch, best_val_loss=state.best_val_loss,
                      checkpoint_dir=checkpointer.run.checkpoints, stopped_early=stopped,
                      seconds=time.perf_counter() - started, extra={"phase": phase})

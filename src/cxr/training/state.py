@@ -2,7 +2,10 @@
 
 - `TrainingState`: the history rows and the early-stopping bookkeeping (best val loss and epoch,
   epochs without improvement), with `state_dict` / `load_state_dict` like a torch module.
-- `EarlyStopping`: stop after `patience` epochs without a val-loss improvement.
+  The selection metric is the val loss, or for multi-label runs the val mean AUROC (`selection_score`):
+  a rare finding's loss is dominated by its negatives, so the loss can keep falling while the head
+  ranks no better than chance (nih-dev: val F1 0 from epoch 2, best.pt near chance).
+- `EarlyStopping`: stop after `patience` epochs without an improvement of the selection metric.
 - `Checkpointer`: writes `last.pt` every epoch, `best.pt` on an improvement and `history.csv`
   into the run folder (main process only), and restores a run from `last.pt` exactly: model,
   optimizer, scheduler, gradient scaler, RNG state and training state.
@@ -33,20 +36,37 @@ from cxr.runtime import rng_state, set_rng_state
 log = logging.getLogger(__name__)
 
 
+def selection_score(row: dict[str, float]) -> float:
+    """Lower is better: minus the val mean AUROC where the row has a finite one (multi-label), else the val loss."""
+    auroc = row.get("val_mean_auroc")
+    if auroc is not None and math.isfinite(auroc):
+        return -float(auroc)
+    return float(row["val_loss"])
+
+
+def selection_metric(history: Sequence[dict[str, float]]) -> str:
+    """What `selection_score` ranks the rows by, in words."""
+    last = history[-1] if history else {}
+    return "mean-AUROC" if math.isfinite(last.get("val_mean_auroc", math.nan)) else "loss"
+
+
 @dataclass
 class TrainingState:
     """Per-epoch history and the early-stopping bookkeeping of a run (all phases)."""
 
     history: list[dict[str, float]] = field(default_factory=list)
-    best_val_loss: float = math.inf
+    best_val_loss: float = math.inf  # the val loss of the best epoch
     best_epoch: int = 0
-    bad_epochs: int = 0  # epochs since the last val-loss improvement
+    bad_epochs: int = 0  # epochs since the last improvement of the selection metric
+    best_score: float = math.inf  # selection_score of the best epoch
 
     def record(self, row: dict[str, float]) -> bool:
-        """Append an epoch's row; True when its val loss is the best so far."""
+        """Append an epoch's row; True when it is the best so far (`selection_score`)."""
         self.history.append(row)
-        if row["val_loss"] < self.best_val_loss:
-            self.best_val_loss, self.best_epoch, self.bad_epochs = row["val_loss"], int(row["epoch"]), 0
+        score = selection_score(row)
+        if score < self.best_score:
+            self.best_score, self.best_val_loss = score, row["val_loss"]
+            self.best_epoch, self.bad_epochs = int(row["epoch"]), 0
             return True
         self.bad_epochs += 1
         return False
@@ -56,13 +76,19 @@ class TrainingState:
         return sum(1 for row in self.history if int(row.get(PHASE_COLUMN, 1)) < phase)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best_val_loss": self.best_val_loss, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+        return {"best_val_loss": self.best_val_loss, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
+                "best_score": self.best_score}
 
     def load_state_dict(self, state: dict[str, Any], history: Sequence[dict[str, Any]]) -> None:
+        """Restore; a state without `best_score` (older checkpoints, a phase's FitResult) takes it from the
+        history row of its best epoch."""
         self.history = [dict(row) for row in history]
         self.best_val_loss = float(state.get("best_val_loss", math.inf))
         self.best_epoch = int(state.get("best_epoch", 0))
         self.bad_epochs = int(state.get("bad_epochs", 0))
+        best_rows = [row for row in self.history if int(row.get("epoch", 0)) == self.best_epoch]
+        fallback = selection_score(best_rows[-1]) if best_rows else self.best_val_loss
+        self.best_score = float(state.get("best_score", fallback))
 
 
 @dataclass(frozen=True)
