@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -159,7 +160,7 @@ def test_cli_all_readable_exits_0_json_and_table(checkpoint: Path, tmp_path: Pat
     capsys.readouterr()
     assert main(["predict", str(checkpoint), str(good[0])]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].split() == ["path", "label", *CLASSES]
+    assert shlex.split(lines[0]) == ["path", "label", *CLASSES]
     assert lines[1].startswith(str(good[0]))
 
 

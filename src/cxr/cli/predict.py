@@ -21,6 +21,7 @@ from cxr.cli._common import (
     positive_int,
     writable_output,
 )
+from cxr.cli.table import table_lines
 from cxr.config import DEVICES, EVAL_ENGINES, PRECISIONS
 from cxr.errors import CxrError, ImageReadError
 
@@ -47,7 +48,8 @@ def _register_use(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", type=existing_path, help="a cxr checkpoint (.pt), e.g. runs/NAME/checkpoints/best.pt")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
     p.add_argument("--out", type=Path, metavar="FILE",
-                   help="write predictions to this .csv or .json file (default: a table on stdout)")
+                   help="write predictions to this .csv or .json file (default: a table on stdout, cells "
+                   "with spaces in double quotes, so shlex.split reads each line back)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average over flip and small shifts")
     p.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="images per forward pass")
     p.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
@@ -265,14 +267,14 @@ def _write_json(out: Path, results: list[tuple[str, Any]], skipped: list[tuple[s
 
 def _print_table(results: list[tuple[str, Any]], classes: list[str], thresholds: list[float] | None = None) -> None:
     """One row per image: its label and the probability of every class; a multi-label model's table
-    names its column `findings` and shows, under the header, the threshold each finding is called at."""
+    names its column `findings` and shows, under the header, the threshold each finding is called at.
+    Cells with spaces are quoted (cxr.cli.table), so `No Finding` is one cell for a person and a parser."""
     header = ["path", "label" if thresholds is None else "findings", *classes]
     rows = [[path, p.label, *(f"{p.probabilities[c]:.4f}" for c in classes)] for path, p in results]
     if thresholds is not None:
-        rows.insert(0, ["(threshold)", "", *(f"{t:.4f}" for t in thresholds)])
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        _echo("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        rows.insert(0, ["(threshold)", "-", *(f"{t:.4f}" for t in thresholds)])
+    for line in table_lines(header, rows):  # "No Finding" in quotes: shlex.split reads a line back
+        _echo(line)
 
 
 # ------------------------------------------------------------------------------------------ explain
