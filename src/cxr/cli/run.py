@@ -104,6 +104,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR", help="run directory")
+    demo.add_argument("--resume", action="store_true",
+                      help="continue the demo in DIR from checkpoints/last.pt, with its own settings and images")
     demo.add_argument("--force", action="store_true", help=FORCE_HELP.replace("--out", "DIR") + "; DIR/data is kept")
     n_per_class = demo.add_argument("--n-per-class", type=positive_int, metavar="N", help="synthetic images per class")
     n_per_class.default_text = _demo_images_per_class  # type: ignore[attr-defined]
@@ -220,9 +222,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     overrides = flag_overrides(args, DEMO_FLAGS)
     overrides["name"] = args.out.name or "demo"
-    cfg = apply_overrides(demo_config(), overrides)
+    cfg, task = apply_overrides(demo_config(), overrides), args.task
+    if args.resume and (args.out / "config.yaml").is_file():  # the run's own settings, as `cxr run --resume`
+        from cxr.config import load_config
+
+        cfg = load_config(args.out / "config.yaml", overrides)
+        task = cfg.data.task
     run_dir = run_demo(args.out, n_per_class=args.n_per_class or DEMO_IMAGES_PER_CLASS, cfg=cfg,
-                       force=args.force, task=args.task).run_dir
+                       force=args.force, task=task, resume=args.resume).run_dir
     _print_summary(run_dir)
     _say(run_dir / "report.html")
     return 0
