@@ -72,6 +72,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from cxr.runtime import set_threads
 
     api_key = read_api_key(args.api_key_file) if args.api_key_file is not None else None
+    from cxr.serve.port import check_port
+
+    check_port(args.host, args.port)  # a port in use: one line, before the model is loaded
     set_threads(args.threads)
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, engine=args.engine,
                                           batch_size=1, hint="latency")  # measured for single requests
