@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 OUTPUT_SUFFIXES = (".csv", ".json")
 EXPORT_FORMATS = ("onnx", "torchscript")
+EXPORT_SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".pth", ".pts", ".torchscript")}  # --out per --format
 DEVICE_HELP = f"where to compute: {' | '.join(DEVICES)}"
 PRECISION_HELP = (f"compute precision: {' | '.join(PRECISIONS)}; auto = fp32 on a CPU, every engine alike (bf16 only "
                   "when asked for: it changes some labels), bf16 autocast on a GPU that has it")
@@ -79,7 +80,7 @@ def _register_use(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", type=existing_path, help="a cxr checkpoint (.pt)")
     p.add_argument("--format", dest="fmt", choices=EXPORT_FORMATS, required=True, metavar="FORMAT",
                    help=f"export format: {' | '.join(EXPORT_FORMATS)}")
-    p.add_argument("--out", type=Path, required=True, metavar="FILE", help="output file (.onnx or .pt)")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE", help="output file: .onnx for onnx; .pt, .pth, .pts or .torchscript for torchscript")
     p.add_argument("--check", action="store_true", help="verify parity with PyTorch after exporting")
     p.add_argument("--opset", type=positive_int, default=17, metavar="N", help="ONNX opset version")
     p.add_argument("--int8", type=existing_path, metavar="CALIB_DIR",
@@ -318,6 +319,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.fmt != "onnx" and (args.int8 or args.eval):
         raise CxrError("--int8 and --eval need --format onnx")
+    suffixes = EXPORT_SUFFIXES[args.fmt]
+    if args.out.suffix.lower() not in suffixes:  # an ONNX file named model.pt misleads whoever loads it
+        raise CxrError(f"--out {args.out} does not fit --format {args.fmt}: name it {args.out.stem}{suffixes[0]} "
+                       f"(allowed suffixes: {', '.join(suffixes)})")
     ckpt = load_checkpoint(args.checkpoint)
     writable_output(args.out)
     if args.fmt == "onnx":
