@@ -72,7 +72,7 @@ def test_paths_bytes_and_arrays_agree(predictor: Predictor, tmp_path: Path) -> N
     assert from_path.source == str(path)
     for other in (from_bytes, from_array, from_rgb):
         np.testing.assert_allclose(list(other.probabilities.values()), list(from_path.probabilities.values()), atol=1e-6)
-    assert predictor.predict(img)[0].label == from_array.label  # a single image is accepted too
+    assert predictor.predict(img).label == from_array.label  # a single image gives its Prediction, not a list
 
 
 def test_bad_inputs_raise_user_errors(predictor: Predictor) -> None:

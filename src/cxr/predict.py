@@ -267,11 +267,11 @@ class Predictor:
         progress: Callable[[int], Any] | None = None,
         box: Region | None = None,
         boxes: Sequence[Region | None] | None = None,
-    ) -> list[Prediction]:
-        """Predict every image; one `Prediction` per input, in order.
+    ) -> Prediction | list[Prediction]:
+        """Predict: one image gives its `Prediction`; a list gives one `Prediction` per image, in order.
 
         `images` is a list of file paths, encoded image bytes, PIL images (any mode; 16-bit is scaled)
-        or uint8 arrays ((H, W) gray or (H, W, 3|4) colour); a single one of those is accepted too. An unreadable file raises
+        or uint8 arrays ((H, W) gray or (H, W, 3|4) colour), or a single one of those. An unreadable file raises
         `ImageReadError` naming it (the CLI catches it per file and goes on). `progress(n)` is
         called after each batch with the number of images it held. `box`: the lung region of every image
         (boxes in image pixels, (x0, y0, x1, y1) or a list of them, or a mask array); `boxes`: one region
@@ -279,7 +279,8 @@ class Predictor:
         """
         if batch_size < 1:
             raise CxrError(f"batch_size must be >= 1, got {batch_size}")
-        items = [images] if _is_single(images) else list(images)
+        single = _is_single(images)
+        items = [images] if single else list(images)
         regions = _per_image(box, boxes, len(items))
         results: list[Prediction] = []
         for start in range(0, len(items), batch_size):
@@ -289,7 +290,7 @@ class Predictor:
             results.extend(self.to_prediction(p, _source_of(item)) for p, item in zip(probs, chunk, strict=True))
             if progress is not None:
                 progress(len(chunk))
-        return results
+        return results[0] if single else results
 
     @torch.no_grad()
     def predict_tensor(self, batch: torch.Tensor, tta: bool = False) -> np.ndarray:
