@@ -142,9 +142,9 @@ def test_cli_skips_unreadable_files_and_exits_1(checkpoint: Path, tmp_path: Path
     with out.open() as fh:
         rows = list(csv.DictReader(fh))
     assert [r["path"] for r in rows] == sorted(str(p) for p in good)
-    assert list(rows[0]) == ["path", "label", *(f"prob_{c}" for c in CLASSES)]
+    assert list(rows[0]) == ["path", "predicted_label", *(f"prob_{c}" for c in CLASSES)]
     for row in rows:
-        assert row["label"] in CLASSES
+        assert row["predicted_label"] in CLASSES
         assert sum(float(row[f"prob_{c}"]) for c in CLASSES) == pytest.approx(1.0, abs=1e-4)
 
 

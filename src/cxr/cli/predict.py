@@ -251,7 +251,7 @@ def _write_csv(out: Path, results: list[tuple[str, Any]], classes: list[str]) ->
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["path", "label", *(f"prob_{c}" for c in classes)])
+        writer.writerow(["path", "predicted_label", *(f"prob_{c}" for c in classes)])  # as a run's predictions.csv
         writer.writerows(_rows(results, classes))
 
 
