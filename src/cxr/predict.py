@@ -49,6 +49,7 @@ from cxr.errors import CxrError
 from cxr.hashing import file_sha256
 from cxr.io import pil_to_gray, read_image, read_image_bytes
 from cxr.malloc import tune_malloc
+from cxr.notices import synthetic_model_line
 from cxr.pixels import RGB_LUMA
 from cxr.runtime import autocast, resolve_device, scoring_precision
 from cxr.suggest import did_you_mean
@@ -168,6 +169,8 @@ class Predictor:
         predictor.lung_crop = cfg.data.lung_crop_margin if cfg.data.lung_crop else None
         log.info("loaded %s (%d %s, %s on %s)", name, len(predictor.classes), "findings" if multilabel else "classes",
                  predictor.precision, predictor.device)
+        if predictor.synthetic:  # whoever loads it hears it: the CLI, the server, a notebook
+            log.warning(synthetic_model_line(name))
         if engine != "torch":
             predictor.use_engine(engine, batch_size=batch_size, hint=hint)
         return predictor

@@ -24,6 +24,7 @@ from cxr.cli._common import (
 from cxr.cli.table import table_lines
 from cxr.config import DEVICES, EVAL_ENGINES, PRECISIONS
 from cxr.errors import CxrError, ImageReadError
+from cxr.notices import SYNTHETIC_WARNING
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +204,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise CxrError(f"no image files found in {', '.join(args.inputs)}")
     set_threads(args.threads)
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, precision=args.precision)
-    warn_if_synthetic(predictor)
     region = _region(args)
     results: list[tuple[str, Prediction]] = []
     engine_chosen = False
@@ -227,20 +227,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     elif args.out.suffix.lower() == ".csv":
         _write_csv(args.out, results, classes)
     else:
-        _write_json(args.out, results, skipped, predictor.name, classes, predictor.thresholds)
+        _write_json(args.out, results, skipped, predictor.name, classes, predictor.thresholds,
+                    warning=SYNTHETIC_WARNING if predictor.synthetic else None)
     if args.out is not None:
         log.info("wrote %s", args.out)
     log.info("%d images predicted, %d skipped", len(results), len(skipped))
     if skipped:
         log.warning("skipped (unreadable): %s", ", ".join(item for item, _ in skipped))
     return 1 if skipped else 0
-
-
-def warn_if_synthetic(predictor: Any) -> None:
-    """One WARNING line when the model was trained on synthetic images (the demo's)."""
-    if predictor.synthetic:
-        log.warning("WARNING: %s was trained on synthetic images (cxr demo): its predictions have no medical "
-                    "meaning", predictor.name)
 
 
 def _rows(results: list[tuple[str, Any]], classes: list[str]) -> list[list[str]]:
@@ -256,9 +250,9 @@ def _write_csv(out: Path, results: list[tuple[str, Any]], classes: list[str]) ->
 
 
 def _write_json(out: Path, results: list[tuple[str, Any]], skipped: list[tuple[str, str]], model: str,
-                classes: list[str], thresholds: list[float] | None = None) -> None:
+                classes: list[str], thresholds: list[float] | None = None, warning: str | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    doc: dict[str, Any] = {"model": model, "classes": classes}
+    doc: dict[str, Any] = {"model": model, **({"warning": warning} if warning else {}), "classes": classes}
     if thresholds is not None:  # multi-label: `label` joins the findings at or over their thresholds
         doc.update(task="multilabel", thresholds=dict(zip(classes, thresholds, strict=True)))
     doc["predictions"] = [{"path": path, **p.to_dict(source=False)} for path, p in results]
@@ -291,7 +285,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
         raise CxrError(f"--out must be a .png file, got {args.out}")
     writable_output(args.out)
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device)
-    warn_if_synthetic(predictor)
     if args.class_name is not None:
         predictor.class_index(args.class_name)  # fails early, listing the classes
     region = _region(args)

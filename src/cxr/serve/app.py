@@ -194,6 +194,7 @@ def _add_routes(app: FastAPI, predictor: Predictor, worker: InferenceWorker, lim
             "X-Cxr-Model": predictor.name,
             "X-Cxr-Latency-Ms": f"{_ms_since(start):.2f}",
             "Cache-Control": "no-store",
+            **({"X-Cxr-Warning": SYNTHETIC_WARNING} if predictor.synthetic else {}),
         }
         return Response(png, media_type="image/png", headers=headers)
 
