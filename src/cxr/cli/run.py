@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from cxr.config import DEVICES, EVAL_ENGINES, PRECISIONS
 from cxr.errors import CxrError
 from cxr.rank import is_main_process
 from cxr.report.format import fmt
+
+log = logging.getLogger(__name__)
 
 DEVICE_HELP = " | ".join(DEVICES)
 FORCE_HELP = ("replace the run in --out: its checkpoints, history, metrics, predictions, split, audit, "
@@ -67,7 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "bootstrap CIs, per-class metrics, ROC-AUC, calibration. The rows are the --split of the run's "
             "split.csv when the checkpoint was trained on this data (folder or manifest); on other data, "
             "--split test (the default) scores every image and train/val are refused. "
-            "The data's classes must equal the checkpoint's. "
+            "Data holding other classes (some of the checkpoint's, or other names for them: --label-map) is "
+            "scored as an external set, on the classes it holds. "
             "`cxr evaluate RUN_DIR --external NAME=PATH --shortcut` adds external sets (any subset of the "
             "classes, names mapped with --label-map) and the shortcut audit to a finished run's metrics.json "
             "and report; --external/--shortcut/--occlude also work beside --checkpoint (and --data)."
@@ -192,17 +196,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from cxr.study import evaluate_checkpoint
-
     if args.run_dir is not None:
         return cmd_run_dir(args)
     if args.checkpoint is None:
         raise CxrError("give RUN_DIR (a finished run) or --checkpoint CKPT with --data PATH and/or --external NAME=PATH")
     writable_output(args.out, folder=True)
-    if args.data is not None:
-        metrics = evaluate_checkpoint(args.checkpoint, args.data, args.split, out_dir=args.out, tta=args.tta,
-                                      device=args.device, precision=args.precision, batch_size=args.batch_size,
-                                      split_csv=args.split_csv, engine=args.engine, threads=args.threads)
+    metrics = _evaluate_data(args) if args.data is not None else None
+    if metrics is not None:
         _say(_metrics_line(metrics))
         _say_calibration(metrics)
         _say(metrics.get("classification_report", "").rstrip())
@@ -213,6 +213,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.out is not None:
         _say(args.out / "metrics.json")
     return 0
+
+
+def _evaluate_data(args: argparse.Namespace) -> dict[str, Any] | None:
+    """`evaluate_checkpoint` on --data; None when the data holds other classes than a single-label checkpoint
+    and was put among the external sets instead (partial classes, names mapped with --label-map)."""
+    from cxr.errors import ClassMismatch
+    from cxr.study import evaluate_checkpoint
+
+    try:
+        return evaluate_checkpoint(args.checkpoint, args.data, args.split, out_dir=args.out, tta=args.tta,
+                                   device=args.device, precision=args.precision, batch_size=args.batch_size,
+                                   split_csv=args.split_csv, engine=args.engine, threads=args.threads)
+    except ClassMismatch as exc:
+        if exc.multilabel or args.split_csv is not None:
+            raise
+        name = args.data.stem or "data"
+        log.warning("%s holds other classes than the checkpoint: scored as an external set (the classes it "
+                    "holds, names mapped by --label-map), as --external %s=%s does", args.data, name, args.data)
+        args.external = [*(args.external or []), (name, str(args.data))]
+        return None
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
