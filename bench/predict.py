@@ -135,7 +135,7 @@ def evaluate_runs(ckpt: Path, root: Path, samples: list[Any], args: argparse.Nam
         runs[engine] = {"seconds": round(seconds, 2), "images_per_s_with_startup": round(len(samples) / seconds, 1),
                         "engine": metrics.get("engine"), "accuracy": metrics["test"]["accuracy"],
                         "macro_f1": metrics["test"]["macro_f1"]}
-    preds = {e: labels_of(work / f"evaluate-{e}" / "predictions.csv", "pred") for e in runs}
+    preds = {e: labels_of(work / f"evaluate-{e}" / "predictions.csv", "predicted_label") for e in runs}
     runs["pred_agreement"] = agreement(preds[args.engine], preds["torch"])
     return runs
 

@@ -61,13 +61,13 @@ def test_predictor_takes_paths_pil_images_arrays_and_lists(study):
     pil = Image.open(path)
     array = np.asarray(pil.convert("L"))
     by_path, by_pil, by_array = predictor.predict(path), predictor.predict(pil), predictor.predict(array)
-    assert len(by_path) == len(by_pil) == len(by_array) == 1
-    assert by_pil[0].probabilities == pytest.approx(by_path[0].probabilities)
-    assert by_array[0].probabilities == pytest.approx(by_path[0].probabilities)
+    assert all(isinstance(p, cxr.Prediction) for p in (by_path, by_pil, by_array))  # one image: one Prediction
+    assert by_pil.probabilities == pytest.approx(by_path.probabilities)
+    assert by_array.probabilities == pytest.approx(by_path.probabilities)
     wide = Image.fromarray(array.astype(np.uint16) * 257)  # 16-bit (mode I;16): scaled, not clipped
-    assert predictor.predict(wide)[0].probabilities == pytest.approx(by_path[0].probabilities, abs=1e-4)
+    assert predictor.predict(wide).probabilities == pytest.approx(by_path.probabilities, abs=1e-4)
     several = predictor.predict([path, pil, array])
-    assert [p.label for p in several] == [by_path[0].label] * 3
+    assert [p.label for p in several] == [by_path.label] * 3
     with pytest.raises(cxr.CxrError, match="PIL image"):
         predictor.predict([1.5])
 

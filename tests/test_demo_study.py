@@ -29,6 +29,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg.data.image_size = 96
     cfg.data.num_workers = 0
     cfg.train.feature_views = 1
+    cfg.train.engine = cfg.eval.engine = "torch"  # the same model and labels on every machine (not auto's pick)
     cfg.eval.bootstrap = 200
     cfg.eval.aug_samples = 4
     cfg.eval.grid_per_class = 2

@@ -82,6 +82,17 @@ def test_cli_export_check(checkpoint: Path, tmp_path: Path, capsys: pytest.Captu
     assert exc.value.code == 2 and "invalid choice: 'tflite'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("fmt", "name", "hint"), [("onnx", "model.pt", "model.onnx"),
+                                                   ("torchscript", "model.onnx", "model.pt")])
+def test_cli_export_refuses_a_suffix_of_another_format(fmt: str, name: str, hint: str, checkpoint: Path,
+                                                       tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / name
+    assert main(["export", str(checkpoint), "--format", fmt, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"does not fit --format {fmt}: name it {hint}" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
 def test_int8_quantization_and_folder_evaluation(checkpoint: Path, tmp_path: Path) -> None:
     from PIL import Image
 

@@ -141,4 +141,9 @@ def test_an_external_set_with_lung_boxes_gets_the_shortcut_audit(finished, tmp_p
     assert audit["images"] == 6 and set(audit["occlusion"]) >= {"none", "lungs", "outside"}
     assert 0.1 < audit["attention"]["mean_area"] < 0.5  # the boxes' share of the 48x48 images
     assert len(list((tmp_path / "out" / "figures").glob("shortcut_external-boxed_*.png"))) == 2
-    assert "shortcut audit (external boxed" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "shortcut audit (external boxed" in captured.out
+    assert "missing from the run directory" not in captured.err  # an --out folder is not a run
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Evaluated checkpoint" in report and "## Run summary" not in report and "not available" not in report
+    assert "internal test rows are the test split of the checkpoint's run" in report

@@ -3,7 +3,7 @@
 - no import cycle among cxr modules;
 - `cxr.report` and the run-folder contract `cxr.rundir` never import torch, directly or through
   another cxr module;
-- `cxr.models` never imports `cxr.data`; nothing imports `cxr.cli`;
+- `cxr.models` never imports `cxr.data` or `cxr.config` (config -> models, one way); nothing imports `cxr.cli`;
 - every module is at most 400 lines and every function at most 80 lines (small, readable files).
 """
 
@@ -134,6 +134,13 @@ def test_torch_free_modules_never_reach_torch(root):
         for dep in {module} | reachable(module):
             torchy = sorted(n for n in imports_of(dep) if n == "torch" or n.startswith("torch."))
             assert not torchy, f"{module} reaches torch through {dep} ({torchy})"
+
+
+def test_models_never_import_config():
+    """cxr.config imports the model catalog (and cxr.models.spec); the models never import the config back."""
+    assert "cxr.models.catalog" in cxr_imports("cxr.config")
+    for module in (m for m in modules() if m.startswith("cxr.models")):
+        assert "cxr.config" not in cxr_imports(module), f"{module} imports cxr.config (use cxr.models.spec)"
 
 
 def test_models_never_import_data():

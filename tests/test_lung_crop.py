@@ -51,13 +51,13 @@ def test_the_predictor_crops_to_the_box_and_refuses_an_image_without_one(crop_ch
     with pytest.raises(CxrError, match="trained on lung crops"):
         predictor.predict(image_file)
     cropped = np.asarray(Image.open(image_file))[BOX[1]:BOX[3], BOX[0]:BOX[2]]
-    with_box = predictor.predict(image_file, box=BOX)[0].probabilities
+    with_box = predictor.predict(image_file, box=BOX).probabilities
     plain = Predictor.from_checkpoint(crop_checkpoint, device="cpu", precision="fp32")
     plain.lung_crop = None  # the same model, given the crop itself
-    assert plain.predict(cropped)[0].probabilities == pytest.approx(with_box, abs=1e-6)
+    assert plain.predict(cropped).probabilities == pytest.approx(with_box, abs=1e-6)
     mask = np.zeros((96, 96), np.uint8)
     mask[BOX[1]:BOX[3], BOX[0]:BOX[2]] = 255
-    assert predictor.predict(image_file, box=mask)[0].probabilities == pytest.approx(with_box, abs=1e-6)
+    assert predictor.predict(image_file, box=mask).probabilities == pytest.approx(with_box, abs=1e-6)
     both = predictor.predict([image_file, image_file], boxes=[BOX, "20 16 76 80"])
     assert [p.probabilities for p in both] == [pytest.approx(with_box, abs=1e-6)] * 2
     with pytest.raises(CxrError, match="one per image"):
@@ -110,7 +110,7 @@ def test_the_api_needs_the_box_field_for_a_lung_crop_model(crop_checkpoint, imag
         assert missing.status_code == 422 and "box" in missing.json()["detail"]
         ok = client.post("/v1/predict", files={"file": ("x.png", body, "image/png")}, data={"box": "20 16 76 80"})
         assert ok.status_code == 200
-        expected = predictor.predict(image_file, box=BOX)[0].probabilities
+        expected = predictor.predict(image_file, box=BOX).probabilities
         assert ok.json()["probabilities"] == pytest.approx(expected, abs=1e-5)
         bad = client.post("/v1/predict", files={"file": ("x.png", body, "image/png")}, data={"box": "1 2 3"})
         assert bad.status_code == 422

@@ -92,5 +92,5 @@ def test_a_multilabel_study_end_to_end(tmp_path):
     assert len(best["extra"]["thresholds"]) == 2 and best["config"]["data"]["task"] == "multilabel"
     with open(result.run_dir / "predictions.csv", newline="") as fh:
         preds = list(csv.DictReader(fh))
-    assert set(preds[0]) == {"path", "label", "pred", "prob_Effusion", "prob_Mass"}
+    assert set(preds[0]) == {"path", "true_label", "predicted_label", "prob_Effusion", "prob_Mass"}
     assert (result.run_dir / "figures" / "roc.png").is_file() and (result.run_dir / "report.html").is_file()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,7 @@ def test_paths_bytes_and_arrays_agree(predictor: Predictor, tmp_path: Path) -> N
     assert from_path.source == str(path)
     for other in (from_bytes, from_array, from_rgb):
         np.testing.assert_allclose(list(other.probabilities.values()), list(from_path.probabilities.values()), atol=1e-6)
-    assert predictor.predict(img)[0].label == from_array.label  # a single image is accepted too
+    assert predictor.predict(img).label == from_array.label  # a single image gives its Prediction, not a list
 
 
 def test_bad_inputs_raise_user_errors(predictor: Predictor) -> None:
@@ -141,9 +142,9 @@ def test_cli_skips_unreadable_files_and_exits_1(checkpoint: Path, tmp_path: Path
     with out.open() as fh:
         rows = list(csv.DictReader(fh))
     assert [r["path"] for r in rows] == sorted(str(p) for p in good)
-    assert list(rows[0]) == ["path", "label", *(f"prob_{c}" for c in CLASSES)]
+    assert list(rows[0]) == ["path", "predicted_label", *(f"prob_{c}" for c in CLASSES)]
     for row in rows:
-        assert row["label"] in CLASSES
+        assert row["predicted_label"] in CLASSES
         assert sum(float(row[f"prob_{c}"]) for c in CLASSES) == pytest.approx(1.0, abs=1e-4)
 
 
@@ -159,7 +160,7 @@ def test_cli_all_readable_exits_0_json_and_table(checkpoint: Path, tmp_path: Pat
     capsys.readouterr()
     assert main(["predict", str(checkpoint), str(good[0])]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].split() == ["path", "label", *CLASSES]
+    assert shlex.split(lines[0]) == ["path", "label", *CLASSES]
     assert lines[1].startswith(str(good[0]))
 
 

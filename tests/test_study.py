@@ -90,8 +90,8 @@ def test_run_study_writes_every_file_of_the_run_directory(tiny_run, tiny_data):
     with open(tiny_run / "predictions.csv", newline="") as fh:
         preds = list(csv.DictReader(fh))
     assert [p["path"] for p in preds] == [r.path for r in test_rows]
-    assert list(preds[0]) == ["path", "label", "pred", *(f"prob_{c}" for c in metrics["classes"])]
-    accuracy = sum(p["label"] == p["pred"] for p in preds) / len(preds)
+    assert list(preds[0]) == ["path", "true_label", "predicted_label", *(f"prob_{c}" for c in metrics["classes"])]
+    accuracy = sum(p["true_label"] == p["predicted_label"] for p in preds) / len(preds)
     assert accuracy == pytest.approx(metrics["test"]["accuracy"])
 
     saved = load_config(tiny_run / "config.yaml")

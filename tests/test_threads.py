@@ -42,7 +42,30 @@ def test_one_busy_core_of_two_leaves_one_thread(tmp_path, monkeypatch):
     fake_stat(tmp_path, monkeypatch, {0: 1.0, 1: 0.0})
     plan = threads.plan_threads(0, sample_s=0.0)
     assert plan.threads == 1 and plan.source == "free cores" and plan.free == pytest.approx(1.0, abs=0.05)
-    assert "1 threads (free cores, 1.0 of 2 cores free)" == plan.describe()
+    assert plan.describe() == "1 thread of 2 cores (the machine is busy: 1.0 cores were free at start; --threads N to choose)"
+    assert plan.worth_telling
+
+
+def test_the_threads_line_reads_well_and_only_comes_when_useful(tmp_path, monkeypatch, caplog):
+    import torch
+
+    from cxr.runtime import set_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        fake_stat(tmp_path, monkeypatch, {0: 0.1, 1: 0.2})  # idle: every core, nothing to say
+        with caplog.at_level("INFO", logger="cxr"):
+            assert set_threads(0) == 2
+        assert "threads:" not in caplog.text
+        fake_stat(tmp_path, monkeypatch, {0: 1.0, 1: 1.0})  # busy: one thread, said once and in words
+        with caplog.at_level("INFO", logger="cxr"):
+            assert set_threads(0) == 1
+        assert "threads: 1 thread of 2 cores (the machine is busy: 0.0 cores were free at start" in caplog.text
+        assert "1 threads" not in caplog.text
+    finally:
+        torch.set_num_threads(before)
+    assert threads.ThreadPlan(3, 4, None, "requested").describe() == "3 threads of 4 cores (as asked)"
 
 
 def test_an_idle_machine_gets_every_core_and_a_full_one_still_one_thread(tmp_path, monkeypatch):

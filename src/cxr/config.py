@@ -34,6 +34,7 @@ from cxr.checks import (
 )
 from cxr.errors import CxrError
 from cxr.models import catalog
+from cxr.models.spec import FREEZE_MODES
 from cxr.suggest import did_you_mean
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -44,7 +45,6 @@ DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 ENGINES = ("auto", "torch", "onnxruntime", "openvino")  # auto: the fastest installed here, measured once (cxr.engine)
 EVAL_ENGINES = (*ENGINES, "openvino-int8")  # int8: only where validation macro-F1 stays within 0.01 of fp32
 HEAD_INITS = ("glorot", "zeros")  # the initial weights of the head's last layer
-FREEZE_MODES = ("base", "stages:N", "none")  # N's upper bound is the backbone's stage count (models.build)
 FINETUNE_FREEZE_MODES = ("stages:N", "none")
 FILL_MODES = ("nearest", "constant", "reflect", "wrap")  # Keras fill_mode values (SciPy modes)
 TRACKERS = ("none", "tensorboard", "mlflow")  # experiment tracking backends (cxr.tracking)

@@ -14,6 +14,14 @@ class CxrError(Exception):
     """An error caused by user input; its message says what was received and what is allowed."""
 
 
+class ClassMismatch(CxrError):
+    """Data whose classes are not a checkpoint's; `cxr evaluate --data` then scores it as an external set."""
+
+    def __init__(self, message: str, *, multilabel: bool = False) -> None:
+        self.multilabel = multilabel  # a multi-label checkpoint's findings, not classes
+        super().__init__(message)
+
+
 class ImageReadError(CxrError):
     """An image file that cannot be decoded; names the file and the reason."""
 

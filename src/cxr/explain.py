@@ -28,6 +28,7 @@ from torch import nn
 from cxr.data.masks import Region
 from cxr.errors import CxrError
 from cxr.models.stages import as_feature_map, find_layer
+from cxr.notices import SYNTHETIC_FIGURE_NOTE
 from cxr.predict import ImageInput, Prediction, Predictor
 from cxr.report.explain_figures import explanation_figure
 from cxr.transforms import output_probs
@@ -143,6 +144,7 @@ class Explanation:
     cam: np.ndarray  # float32 (S, S) in [0, 1], on the network input grid
     prediction: Prediction
     image: np.ndarray  # the decoded uint8 (H, W) image
+    note: str | None = None  # a warning drawn under the figure (a model trained on synthetic images)
 
     def overlay(self, max_side: int = OVERLAY_MAX_SIDE) -> np.ndarray:
         """RGB uint8 overlay on the image (long side capped at `max_side`, aspect kept).
@@ -164,7 +166,7 @@ class Explanation:
         """The X-ray beside the overlay, with a colour bar and the class and probability in the title
         (`cxr.report.explain_figures`); one file per format, the first returned."""
         return explanation_figure(_fit(self.image, OVERLAY_MAX_SIDE), self.cam, path, title=title or self.title,
-                                  thumbnail=thumbnail, formats=formats)
+                                  thumbnail=thumbnail, formats=formats, note=self.note)
 
     def to_png(self, max_side: int = OVERLAY_MAX_SIDE) -> bytes:
         """The overlay encoded as PNG."""
@@ -187,7 +189,8 @@ def explain(predictor: Predictor, image: ImageInput, class_name: str | None = No
     classes = predictor.classes
     source = str(image) if isinstance(image, str | Path) else name
     prediction = predictor.to_prediction(probs, source)
-    return Explanation(class_name=classes[index], class_index=index, cam=cam, prediction=prediction, image=gray)
+    return Explanation(class_name=classes[index], class_index=index, cam=cam, prediction=prediction, image=gray,
+                       note=SYNTHETIC_FIGURE_NOTE if predictor.synthetic else None)
 
 
 def _fit(image: np.ndarray, max_side: int) -> np.ndarray:

@@ -50,6 +50,7 @@ from cxr.hashing import file_sha256
 from cxr.io import pil_to_gray, read_image, read_image_bytes
 from cxr.lungs.auto import AUTO, AutoLungs
 from cxr.malloc import tune_malloc
+from cxr.notices import synthetic_model_line
 from cxr.ood.guard import OodGuard
 from cxr.pixels import RGB_LUMA
 from cxr.prediction_sets import SetMaker, set_maker
@@ -188,6 +189,8 @@ class Predictor:
         predictor.set_coverage(coverage)
         log.info("loaded %s (%d %s, %s on %s)", name, len(predictor.classes), "findings" if multilabel else "classes",
                  predictor.precision, predictor.device)
+        if predictor.synthetic:  # whoever loads it hears it: the CLI, the server, a notebook
+            log.warning(synthetic_model_line(name))
         if engine != "torch":
             predictor.use_engine(engine, batch_size=batch_size, hint=hint)
         return predictor
@@ -295,11 +298,11 @@ class Predictor:
         progress: Callable[[int], Any] | None = None,
         box: Region | None = None,
         boxes: Sequence[Region | None] | None = None,
-    ) -> list[Prediction]:
-        """Predict every image; one `Prediction` per input, in order.
+    ) -> Prediction | list[Prediction]:
+        """Predict: one image gives its `Prediction`; a list gives one `Prediction` per image, in order.
 
         `images` is a list of file paths, encoded image bytes, PIL images (any mode; 16-bit is scaled)
-        or uint8 arrays ((H, W) gray or (H, W, 3|4) colour); a single one of those is accepted too. An unreadable file raises
+        or uint8 arrays ((H, W) gray or (H, W, 3|4) colour), or a single one of those. An unreadable file raises
         `ImageReadError` naming it (the CLI catches it per file and goes on). `progress(n)` is
         called after each batch with the number of images it held. `box`: the lung region of every image
         (boxes in image pixels, (x0, y0, x1, y1) or a list of them, or a mask array); `boxes`: one region
@@ -308,7 +311,8 @@ class Predictor:
         """
         if batch_size < 1:
             raise CxrError(f"batch_size must be >= 1, got {batch_size}")
-        items = [images] if _is_single(images) else list(images)
+        single = _is_single(images)
+        items = [images] if single else list(images)
         regions = _per_image(box, boxes, len(items))
         results: list[Prediction] = []
         for start in range(0, len(items), batch_size):
@@ -323,7 +327,7 @@ class Predictor:
                                           [self.ood.input_reasons(item, gray) for item, gray in zip(chunk, grays, strict=True)]))
             if progress is not None:
                 progress(len(chunk))
-        return results
+        return results[0] if single else results
 
     @torch.no_grad()
     def predict_tensor(self, batch: torch.Tensor, tta: bool = False) -> np.ndarray:

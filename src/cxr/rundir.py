@@ -104,7 +104,7 @@ class RunDir:
 
     @property
     def predictions(self) -> Path:
-        """predictions.csv: path,label,pred,prob_<class>... per test image."""
+        """predictions.csv: path,true_label,predicted_label,prob_<class>... per test image (older runs: path,label,pred,...)."""
         return self.root / "predictions.csv"
 
     @property

@@ -185,7 +185,7 @@ def set_threads(n: int | None = None) -> int:
     """
     plan = threads.plan_threads(n, measure=n is not None)
     torch.set_num_threads(plan.threads)
-    if plan.source == "free cores":
+    if plan.worth_telling:  # an idle machine's "every core" is no news
         log.info("threads: %s", plan.describe())
     return plan.threads
 

@@ -96,8 +96,18 @@ class ThreadPlan:
     source: str  # "requested" | "OMP_NUM_THREADS" | "free cores" | "all cores"
 
     def describe(self) -> str:
-        seen = f", {self.free:.1f} of {self.cores} cores free" if self.free is not None else f" of {self.cores} cores"
-        return f"{self.threads} threads ({self.source}{seen})"
+        """E.g. '1 thread of 2 cores (the machine is busy: 0.6 cores were free at start; --threads N to choose)'."""
+        count = f"{self.threads} thread{'' if self.threads == 1 else 's'} of {self.cores} core{'' if self.cores == 1 else 's'}"
+        if self.free is not None:
+            return (f"{count} (the machine is busy: {self.free:.1f} cores were free at start; "
+                    "--threads N to choose)")
+        why = {"requested": "as asked", "OMP_NUM_THREADS": "from $OMP_NUM_THREADS"}.get(self.source, self.source)
+        return f"{count} ({why})"
+
+    @property
+    def worth_telling(self) -> bool:
+        """True when the count was cut to the free cores: fewer threads than cores, which a user may wonder about."""
+        return self.source == "free cores" and self.threads < self.cores
 
 
 def plan_threads(requested: int | None = 0, *, measure: bool = True, sample_s: float = SAMPLE_SECONDS,

@@ -50,6 +50,14 @@ def test_parse_errors_suggest_and_take_one_line(argv, needle, capsys, tmp_path):
     assert needle in _parse_error(argv, capsys)
 
 
+@pytest.mark.parametrize("typo", [["--outt", "x.csv"], ["--outt=x.csv"]])
+def test_a_mistyped_option_before_the_positionals_is_named(typo, capsys, tmp_path):
+    """`--outt x.csv CKPT IMG`: x.csv became the checkpoint; the error names the typo, not the path."""
+    (tmp_path / "x.pt").write_bytes(b"")
+    err = _parse_error(["predict", *typo, str(tmp_path / "x.pt"), str(tmp_path)], capsys)
+    assert "unrecognized arguments: --outt" in err and "did you mean '--out'?" in err and "path not found" not in err
+
+
 def test_abbreviated_options_are_mistakes_not_guesses(capsys):
     err = _parse_error(["run", "--data", "x", "--epoch", "3"], capsys)
     assert "unrecognized arguments: --epoch 3" in err

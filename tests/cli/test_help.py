@@ -54,6 +54,10 @@ def test_run_help_shows_the_seed_defaults_and_allowed_values():
     assert "resnet50 | resnet50-keras | efficientnet_lite0 | timm:NAME | tv:NAME (default: resnet50, the seed's)" in text
     assert "lite0-imagenet (efficientnet_lite0)" in text and "auto | fp32 | bf16 | fp16" in text
     assert "(default: the --out folder's name, else the config's name)" in text
+    for new_setting in ("tensorboard | mlflow (default: none)", "auto | torch | onnxruntime | openvino (default: auto)",
+                        "(a busy machine is not oversubscribed): >= 0 (default: 0)"):
+        assert new_setting in text  # settings the seed never had: no "the seed's" default
+    assert text.count("the seed's") == 7  # backbone, weights, freeze, epochs, batch size, lr, seed (dropout: model)
 
 
 def test_demo_help_shows_the_demo_defaults():
@@ -61,6 +65,7 @@ def test_demo_help_shows_the_demo_defaults():
     from cxr.study.presets import DEMO_IMAGES_PER_CLASS, demo_config
 
     assert f"(default: {demo_config().train.epochs}, the demo's)" in text
+    assert "(default: auto)" in text and "auto, the demo's" not in text  # the demo keeps the engine's default
     assert f"synthetic images per class (default: {DEMO_IMAGES_PER_CLASS})" in text
 
 

@@ -10,7 +10,7 @@ import torch
 from cxr.engine import select
 from cxr.engine.base import installed
 from cxr.engine.parity import synthetic_inputs
-from cxr.engine.select import AUTO_MIN_IMAGES, EngineSpec, select_engine
+from cxr.engine.select import AUTO_MEASURE_MIN_IMAGES, AUTO_MIN_IMAGES, EngineSpec, select_engine
 from cxr.models.build import Classifier, apply_freeze
 from cxr.models.head import Head
 from cxr.transforms import Preprocessing
@@ -83,6 +83,13 @@ def test_small_jobs_and_unusable_caches_fall_back_without_harm(model, cache, tim
     spec = EngineSpec("logits", batch_size=4, threads=1, channels_last=False)
     assert select_engine("auto", model, spec, images=AUTO_MIN_IMAGES - 1).name == "torch"
     assert timed == [] and not cache.exists()  # a small job measures nothing
+    assert select_engine("auto", model, spec, images=AUTO_MEASURE_MIN_IMAGES - 1).name == "torch"
+    assert timed == [] and not cache.exists()  # nor does a mid-sized one that finds no choice: it would not repay
+    chosen = select_engine("auto", model, spec, images=AUTO_MEASURE_MIN_IMAGES)
+    assert sorted(timed) == sorted(installed_engines())  # a large job measures, once
+    timed.clear()
+    assert select_engine("auto", model, spec, images=AUTO_MIN_IMAGES).name == chosen.name and timed == []
+    cache.unlink()
     cache.write_text("{not json")
     assert select_engine("auto", model, spec, sample=synthetic_inputs(model.preprocessing, 3)).name
     assert timed  # a corrupt file counts as empty: measured, and the file rewritten
@@ -104,6 +111,8 @@ def test_a_failing_engine_is_skipped(model, cache, timed, monkeypatch):
 
 def test_the_key_names_the_machine_model_and_settings(model):
     key = select.choice_key(model, EngineSpec("logits", batch_size=8, threads=2), 32)
-    assert {"cpu", "flags", "cores", "versions", "backbone", "size", "batch_size", "precision", "threads",
+    assert {"cpu", "flags", "cores", "versions", "backbone", "size", "batch_size", "precision",
             "hint", "output"} <= set(key)
+    assert "threads" not in key  # it follows the load: a key holding it missed, and measured, again and again
+    assert select.choice_key(model, EngineSpec("logits", batch_size=8, threads=1), 32) == key
     assert key["versions"]["torch"] == torch.__version__.split("+")[0]

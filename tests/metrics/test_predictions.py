@@ -16,11 +16,11 @@ CLASSES = ["COVID", "Normal", "Viral_Pneumonia"]
 
 
 def write(path: Path, rows: list[tuple[str, str, list[float]]], classes: list[str] = CLASSES) -> Path:
-    """A predictions.csv like the study writes: path,label,pred,prob_<class>..."""
+    """A predictions.csv like the study writes: path,true_label,predicted_label,prob_<class>..."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["path", "label", "pred", *(f"prob_{c}" for c in classes)])
+        writer.writerow(["path", "true_label", "predicted_label", *(f"prob_{c}" for c in classes)])
         for name, label, probs in rows:
             writer.writerow([name, label, classes[int(np.argmax(probs))], *probs])
     return path
@@ -82,7 +82,7 @@ def test_different_classes_are_refused(tmp_path: Path) -> None:
     ("text", "needle"),
     [
         ("path,label,prob_a\nx,a,1\n", "expected columns"),
-        ("path,label,pred,prob_a,prob_b\nx,c,a,1,0\n", r"line 2: label 'c' is not a class"),
+        ("path,label,pred,prob_a,prob_b\nx,c,a,1,0\n", r"line 2: true_label 'c' is not a class"),
         ("path,label,pred,prob_a,prob_b\nx,a,a,1,zero\n", "line 2: probabilities must be numbers"),
         ("path,label,pred,prob_a,prob_b\nx,a,a,1,0\nx,b,a,1,0\n", "more than once"),
         ("path,label,pred,prob_a,prob_b\n", "no prediction rows"),
@@ -99,3 +99,30 @@ def test_bad_files_are_named(tmp_path: Path, text: str, needle: str) -> None:
 def test_missing_file_or_run_folder(tmp_path: Path) -> None:
     with pytest.raises(CxrError, match="predictions file not found"):
         read_predictions_csv(tmp_path)
+
+
+def test_older_run_folders_with_label_and_pred_columns_read_alike(tmp_path: Path) -> None:
+    """Runs written before the columns were named true_label/predicted_label (path,label,pred,...) still read."""
+    new = write(tmp_path / "new.csv", rows(9, 0))
+    old = tmp_path / "old.csv"
+    old.write_text(new.read_text().replace("path,true_label,predicted_label,", "path,label,pred,", 1))
+    a, b = read_predictions_csv(new), read_predictions_csv(old)
+    assert a.classes == b.classes and a.paths == b.paths
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.preds, b.preds)
+    load_paired_predictions(new, old)  # an old run compares with a new one
+
+
+def test_the_study_writes_columns_that_say_which_label_is_which(tmp_path: Path) -> None:
+    from cxr.rundir import SplitRow
+    from cxr.study.summary import write_predictions_csv
+
+    split = [SplitRow(path=f"img{i}.png", label=CLASSES[i], split="test", group=str(i)) for i in range(3)]
+    probs = np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8]])
+    path = write_predictions_csv(split, np.array([0, 1, 2]), probs, CLASSES, tmp_path / "predictions.csv")
+    with path.open(newline="") as fh:
+        written = list(csv.DictReader(fh))
+    assert list(written[0])[:3] == ["path", "true_label", "predicted_label"]
+    assert [(r["true_label"], r["predicted_label"]) for r in written] == [
+        ("COVID", "COVID"), ("Normal", "COVID"), ("Viral_Pneumonia", "Viral_Pneumonia")]
+    assert read_predictions_csv(path).preds.tolist() == [0, 0, 2]

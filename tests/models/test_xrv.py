@@ -131,7 +131,7 @@ def test_a_one_channel_checkpoint_predicts_explains_and_exports(tmp_path: Path) 
     predictor = Predictor.from_checkpoint(ckpt, device="cpu")
     image = np.random.default_rng(0).integers(0, 255, (50, 40), dtype=np.uint8)
     assert predictor.preprocess(image).shape == (1, 32, 32)
-    (prediction,) = predictor.predict(Image.fromarray(image))
+    prediction = predictor.predict(Image.fromarray(image))
     assert abs(sum(prediction.probabilities.values()) - 1) < 1e-6
     assert explain(predictor, image, layer="features.denseblock2").cam.shape == (32, 32)
     meta = read_onnx_metadata(export_onnx(ckpt, tmp_path / "xrv.onnx", check=True))

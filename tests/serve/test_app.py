@@ -129,6 +129,9 @@ def test_explain_returns_png(client: TestClient, png_bytes: bytes, xray: np.ndar
     assert r.status_code == 200 and r.headers["x-cxr-class"] == "COVID"
     r = _post(client, png_bytes, path="/v1/explain", data={"class": "Cat"})
     assert r.status_code == 422 and all(c in r.json()["detail"] for c in CLASSES)
+    r = _post(client, png_bytes, path="/v1/explain", data={"class": "covid"})
+    assert r.status_code == 422 and "unknown class 'covid'" in r.json()["detail"]
+    assert "(did you mean 'COVID'?)" in r.json()["detail"]
 
 
 def test_index_page(client: TestClient) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,11 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        """One line on stderr and exit status 2 (argparse prints the whole usage first)."""
+        """One line on stderr and exit status 2 (argparse prints the whole usage first). A mistyped option
+        is named first: it is the cause when it made its value a positional (`--outt x.csv CKPT`)."""
+        typo = getattr(self, "_typo", None)
+        if typo is not None and not message.startswith("unrecognized arguments"):
+            message = self._unrecognized([typo])
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
     def _check_value(self, action: argparse.Action, value: Any) -> None:
@@ -75,6 +80,7 @@ class Parser(argparse.ArgumentParser):
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:
         """As argparse, but unknown arguments are an error here, where this (sub)command's options are known."""
+        self._typo = unknown_option(self, sys.argv[1:] if args is None else list(args))
         parsed, extras = super().parse_known_args(args, namespace)
         if extras:
             self.error(self._unrecognized(extras))
@@ -86,6 +92,20 @@ class Parser(argparse.ArgumentParser):
         if option is not None:
             message += did_you_mean(option, [o for o in self._option_string_actions if o.startswith("--")])
         return message
+
+
+def unknown_option(parser: argparse.ArgumentParser, args: list[str]) -> str | None:
+    """The first long option in `args` that `parser` does not know (None for a parser with subcommands:
+    their options are not its own)."""
+    if parser._subparsers is not None:
+        return None
+    for arg in args:
+        if arg == "--":
+            return None
+        name = arg.partition("=")[0]
+        if arg.startswith("--") and name not in parser._option_string_actions:
+            return name
+    return None
 
 
 def add_logging_flags(parser: argparse.ArgumentParser, *, top: bool = True) -> None:

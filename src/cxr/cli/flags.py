@@ -29,6 +29,7 @@ class Flag:
     allowed: bool = True  # append the key's allowed values to the help
     kind: type | None = None  # the value's type when the config's default (None) does not tell it
     entries: bool = False  # repeatable NAME=VALUE: each sets the entry NAME of the mapping key
+    seed: bool = False  # the seed recipe had this setting: its default is shown as "the seed's"
 
     @property
     def dest(self) -> str:
@@ -38,16 +39,16 @@ class Flag:
 FLAGS: dict[str, Flag] = {
     f.option: f
     for f in (
-        Flag("--backbone", ("model.backbone",), "backbone network", "NAME"),
+        Flag("--backbone", ("model.backbone",), "backbone network", "NAME", seed=True),
         Flag("--weights", ("model.weights",),
-             "pretrained weights, which fix the preprocessing (`cxr model weights` lists them)", "SPEC"),
+             "pretrained weights, which fix the preprocessing (`cxr model weights` lists them)", "SPEC", seed=True),
         Flag("--freeze", ("model.freeze",), "what trains besides the head: base = nothing (the seed), "
-             "stages:N = the last N backbone stages, none = the whole backbone", "MODE", allowed=False),
-        Flag("--epochs", ("train.epochs",), "training epochs", "N"),
-        Flag("--batch-size", ("train.batch_size",), "global batch size", "N"),
-        Flag("--lr", ("train.lr",), "head learning rate", "X"),
+             "stages:N = the last N backbone stages, none = the whole backbone", "MODE", allowed=False, seed=True),
+        Flag("--epochs", ("train.epochs",), "training epochs", "N", seed=True),
+        Flag("--batch-size", ("train.batch_size",), "global batch size", "N", seed=True),
+        Flag("--lr", ("train.lr",), "head learning rate", "X", seed=True),
         Flag("--seed", ("train.seed", "data.split_seed"),
-             "seed of the split and of training (--set train.seed=N varies training only)", "N"),
+             "seed of the split and of training (--set train.seed=N varies training only)", "N", seed=True),
         Flag("--name", ("name",), "run name", "NAME", default="the --out folder's name, else the config's name",
              allowed=False),
         Flag("--device", ("train.device",), "where to compute", "DEVICE"),
@@ -56,7 +57,7 @@ FLAGS: dict[str, Flag] = {
         Flag("--compile", ("train.compile",), "torch.compile the trained module", sets=True),
         Flag("--no-feature-cache", ("train.feature_cache",),
              "with freeze=base, still run the backbone on images every epoch (the direct path)", sets=False),
-        Flag("--dropout", ("model.dropout",), "dropout before each hidden layer of the head", "P"),
+        Flag("--dropout", ("model.dropout",), "dropout before each hidden layer of the head", "P", seed=True),
         Flag("--task", ("data.task",), "one class per image (softmax) or several findings per image (sigmoid; "
              "a manifest with '|' labels or 0/1/-1 finding columns)", "TASK"),
         Flag("--uncertain", ("data.uncertain",), "multi-label: what an uncertain (-1) finding becomes", "POLICY"),
@@ -104,7 +105,9 @@ def add_flags(
     base: Callable[[], RunConfig] = RunConfig,
     whose: str = "the seed's",
 ) -> None:
-    """Add `flags` to `parser`; their help shows the defaults of `base()` ("(default: 20, the seed's)")."""
+    """Add `flags` to `parser`; their help shows the defaults of `base()` ("(default: 20, the seed's)"):
+    `whose` names them where `base()` differs from RunConfig(), or for the seed's own settings (Flag.seed),
+    and nothing else claims a default the seed never had (--engine, --track)."""
     for flag in flags:
         if flag.sets is not None:
             action = parser.add_argument(flag.option, action="store_true", help=flag.help)
@@ -126,9 +129,12 @@ def _default_text(flag: Flag, base: Callable[[], RunConfig], whose: str) -> Call
     def text() -> str:
         if flag.default is not None:
             return flag.default
-        cfg = base()
+        cfg, plain = base(), RunConfig()
         values = list(dict.fromkeys(str(get_value(cfg, key)) for key in flag.keys))
-        return f"{', '.join(values)}, {whose}"
+        own = any(get_value(cfg, key) != get_value(plain, key) for key in flag.keys)
+        if own or (flag.seed and whose == "the seed's"):
+            return f"{', '.join(values)}, {whose}"
+        return ", ".join(values)
 
     return text
 

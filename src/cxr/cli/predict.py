@@ -21,13 +21,16 @@ from cxr.cli._common import (
     positive_int,
     writable_output,
 )
+from cxr.cli.table import table_lines
 from cxr.config import DEVICES, EVAL_ENGINES, LUNGS_CHOICES, PRECISIONS
 from cxr.errors import CxrError, ImageReadError
+from cxr.notices import SYNTHETIC_WARNING
 
 log = logging.getLogger(__name__)
 
 OUTPUT_SUFFIXES = (".csv", ".json")
 EXPORT_FORMATS = ("onnx", "torchscript")
+EXPORT_SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".pth", ".pts", ".torchscript")}  # --out per --format
 DEVICE_HELP = f"where to compute: {' | '.join(DEVICES)}"
 LUNGS_HELP = (f"{' | '.join(LUNGS_CHOICES)}: without --box/--mask, auto takes the lungs from the built-in lung "
               "segmenter (cached by image bytes; a suspect mask: the whole image, with a warning), for a lung-crop "
@@ -51,7 +54,8 @@ def _register_use(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", type=existing_path, help="a cxr checkpoint (.pt), e.g. runs/NAME/checkpoints/best.pt")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
     p.add_argument("--out", type=Path, metavar="FILE",
-                   help="write predictions to this .csv or .json file (default: a table on stdout)")
+                   help="write predictions to this .csv or .json file (default: a table on stdout, cells "
+                   "with spaces in double quotes, so shlex.split reads each line back)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average over flip and small shifts")
     p.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="images per forward pass")
     p.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
@@ -84,7 +88,7 @@ def _register_use(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", type=existing_path, help="a cxr checkpoint (.pt)")
     p.add_argument("--format", dest="fmt", choices=EXPORT_FORMATS, required=True, metavar="FORMAT",
                    help=f"export format: {' | '.join(EXPORT_FORMATS)}")
-    p.add_argument("--out", type=Path, required=True, metavar="FILE", help="output file (.onnx or .pt)")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE", help="output file: .onnx for onnx; .pt, .pth, .pts or .torchscript for torchscript")
     p.add_argument("--check", action="store_true", help="verify parity with PyTorch after exporting")
     p.add_argument("--opset", type=positive_int, default=17, metavar="N", help="ONNX opset version")
     p.add_argument("--int8", type=existing_path, metavar="CALIB_DIR",
@@ -210,7 +214,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, precision=args.precision,
                                           lungs=args.lungs, coverage=args.coverage)
-    warn_if_synthetic(predictor)
     region = _region(args)
     prepare = auto_crop(predictor, files, region)
     results: list[tuple[str, Prediction]] = []
@@ -238,7 +241,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     elif args.out.suffix.lower() == ".csv":
         _write_csv(args.out, results, classes)
     else:
-        _write_json(args.out, results, skipped, predictor.name, classes, predictor.thresholds, predictor.sets)
+        _write_json(args.out, results, skipped, predictor.name, classes, predictor.thresholds, predictor.sets,
+                    warning=SYNTHETIC_WARNING if predictor.synthetic else None)
     if args.out is not None:
         log.info("wrote %s", args.out)
     log.info("%d images predicted, %d skipped", len(results), len(skipped))
@@ -254,13 +258,6 @@ def auto_crop(predictor: Any, files: list[Path], region: Any) -> Callable[[Any, 
         return lambda image, path: predictor.preprocess(image, region)
     masks = dict(zip(map(str, files), predictor.auto_lungs.crop_masks(files), strict=True))
     return lambda image, path: predictor.preprocess(image, predictor.auto_lungs.region(masks.get(str(path))))
-
-
-def warn_if_synthetic(predictor: Any) -> None:
-    """One WARNING line when the model was trained on synthetic images (the demo's)."""
-    if predictor.synthetic:
-        log.warning("WARNING: %s was trained on synthetic images (cxr demo): its predictions have no medical "
-                    "meaning", predictor.name)
 
 
 def _rows(results: list[tuple[str, Any]], classes: list[str]) -> list[list[str]]:
@@ -283,14 +280,15 @@ def _write_csv(out: Path, results: list[tuple[str, Any]], classes: list[str]) ->
     with out.open("w", newline="") as fh:
         writer = csv.writer(fh)
         sets = ["prediction_set"] if _with_sets(results) else []
-        writer.writerow(["path", "label", *(f"prob_{c}" for c in classes), *sets, *OOD_COLUMNS])
+        writer.writerow(["path", "predicted_label", *(f"prob_{c}" for c in classes), *sets, *OOD_COLUMNS])  # as a run's predictions.csv
         writer.writerows(_rows(results, classes))
 
 
 def _write_json(out: Path, results: list[tuple[str, Any]], skipped: list[tuple[str, str]], model: str,
-                classes: list[str], thresholds: list[float] | None = None, sets: Any = None) -> None:
+                classes: list[str], thresholds: list[float] | None = None, sets: Any = None,
+                warning: str | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    doc: dict[str, Any] = {"model": model, "classes": classes}
+    doc: dict[str, Any] = {"model": model, **({"warning": warning} if warning else {}), "classes": classes}
     if sets is not None:  # --coverage: how each prediction's `prediction_set` was made
         cal = sets.calibration
         doc["prediction_sets"] = {"coverage": sets.coverage, "method": cal.method, "mondrian": cal.mondrian,
@@ -312,15 +310,17 @@ def ood_cells(p: Any) -> list[str]:
 
 def _print_table(results: list[tuple[str, Any]], classes: list[str], thresholds: list[float] | None = None) -> None:
     """One row per image: its label and the probability of every class; a multi-label model's table
-    names its column `findings` and shows, under the header, the threshold each finding is called at."""
+    names its column `findings` and shows, under the header, the threshold each finding is called at.
+    Cells with spaces are quoted (cxr.cli.table), so `No Finding` is one cell for a person and a parser."""
     sets = ["set"] if _with_sets(results) else []
     header = ["path", "label" if thresholds is None else "findings", *classes, *sets, *OOD_COLUMNS]
-    rows = [[path, p.label, *(f"{p.probabilities[c]:.4f}" for c in classes), *_set_cell(p), *ood_cells(p)] for path, p in results]
+    rows = [[path, p.label, *(f"{p.probabilities[c]:.4f}" for c in classes), *_set_cell(p), *ood_cells(p)]
+            for path, p in results]
     if thresholds is not None:
-        rows.insert(0, ["(threshold)", "", *(f"{t:.4f}" for t in thresholds), *[""] * (len(header) - 2 - len(thresholds))])
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        _echo("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        rows.insert(0, ["(threshold)", "-", *(f"{t:.4f}" for t in thresholds),
+                        *["-"] * (len(header) - 2 - len(thresholds))])
+    for line in table_lines(header, rows):  # "No Finding" in quotes: shlex.split reads a line back
+        _echo(line)
 
 
 # ------------------------------------------------------------------------------------------ explain
@@ -336,7 +336,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
         raise CxrError(f"--out must be a .png file, got {args.out}")
     writable_output(args.out)
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, lungs=args.lungs)
-    warn_if_synthetic(predictor)
     if args.class_name is not None:
         predictor.class_index(args.class_name)  # fails early, listing the classes
     region = _region(args)
@@ -366,6 +365,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.fmt != "onnx" and (args.int8 or args.eval):
         raise CxrError("--int8 and --eval need --format onnx")
+    suffixes = EXPORT_SUFFIXES[args.fmt]
+    if args.out.suffix.lower() not in suffixes:  # an ONNX file named model.pt misleads whoever loads it
+        raise CxrError(f"--out {args.out} does not fit --format {args.fmt}: name it {args.out.stem}{suffixes[0]} "
+                       f"(allowed suffixes: {', '.join(suffixes)})")
     ckpt = load_checkpoint(args.checkpoint)
     writable_output(args.out)
     if args.fmt == "onnx":

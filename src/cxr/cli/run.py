@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from cxr.config import DEVICES, EVAL_ENGINES, PRECISIONS
 from cxr.errors import CxrError
 from cxr.rank import is_main_process
 from cxr.report.format import fmt
+
+log = logging.getLogger(__name__)
 
 DEVICE_HELP = " | ".join(DEVICES)
 FORCE_HELP = ("replace the run in --out: its checkpoints, history, metrics, predictions, split, audit, "
@@ -67,7 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "bootstrap CIs, per-class metrics, ROC-AUC, calibration. The rows are the --split of the run's "
             "split.csv when the checkpoint was trained on this data (folder or manifest); on other data, "
             "--split test (the default) scores every image and train/val are refused. "
-            "The data's classes must equal the checkpoint's. "
+            "Data holding other classes (some of the checkpoint's, or other names for them: --label-map) is "
+            "scored as an external set, on the classes it holds. "
             "`cxr evaluate RUN_DIR --external NAME=PATH --shortcut` adds external sets (any subset of the "
             "classes, names mapped with --label-map) and the shortcut audit to a finished run's metrics.json "
             "and report; --external/--shortcut/--occlude also work beside --checkpoint (and --data)."
@@ -107,6 +111,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR", help="run directory")
+    demo.add_argument("--resume", action="store_true",
+                      help="continue the demo in DIR from checkpoints/last.pt, with its own settings and images")
     demo.add_argument("--force", action="store_true", help=FORCE_HELP.replace("--out", "DIR") + "; DIR/data is kept")
     n_per_class = demo.add_argument("--n-per-class", type=positive_int, metavar="N", help="synthetic images per class")
     n_per_class.default_text = _demo_images_per_class  # type: ignore[attr-defined]
@@ -193,8 +199,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from cxr.study import evaluate_checkpoint
-
     if args.fit_ood and fit_ood(args):  # nothing else asked for
         return 0
     if args.run_dir is not None:
@@ -202,11 +206,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.checkpoint is None:
         raise CxrError("give RUN_DIR (a finished run) or --checkpoint CKPT with --data PATH and/or --external NAME=PATH")
     writable_output(args.out, folder=True)
-    if args.data is not None:
-        metrics = evaluate_checkpoint(args.checkpoint, args.data, args.split, out_dir=args.out, tta=args.tta,
-                                      device=args.device, precision=args.precision, batch_size=args.batch_size,
-                                      split_csv=args.split_csv, engine=args.engine, threads=args.threads,
-                                      lungs=args.lungs)
+    metrics = _evaluate_data(args) if args.data is not None else None
+    if metrics is not None:
         _say(_metrics_line(metrics))
         _say_calibration(metrics)
         _say(ood_line(metrics.get("ood")))
@@ -243,6 +244,27 @@ def ood_line(entry: dict[str, Any] | None) -> str:
             f"{entry['image_checks']}, {entry.get('method') or 'no feature detector'} {entry['detector']})")
 
 
+def _evaluate_data(args: argparse.Namespace) -> dict[str, Any] | None:
+    """`evaluate_checkpoint` on --data; None when the data holds other classes than a single-label checkpoint
+    and was put among the external sets instead (partial classes, names mapped with --label-map)."""
+    from cxr.errors import ClassMismatch
+    from cxr.study import evaluate_checkpoint
+
+    try:
+        return evaluate_checkpoint(args.checkpoint, args.data, args.split, out_dir=args.out, tta=args.tta,
+                                   device=args.device, precision=args.precision, batch_size=args.batch_size,
+                                   split_csv=args.split_csv, engine=args.engine, threads=args.threads,
+                                   lungs=args.lungs)
+    except ClassMismatch as exc:
+        if exc.multilabel or args.split_csv is not None:
+            raise
+        name = args.data.stem or "data"
+        log.warning("%s holds other classes than the checkpoint: scored as an external set (the classes it "
+                    "holds, names mapped by --label-map), as --external %s=%s does", args.data, name, args.data)
+        args.external = [*(args.external or []), (name, str(args.data))]
+        return None
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from cxr.config import apply_overrides
     from cxr.study import demo_config, run_demo
@@ -250,9 +272,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     overrides = flag_overrides(args, DEMO_FLAGS)
     overrides["name"] = args.out.name or "demo"
-    cfg = apply_overrides(demo_config(), overrides)
+    cfg, task = apply_overrides(demo_config(), overrides), args.task
+    if args.resume and (args.out / "config.yaml").is_file():  # the run's own settings, as `cxr run --resume`
+        from cxr.config import load_config
+
+        cfg = load_config(args.out / "config.yaml", overrides)
+        task = cfg.data.task
     run_dir = run_demo(args.out, n_per_class=args.n_per_class or DEMO_IMAGES_PER_CLASS, cfg=cfg,
-                       force=args.force, task=args.task).run_dir
+                       force=args.force, task=task, resume=args.resume).run_dir
     _print_summary(run_dir)
     _say(run_dir / "report.html")
     return 0

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from cxr.cli._common import ENGINE_HELP, THREADS_HELP, add_command, existing_path, non_negative_int
-from cxr.cli.predict import DEVICE_HELP, warn_if_synthetic
+from cxr.cli.predict import DEVICE_HELP
 from cxr.config import EVAL_ENGINES, LUNGS_CHOICES
 from cxr.errors import CxrError
 from cxr.serve.limits import ServeLimits, read_api_key
@@ -79,10 +79,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from cxr.runtime import set_threads
 
     api_key = read_api_key(args.api_key_file) if args.api_key_file is not None else None
+    from cxr.serve.port import check_port
+
+    check_port(args.host, args.port)  # a port in use: one line, before the model is loaded
     set_threads(args.threads)
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, engine=args.engine,
                                           batch_size=1, hint="latency", lungs=args.lungs)  # measured for single requests
-    warn_if_synthetic(predictor)
     log.info("serving %s on http://%s:%d/ (Ctrl-C to stop)", predictor.name, args.host, args.port)
     serve(predictor, host=args.host, port=args.port, limits=limits, api_key=api_key, docs_ui=not args.no_docs,
           reject_ood=args.reject_ood)

@@ -1,9 +1,11 @@
 """Building an engine by name, and `auto`: the fastest engine installed here, measured once per machine.
 
 `select_engine('auto', ...)` looks up `cache_root()/engines.json` under a key made of everything the
-speed depends on: the CPU (model name and the vector/bf16/int8 flags), the cores and threads, the
-model (its class and backbone name), what it outputs, the input size, batch size, precision and
-hint, and the versions of torch, ONNX Runtime and OpenVINO. On a miss every installed engine is
+ranking depends on: the CPU (model name and the vector/bf16/int8 flags), the cores, the model (its
+class and backbone name), what it outputs, the input size, batch size, precision and hint, and the
+versions of torch, ONNX Runtime and OpenVINO. Not the thread count: it follows the cores free at start
+(`cxr.threads`), and a key holding it missed whenever the load changed, measuring again and again
+(the count measured at is kept in the record). On a miss every installed engine is
 built (each export checked against PyTorch, `cxr.engine.parity`) and timed on a few batches of the
 real batch size (one warm-up, then up to MEASURE_BATCHES or MEASURE_SECONDS), the fastest is kept,
 and the numbers are written to the file with the load average they were measured under. A hit
@@ -11,7 +13,10 @@ measures nothing. Delete the file (or the entry) to measure again, e.g. after me
 machine.
 
 Small jobs (fewer than AUTO_MIN_IMAGES images, when the caller knows the count) run on PyTorch
-eager: an export and a measurement cost more than they could save there. Engines other than torch
+eager: an export costs more than it could save there. A measurement costs more still (every engine
+exported, checked and timed): a job of known size below AUTO_MEASURE_MIN_IMAGES that finds no choice
+for its key runs on PyTorch without measuring, so `auto` never costs more than the engine it runs on
+plus a look-up; a larger job (or one of unknown size) measures, once. Engines other than torch
 run on the CPU only; `auto` on a GPU is torch.
 """
 
@@ -52,6 +57,7 @@ from cxr.runtime import CPUINFO, cpu_flags
 log = logging.getLogger(__name__)
 
 AUTO_MIN_IMAGES = 256
+AUTO_MEASURE_MIN_IMAGES = 2000  # a miss measures only for jobs this large (or of unknown size): it repays there
 MEASURE_BATCHES = 3
 MEASURE_SECONDS = 3.0
 AUTO_ORDER = ("openvino", "onnxruntime", "torch")  # measured in this order; ties go to the first
@@ -154,6 +160,10 @@ def select_engine(name: str, model: nn.Module, spec: EngineSpec, *, sample: torc
         log.info("engine auto: %s (measured %s on this machine: %s)", engine.describe(), cached.get("measured_at"),
                  _rates_text(cached.get("images_per_s", {})))
         return engine
+    if images is not None and images < AUTO_MEASURE_MIN_IMAGES:
+        log.info("engine auto: torch (no engine measured here yet for this model and batch; measuring would cost "
+                 "more than it saves on %d images; a job of %d or more measures once)", images, AUTO_MEASURE_MIN_IMAGES)
+        return build_engine("torch", model, spec)
     return _measure_and_choose(model, spec, sample, key, digest, path)
 
 
@@ -173,7 +183,7 @@ def _measure_and_choose(model: nn.Module, spec: EngineSpec, sample: torch.Tensor
             best = engine
     if best is None:  # pragma: no cover - torch is always installed and always builds
         return build_engine("torch", model, spec)
-    record = {"key": key, "engine": best.name, "precision": best.precision, "images_per_s": rates,
+    record = {"key": key, "engine": best.name, "precision": best.precision, "images_per_s": rates, "threads": spec.threads,
               "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"), "loadavg": [round(v, 2) for v in os.getloadavg()]}
     write_choice(path, digest, record)
     log.info("engine auto: %s, the fastest here (%s; cached in %s)", best.describe(), _rates_text(rates), path)
@@ -202,7 +212,7 @@ def choice_key(model: nn.Module, spec: EngineSpec, size: int) -> dict[str, Any]:
         "format": CHOICES_FORMAT, "cpu": cpu_model(), "flags": sorted(cpu_flags() & set(_KEY_FLAGS)),
         "machine": platform.machine(), "cores": os.cpu_count(), "model": type(model).__name__,
         "backbone": getattr(model, "backbone_name", "") or type(getattr(model, "backbone", model)).__name__,
-        "size": size, "versions": versions, **{k: v for k, v in asdict(spec).items() if k != "device"},
+        "size": size, "versions": versions, **{k: v for k, v in asdict(spec).items() if k not in ("device", "threads")},
     }
 
 

@@ -1,4 +1,6 @@
-"""predictions.csv (written by the study: path,label,pred,prob_<class>...) read back and paired.
+"""predictions.csv (written by the study: path,true_label,predicted_label,prob_<class>...) read back and paired.
+
+Run folders written before the columns were named so (path,label,pred,...) are read alike (LEGACY_COLUMNS).
 
 Two runs can only be compared row by row when they scored the same images with the same labels;
 `load_paired_predictions` aligns the second file to the first by `path` and refuses, naming both
@@ -18,7 +20,11 @@ from cxr.errors import CxrError
 from cxr.rundir import RunDir
 
 PROB_PREFIX = "prob_"
-REQUIRED_COLUMNS = ("path", "label", "pred")
+TRUE_COLUMN = "true_label"  # the image's class (the data's label)
+PREDICTED_COLUMN = "predicted_label"  # the model's answer (`cxr predict`'s CSV has this column too, and no true one)
+COLUMNS = ("path", TRUE_COLUMN, PREDICTED_COLUMN)  # then prob_<class> per class
+LEGACY_COLUMNS = {"label": TRUE_COLUMN, "pred": PREDICTED_COLUMN}  # older run folders' names
+REQUIRED_COLUMNS = COLUMNS
 SHOWN = 3  # example paths named in an error message
 
 
@@ -30,7 +36,7 @@ class Predictions:
     classes: list[str]  # from the prob_<class> columns, in column order
     paths: list[str]  # image path per row, as written
     labels: np.ndarray  # (N,) int64 true class index
-    preds: np.ndarray  # (N,) int64 predicted class index (the `pred` column)
+    preds: np.ndarray  # (N,) int64 predicted class index (the `predicted_label` column)
     probs: np.ndarray  # (N, C) float64 class probabilities
 
     def reordered(self, order: np.ndarray) -> Predictions:
@@ -61,16 +67,19 @@ def read_predictions_csv(path: str | Path) -> Predictions:
     with file.open(newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         header = list(reader.fieldnames or [])
+        if TRUE_COLUMN not in header and PREDICTED_COLUMN not in header:  # an older run folder
+            reader.fieldnames = header = [LEGACY_COLUMNS.get(c, c) for c in header]
         prob_columns = [c for c in header if c.startswith(PROB_PREFIX)]
         missing = [c for c in REQUIRED_COLUMNS if c not in header]
         if missing or not prob_columns:
-            raise CxrError(f"{file}: expected columns path,label,pred,prob_<class>..., got {','.join(header) or '(none)'}")
+            raise CxrError(f"{file}: expected columns {','.join(COLUMNS)},prob_<class>..., got "
+                           f"{','.join(header) or '(none)'}")
         classes = [c[len(PROB_PREFIX):] for c in prob_columns]
         paths, labels, preds, probs = [], [], [], []
         for line, row in enumerate(reader, start=2):
             paths.append(row["path"])
-            labels.append(_index(row["label"], classes, file, line, "label"))
-            preds.append(_index(row["pred"], classes, file, line, "pred"))
+            labels.append(_index(row[TRUE_COLUMN], classes, file, line, TRUE_COLUMN))
+            preds.append(_index(row[PREDICTED_COLUMN], classes, file, line, PREDICTED_COLUMN))
             try:
                 probs.append([float(row[c]) for c in prob_columns])
             except (TypeError, ValueError):

@@ -14,10 +14,10 @@ import logging
 import torch
 from torch import nn
 
-from cxr.config import FREEZE_MODES, ModelConfig
 from cxr.errors import CxrError
 from cxr.models.backbones import create_backbone
 from cxr.models.head import Head
+from cxr.models.spec import FREEZE_MODES, ModelSpec
 from cxr.models.weights import resolve_weights
 from cxr.transforms import Preprocessing
 
@@ -113,7 +113,7 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     return {"total": total, "trainable": trainable, "non_trainable": total - trainable}
 
 
-def build_model(cfg: ModelConfig, num_classes: int, *, load_weights: bool = True) -> Classifier:
+def build_model(cfg: ModelSpec, num_classes: int, *, load_weights: bool = True) -> Classifier:
     """Build the classifier of a model config; ``load_weights=False`` touches no file (checkpoint restore)."""
     record = resolve_weights(cfg.weights, cfg.backbone)
     backbone = create_backbone(cfg.backbone, in_chans=record.preprocessing.channels)

@@ -18,6 +18,7 @@ from cxr.report.htmlpage import render_html
 from cxr.report.markdown import render_markdown
 from cxr.report.runfiles import read_run
 from cxr.report.sections import build_blocks
+from cxr.report.sections.evaluation import is_evaluation
 from cxr.rundir import RunDir, write_text
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     if not run.root.is_dir():
         raise CxrError(f"run directory not found: {run.root}")
     files = read_run(run)
-    for name, why in files.problems.items():
+    for name, why in files.problems.items() if not is_evaluation(files) else ():  # an evaluation has no run files
         log.info("report: %s (%s)", name, why)
     title, blocks = build_blocks(files)
     write_text(run.report_md, render_markdown(blocks))

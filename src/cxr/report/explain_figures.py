@@ -31,10 +31,12 @@ def explanation_figure(
     title: str,
     thumbnail: bool = False,
     formats: Sequence[str] = ("png",),
+    note: str | None = None,
 ) -> Path:
     """Write the X-ray (left) and the X-ray with the heatmap (right, colour bar beside it) to `path`
     (one file per format, `path` with that suffix); returns the first. `thumbnail`: small and light,
-    for galleries. The heatmap is stretched over the whole image, as the network saw it resized."""
+    for galleries. The heatmap is stretched over the whole image, as the network saw it resized. `note`: a
+    line in red under the images (a synthetic-data model's warning)."""
     gray = np.asarray(image)
     heat = np.clip(np.asarray(cam, dtype=np.float32), 0.0, 1.0)
     if gray.ndim != 2 or heat.ndim != 2:
@@ -54,6 +56,8 @@ def explanation_figure(
     bar.set_label("relative importance", fontsize=7 if thumbnail else 9)
     bar.ax.tick_params(labelsize=6 if thumbnail else 8)
     fig.suptitle(title, fontsize=8 if thumbnail else 12)
+    if note:  # e.g. a synthetic-data model's warning, in red under the images
+        fig.supxlabel(note, color="#b00020", fontsize=7 if thumbnail else 11, fontweight="bold")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     written = []

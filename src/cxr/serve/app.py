@@ -198,9 +198,10 @@ def _add_routes(app: FastAPI, predictor: Predictor, worker: InferenceWorker, lim
         upload = await read_upload(request)
         class_name = upload.fields.get(CLASS_FIELD) or None
         if class_name is not None and class_name not in predictor.classes:
-            raise HTTPException(
-                422, f"unknown class {class_name!r}; this model's classes: {', '.join(predictor.classes)}"
-            )
+            try:
+                predictor.class_index(class_name)
+            except CxrError as exc:  # names the classes, and the close one: class=covid -> 'COVID'
+                raise HTTPException(422, str(exc)) from None
         boxes = lungs.upload_boxes(predictor, upload.fields)
         with run.admission.hold(1):
             result = await worker.explain(await run.decoded(upload), class_name, boxes)
@@ -211,6 +212,7 @@ def _add_routes(app: FastAPI, predictor: Predictor, worker: InferenceWorker, lim
             "X-Cxr-Model": predictor.name,
             "X-Cxr-Latency-Ms": f"{_ms_since(start):.2f}",
             "Cache-Control": "no-store",
+            **({"X-Cxr-Warning": SYNTHETIC_WARNING} if predictor.synthetic else {}),
         }
         return Response(png, media_type="image/png", headers=headers)
 

@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from cxr.notices import SYNTHETIC_WARNING
 from cxr.predict import Predictor
 from cxr.serve.sets import card_entry as sets_card
 
@@ -34,10 +35,6 @@ LIMITATIONS = [
     "Grad-CAM heatmaps show what influenced the score, not where disease is.",
     "Only frontal chest X-rays of the listed classes are expected; any other image still gets a class.",
 ]
-SYNTHETIC_WARNING = (
-    "This model was trained on synthetic images (cxr.data.synthetic, e.g. by `cxr demo`): procedurally drawn "
-    "pictures, not X-rays. Its predictions have no medical meaning."
-)
 _TEST_SCALARS = ("n", "loss", "accuracy", "precision", "recall", "macro_f1", "roc_auc_macro", "ece", "temperature",
                  "mean_auroc", "mean_auroc_ci", "mean_ap", "mean_ap_ci")
 _PER_LABEL = ("positives", "prevalence", "auroc", "auroc_ci", "average_precision", "average_precision_ci",

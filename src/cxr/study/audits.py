@@ -23,6 +23,7 @@ from cxr.errors import CxrError
 from cxr.malloc import tune_malloc
 from cxr.metrics.predictions import read_predictions_csv
 from cxr.report.document import write_report
+from cxr.report.sections.evaluation import SYNTHETIC_MODEL_KEY
 from cxr.rundir import RunDir, SplitRow, read_json, write_json
 from cxr.runtime import Compute, set_threads
 from cxr.study.auto_lungs import write_lungs_report
@@ -31,6 +32,7 @@ from cxr.study.external import external_section, external_sets
 from cxr.study.phases import TrainingRun
 from cxr.study.scoring import rows_with_regions
 from cxr.study.shortcut import AuditSettings, shortcut_audit
+from cxr.temperature import synthetic_of
 
 log = logging.getLogger(__name__)
 
@@ -143,11 +145,15 @@ def add_evaluations(
         internal = _internal_predictions(source, classes)  # the internal test this checkpoint was scored on
         section = external_section(model, classes, cfg, sets, compute, internal=internal,
                                    fig_dir=run.figures if run is not None else None, best=state)
+        if internal is not None and source != run:  # read from the checkpoint's own run: say so in the report
+            section["internal_from"] = str(source.predictions)
         previous = (existing.get("external") or {}).get("sets") or {}
         section["sets"] = {**{k: v for k, v in previous.items() if k not in section["sets"]}, **section["sets"]}
         added["external"] = section
     if run is not None:
         write_lungs_report(run, added)
+        if create and not run.config.is_file():  # an --out folder: what was evaluated (cxr.report.sections.evaluation)
+            existing = {"checkpoint": str(ckpt), "classes": classes, **existing, SYNTHETIC_MODEL_KEY: synthetic_of(state)}
         write_json(run.metrics, {**existing, **added})
         write_report(run.root)
     return added

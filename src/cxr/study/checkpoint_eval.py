@@ -17,7 +17,7 @@ from cxr.data.discover import Discovery, discover
 from cxr.data.masks import region_options, with_regions
 from cxr.engine.module import evaluation_module
 from cxr.engine.parity import PARITY_IMAGES
-from cxr.errors import CxrError
+from cxr.errors import ClassMismatch, CxrError
 from cxr.logs import RESULT
 from cxr.malloc import tune_malloc
 from cxr.metrics import classification_metrics
@@ -142,10 +142,11 @@ def _evaluation_inputs(
         log.warning("the data at %s have no case of %s: n/a (null in metrics.json); the other findings are "
                     "scored as usual", data, ", ".join(absent))
     if list(found.classes) != classes and absent is None:
-        raise CxrError(
+        raise ClassMismatch(
             f"class mismatch: checkpoint {ckpt_path} was trained on classes {classes}, "
-            f"but the data at {data} has classes {list(found.classes)}"
-        )
+            f"but the data at {data} has classes {list(found.classes)}; a set holding some of the classes "
+            f"(or other names for them) is scored with --external NAME={data} [--label-map FILE]",
+            multilabel=cfg.data.task == "multilabel")
     rows = rows_with_regions(evaluation_rows(ckpt_path, cfg, data, found, split, split_csv), found)
     if not rows:
         raise CxrError(f"no images to evaluate in split {split!r} of {data}")

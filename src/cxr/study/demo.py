@@ -31,24 +31,28 @@ def run_demo(
     cache_dir: str | Path | None = None,
     progress: bool = True,
     task: str = "multiclass",
+    resume: bool = False,
 ) -> StudyResult:
     """Generate the synthetic dataset into out_dir/data (once) and run the demo study in out_dir.
 
     task "multilabel": `len(CLASSES) * n_per_class` images with findings drawn independently, studied
-    as a multi-label task (sigmoid outputs, per-finding AUROC, thresholds chosen on validation)."""
+    as a multi-label task (sigmoid outputs, per-finding AUROC, thresholds chosen on validation).
+    `resume` continues the demo in out_dir from its last.pt, on the images already there."""
     if task not in ("multiclass", "multilabel"):
         raise CxrError(f"unknown demo task {task!r}; allowed: multiclass, multilabel")
     out = Path(out_dir)
     cfg = cfg or demo_config()
     if task == "multilabel":
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, task="multilabel"))
-    check_folder(RunDir(out), resume=False, force=force)  # before generating anything
+    check_folder(RunDir(out), resume=resume, force=force)  # before generating anything
     ensure_weights(cfg.model.weights, cfg.model.backbone)  # so is a missing weights package
     data = out / "data"
     expected = len(CLASSES) * n_per_class
     source = data / MANIFEST if task == "multilabel" else data
     existing = _generated_images(data, task)
-    if existing != expected:
+    if resume:  # the run's own images: the resume checks its split against them
+        log.info("resuming the demo in %s on the %d synthetic images in %s", out, existing, data)
+    elif existing != expected:
         log.info("generating %d synthetic images (%s) in %s", expected,
                  "several findings each" if task == "multilabel" else f"{n_per_class} per class", data)
         if is_synthetic(data):  # an earlier demo's images go whole: none of another task or count stays mixed in
@@ -59,7 +63,7 @@ def run_demo(
             generate_dataset(data, n_per_class=n_per_class, size=DEMO_IMAGE_SIZE, seed=DEMO_DATA_SEED)
     else:
         log.info("reusing the %d synthetic images in %s", existing, data)
-    return run_study(cfg, source, out, force=force, cache_dir=cache_dir, progress=progress)
+    return run_study(cfg, source, out, resume=resume, force=force, cache_dir=cache_dir, progress=progress)
 
 
 def _generated_images(data: Path, task: str) -> int:

@@ -10,6 +10,8 @@ import numpy as np
 
 from cxr import __version__
 from cxr.data.multilabel import encode
+from cxr.metrics.predictions import COLUMNS as PREDICTION_COLUMNS
+from cxr.metrics.predictions import PROB_PREFIX
 from cxr.report import result_figures as rf
 from cxr.rundir import SplitRow, write_csv
 from cxr.runtime import describe
@@ -47,9 +49,9 @@ def write_predictions_csv(
     rows: Sequence[SplitRow], y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], path: Path,
     thresholds: Sequence[float | None] | None = None,
 ) -> Path:
-    """path,label,pred,prob_<class>... one line per evaluated image, in evaluation order.
+    """path,true_label,predicted_label,prob_<class>... one line per evaluated image, in evaluation order.
 
-    Multi-label (`thresholds` given, one per finding; None = 0.5): pred is the findings at or above
+    Multi-label (`thresholds` given, one per finding; None = 0.5): predicted_label is the findings at or above
     their threshold, joined like the labels (`No Finding` for none).
     """
     if len(rows) != len(y_true):
@@ -61,7 +63,7 @@ def write_predictions_csv(
         preds = [classes[int(np.argmax(p))] for p in probs]
     body = ((row.path, row.label, pred, *(f"{float(v):.6f}" for v in p))
             for row, pred, p in zip(rows, preds, probs, strict=True))
-    return write_csv(path, ("path", "label", "pred", *(f"prob_{c}" for c in classes)), body)
+    return write_csv(path, (*PREDICTION_COLUMNS, *(f"{PROB_PREFIX}{c}" for c in classes)), body)
 
 
 def write_result_figures(

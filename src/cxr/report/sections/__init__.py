@@ -18,6 +18,7 @@ from cxr.report.sections.calibration import calibration
 from cxr.report.sections.closing import limitations, other_figures
 from cxr.report.sections.conformal import conformal
 from cxr.report.sections.errors import errors
+from cxr.report.sections.evaluation import evaluated, is_evaluation, synthetic_model_banner
 from cxr.report.sections.external import external
 from cxr.report.sections.lungs import lungs
 from cxr.report.sections.ood import ood
@@ -34,6 +35,16 @@ SECTIONS: tuple[Section, ...] = (
     first_screen, shortcut_banner, summary, dataset, results, calibration, conformal, operating_points, errors, external, ood,
     shortcut, lungs, training, augmented, provenance, other_figures, limitations,
 )
+SCORED_SECTIONS: tuple[Section, ...] = (results, calibration, operating_points)  # an evaluation with --data
+
+
+def sections_for(files: RunFiles) -> tuple[Section, ...]:
+    """SECTIONS for a run; for an evaluation folder (cxr.report.sections.evaluation) what it has data for."""
+    if not is_evaluation(files):
+        return SECTIONS
+    scored = SCORED_SECTIONS if isinstance((files.metrics or {}).get("test"), dict) else ()
+    return (synthetic_model_banner, first_screen, shortcut_banner, evaluated, *scored, external, shortcut,
+            limitations)
 
 
 def report_title(files: RunFiles) -> str:
@@ -42,10 +53,10 @@ def report_title(files: RunFiles) -> str:
     return f"cxr report: {plain(name) if name else files.run_dir.name}"
 
 
-def build_blocks(files: RunFiles, sections: tuple[Section, ...] = SECTIONS) -> tuple[str, list[Block]]:
-    """The report's title and content blocks for one run folder."""
+def build_blocks(files: RunFiles, sections: tuple[Section, ...] | None = None) -> tuple[str, list[Block]]:
+    """The report's title and content blocks for one run folder (default sections: `sections_for(files)`)."""
     title = report_title(files)
     blocks: list[Block] = [Heading(1, title)]
-    for section in sections:
+    for section in sections if sections is not None else sections_for(files):
         blocks += section(files)
     return title, blocks
