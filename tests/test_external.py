@@ -138,3 +138,18 @@ def test_an_external_set_with_lung_boxes_gets_the_shortcut_audit(finished, tmp_p
     assert 0.1 < audit["attention"]["mean_area"] < 0.5  # the boxes' share of the 48x48 images
     assert len(list((tmp_path / "out" / "figures").glob("shortcut_external-boxed_*.png"))) == 2
     assert "shortcut audit (external boxed" in capsys.readouterr().out
+
+
+def test_a_foreign_abnormal_class_counts_against_normal(finished, tmp_path, capsys):
+    tb = _external(tmp_path / "tb", {"COVID": "TB", "Normal": "normal"}, n=4, seed=5)
+    (tmp_path / "tb.yaml").write_text("TB: abnormal\n")
+    code = main(["evaluate", "--checkpoint", str(finished["run"] / "checkpoints" / "best.pt"), "--external",
+                 f"tb={tb},label_map={tmp_path / 'tb.yaml'}", "--out", str(tmp_path / "out"), "--device", "cpu"])
+    assert code == 0
+    assert "external tb n=8 (Normal, TB (abnormal))" in capsys.readouterr().out
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())["external"]["sets"]["tb"]["metrics"]
+    assert m["n"] == 8 and m["n_model_classes"] == 4 and m["foreign_present"] == ["TB"]
+    assert m["abnormal_auroc"] is not None and m["called_normal"] == m["per_class"]["Normal"]["recall"]
+    assert m["foreign"]["TB"]["n"] == 4 and sum(m["foreign"]["TB"]["predicted"].values()) == 4
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| External: tb | 8 | Normal, TB (abnormal) |" in report and "Called abnormal (95% CI)" in report

@@ -23,13 +23,14 @@ from torch import nn
 
 from cxr.config import RunConfig
 from cxr.data.discover import discover
-from cxr.data.labelmap import apply_label_map, read_label_map
+from cxr.data.labelmap import apply_label_map, foreign_classes, read_label_map
 from cxr.data.masks import region_options, with_regions
 from cxr.errors import CxrError
 from cxr.logs import RESULT
 from cxr.metrics.partial import present_class_metrics, restrict, worse_than
 from cxr.runtime import Compute
 from cxr.study.checkpoint_eval import all_rows
+from cxr.study.foreign import foreign_set_metrics, placeholder_rows
 from cxr.study.scoring import require_regions, score_rows
 from cxr.study.shortcut import AuditSettings, shortcut_audit
 
@@ -94,7 +95,7 @@ def evaluate_external(
     found = with_regions(discover(ext.data, min_classes=1), ext.masks, ext.boxes)
     user = read_label_map(ext.label_map) if ext.label_map else None
     found, mappings = apply_label_map(found, classes, user, where=f"external set {ext.name}")
-    rows = all_rows(found)
+    rows, truth = placeholder_rows(all_rows(found), classes)  # foreign abnormal classes: scored, kept aside
     if cfg.data.lung_crop:
         require_regions(rows, f"external set {ext.name} (the model was trained on lung crops)")
     scored = score_rows(model, found.root, rows, classes, compute, regions=region_options(cfg),
@@ -102,8 +103,7 @@ def evaluate_external(
                         tta=cfg.eval.tta, desc=f"external {ext.name}")
     if not scored.rows:
         raise CxrError(f"external set {ext.name}: none of its {len(rows)} images could be read")
-    metrics = present_class_metrics(scored.y_true, scored.probs, classes, n_boot=cfg.eval.bootstrap,
-                                    ece_bins=cfg.eval.ece_bins, seed=cfg.train.seed)
+    metrics = foreign_set_metrics(scored.rows, scored.probs, truth, classes, foreign_classes(mappings), cfg)
     same = None
     if internal is not None:
         keep = [classes.index(c) for c in metrics["classes_present"]]
@@ -111,12 +111,14 @@ def evaluate_external(
         if len(y_int):
             same = present_class_metrics(y_int, p_int, classes, n_boot=cfg.eval.bootstrap,
                                          ece_bins=cfg.eval.ece_bins, seed=cfg.train.seed)
-    audit = (shortcut_audit(model, found.root, scored.rows, classes, compute, AuditSettings.of(cfg),
+    own_rows = [r for r in scored.rows if r.path not in truth]
+    audit = (shortcut_audit(model, found.root, own_rows, classes, compute, AuditSettings.of(cfg),
                             name=f"external-{ext.name}", fig_dir=fig_dir) if cfg.eval.shortcut_audit else None)
     worse = worse_than(same, metrics) if same is not None else []
-    log.info("external %s (%d images, %s): accuracy %.4f, macro recall %.4f%s", ext.name, metrics["n"],
-             ", ".join(metrics["classes_present"]), metrics["accuracy"], metrics["macro_recall"] or float("nan"),
-             f"; below the internal test: {', '.join(worse)}" if worse else "", extra=RESULT)
+    log.info("external %s (%d images, %s): accuracy %.4f, macro recall %.4f%s%s", ext.name, metrics["n"],
+             ", ".join(metrics["classes_present"] + metrics.get("foreign_present", [])),
+             metrics.get("accuracy") or float("nan"), metrics.get("macro_recall") or float("nan"),
+             _abnormal_text(metrics), f"; below the internal test: {', '.join(worse)}" if worse else "", extra=RESULT)
     return {
         "data": str(ext.data.resolve()), "layout": found.layout, "n": metrics["n"],
         "classes_present": metrics["classes_present"],
@@ -125,6 +127,13 @@ def evaluate_external(
         "masks": {"with_region": sum(1 for r in rows if r.mask), "without_region": sum(1 for r in rows if not r.mask)},
         "metrics": metrics, "internal_same_classes": same, "worse_than_internal": worse, "shortcut": audit,
     }
+
+
+def _abnormal_text(metrics: dict[str, Any]) -> str:
+    parts = [f"{label} {metrics[key]:.3f}" for key, label in (("called_normal", "called Normal"),
+                                                               ("abnormal_auroc", "abnormal vs Normal AUROC"))
+             if metrics.get(key) is not None]
+    return "; " + ", ".join(parts) if parts else ""
 
 
 def external_section(
