@@ -29,7 +29,7 @@ from cxr.study.checkpoint_eval import evaluation_rows
 from cxr.study.external import external_section, external_sets
 from cxr.study.phases import TrainingRun
 from cxr.study.scoring import rows_with_regions
-from cxr.study.shortcut import AuditSettings, shortcut_audit
+from cxr.study.shortcut import AuditSettings, internal_control, shortcut_audit
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,8 @@ def study_extras(
     sets = external_sets(cfg.eval.external, cfg.eval.label_map)
     if sets:
         out["external"] = external_section(trained.model, classes, cfg, sets, trained.compute,
-                                           internal=(y_true, probs), fig_dir=run.figures, tolerant=True)
+                                           internal=(y_true, probs), fig_dir=run.figures, tolerant=True,
+                                           control=internal_control(out.get("shortcut")))
     return out
 
 
@@ -133,8 +134,9 @@ def add_evaluations(
         sets = external_sets(external, cfg.eval.label_map)
         source = run if run is not None and run.predictions.is_file() else RunDir.of_checkpoint(ckpt)
         internal = _internal_predictions(source, classes)  # the internal test this checkpoint was scored on
+        control = internal_control(added.get("shortcut") or existing.get("shortcut"))
         section = external_section(model, classes, cfg, sets, compute, internal=internal,
-                                   fig_dir=run.figures if run is not None else None)
+                                   fig_dir=run.figures if run is not None else None, control=control)
         previous = (existing.get("external") or {}).get("sets") or {}
         section["sets"] = {**{k: v for k, v in previous.items() if k not in section["sets"]}, **section["sets"]}
         added["external"] = section

@@ -88,8 +88,10 @@ def evaluate_external(
     *,
     internal: tuple[np.ndarray, np.ndarray] | None = None,
     fig_dir: Path | None = None,
+    control: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Score `model` on one external set; the entry of metrics.json["external"]["sets"][name]."""
+    """Score `model` on one external set; the entry of metrics.json["external"]["sets"][name]. `control`:
+    the internal test's blanked Normal images, for the masked-region test (`study.shortcut.internal_control`)."""
     if not ext.data.exists():
         raise CxrError(f"external set {ext.name}: data not found: {ext.data}")
     found = with_regions(discover(ext.data, min_classes=1), ext.masks, ext.boxes)
@@ -112,7 +114,7 @@ def evaluate_external(
             same = present_class_metrics(y_int, p_int, classes, n_boot=cfg.eval.bootstrap,
                                          ece_bins=cfg.eval.ece_bins, seed=cfg.train.seed)
     own_rows = [r for r in scored.rows if r.path not in truth]
-    audit = (shortcut_audit(model, found.root, own_rows, classes, compute, AuditSettings.of(cfg),
+    audit = (shortcut_audit(model, found.root, own_rows, classes, compute, AuditSettings.of(cfg, control=control),
                             name=f"external-{ext.name}", fig_dir=fig_dir) if cfg.eval.shortcut_audit else None)
     worse = worse_than(same, metrics) if same is not None else []
     log.info("external %s (%d images, %s): accuracy %.4f, macro recall %.4f%s%s", ext.name, metrics["n"],
@@ -146,6 +148,7 @@ def external_section(
     internal: tuple[np.ndarray, np.ndarray] | None,
     fig_dir: Path | None,
     tolerant: bool = False,
+    control: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """metrics.json["external"]: the internal test reference and every external set's entry.
 
@@ -156,7 +159,8 @@ def external_section(
     entries = {}
     for ext in sets:
         try:
-            entries[ext.name] = evaluate_external(model, classes, cfg, ext, compute, internal=internal, fig_dir=fig_dir)
+            entries[ext.name] = evaluate_external(model, classes, cfg, ext, compute, internal=internal, fig_dir=fig_dir,
+                                               control=control)
         except CxrError as exc:
             if not tolerant:
                 raise
