@@ -26,6 +26,7 @@ from cxr.checks import (
     Matches,
     NonEmpty,
     OptionalPath,
+    Range,
     Ratios,
     Span,
     above,
@@ -53,6 +54,8 @@ TASKS = ("auto", "multiclass", "multilabel")  # auto: multilabel for a manifest 
 UNCERTAIN_POLICIES = ("ignore", "zeros", "ones")  # what a CheXpert-style -1 (uncertain) finding becomes
 OCCLUDE_CHOICES = ("lungs", "outside")  # the masked-region test blanks the lungs, or everything outside them
 FILL_CHOICES = ("median", "zero")  # what blanked pixels become: the image's median pixel value, or black
+INTENSITY_METHODS = ("none", "equalize", "clahe")  # intensity standardisation (cxr.intensity)
+SCANNER_OPS = ("crop", "resample", "blur", "sharpen", "gamma", "contrast", "noise", "jpeg")  # cxr.scanner_augment, in order
 
 
 def setting(default: Any, check: Check | None = None, *, describe: Callable[[], str] | None = None) -> Any:
@@ -83,6 +86,7 @@ class DataConfig:
     boxes: str | None = setting(None, OptionalPath())  # CSV path,x0,y0,x1,y1 of lung boxes (a box = a rectangular mask)
     lung_crop: bool = False  # crop each image to its lung mask's or boxes' bounding box (+ margin) before resizing
     lung_crop_margin: float = setting(0.05, FRACTION)  # the crop's margin, a fraction of the box's width/height
+    intensity: str = setting("none", Choice(INTENSITY_METHODS))  # standardise each image (training and scoring): none | equalize | clahe; stored in the checkpoint
 
 
 @dataclass
@@ -95,6 +99,9 @@ class AugmentConfig:
     zoom: tuple[float, float] = setting((0.9, 1.1), Span())  # zoom range, independent per axis as in Keras (seed)
     horizontal_flip: bool = True  # flip left-right with p=0.5 (seed: horizontal_flip=True)
     fill_mode: str = setting("nearest", Choice(FILL_MODES))  # how pixels outside the image are filled
+    scanner: str = setting("none", Matches(rf"none|all|({'|'.join(SCANNER_OPS)})(,({'|'.join(SCANNER_OPS)}))*",
+                                           f"none, all, or a comma list of {', '.join(SCANNER_OPS)}"))  # scanner-imitating augmentations after the above (cxr.scanner_augment)
+    scanner_p: float = setting(0.5, Range(0.0, 1.0))  # probability of each scanner augmentation, drawn independently per image
 
 
 @dataclass
