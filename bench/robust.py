@@ -7,10 +7,10 @@ lungseg sets as external sets (manifests from `bench/lungseg_manifest.py`, label
 `bench/lungseg_labels.yaml`: TB is abnormal, none of the model's classes). One JSON table on stdout,
 per recipe:
 - internal test: macro-F1 (bootstrap CI) and Normal recall (Wilson);
-- per foreign set: normal X-rays called Normal (Wilson), TB against normal, AUROC of 1 - p(Normal)
-  (bootstrap CI), and the Grad-CAM energy share inside the lungs (the hand-drawn masks of lungseg;
-  the interval is that of the share minus the lung area, `cxr.metrics.attention`) with the verdict
-  of the shortcut audit;
+- per foreign set: normal X-rays called Normal (Wilson) and what the others were called, TB against
+  normal, AUROC of 1 - p(Normal) (bootstrap CI), TB called abnormal (Wilson), and the Grad-CAM
+  energy share inside the lungs of the normal X-rays (the hand-drawn masks of lungseg; the interval
+  is that of the share minus the lung area, `cxr.metrics.attention`) with the shortcut audit's verdict;
 - the Grad-CAM share on the internal test too when its images have lung masks (automatic lungs:
   `--set data.lungs=auto` where this cxr has it).
 
@@ -104,7 +104,7 @@ def summarize(recipe: str, run_dir: Path, wall: float, load: tuple[float, ...]) 
         m = entry["metrics"]
         row[name] = {"n": m["n"], "called_normal": _ci(m.get("called_normal"), m["ci"].get("called_normal")),
                      "tb_auroc": _ci(m.get("abnormal_auroc"), m["ci"].get("abnormal_auroc")),
-                     "normals_called": (m.get("per_class", {}).get("Normal") or {}).get("predicted"),
+                     "normals_called_as": m.get("predicted_absent"),  # the set's normals given another class
                      "tb_called_abnormal": _ci((m.get("foreign") or {}).get("TB", {}).get("rate"),
                                                (m.get("foreign") or {}).get("TB", {}).get("ci")),
                      "gradcam": _attention(entry.get("shortcut"))}
