@@ -147,3 +147,18 @@ def test_an_external_set_with_lung_boxes_gets_the_shortcut_audit(finished, tmp_p
     report = (tmp_path / "out" / "report.md").read_text()
     assert "## Evaluated checkpoint" in report and "## Run summary" not in report and "not available" not in report
     assert "internal test rows are the test split of the checkpoint's run" in report
+
+
+def test_a_foreign_abnormal_class_counts_against_normal(finished, tmp_path, capsys):
+    tb = _external(tmp_path / "tb", {"COVID": "TB", "Normal": "normal"}, n=4, seed=5)
+    (tmp_path / "tb.yaml").write_text("TB: abnormal\n")
+    code = main(["evaluate", "--checkpoint", str(finished["run"] / "checkpoints" / "best.pt"), "--external",
+                 f"tb={tb},label_map={tmp_path / 'tb.yaml'}", "--out", str(tmp_path / "out"), "--device", "cpu"])
+    assert code == 0
+    assert "external tb n=8 (Normal, TB (abnormal))" in capsys.readouterr().out
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())["external"]["sets"]["tb"]["metrics"]
+    assert m["n"] == 8 and m["n_model_classes"] == 4 and m["foreign_present"] == ["TB"]
+    assert m["abnormal_auroc"] is not None and m["called_normal"] == m["per_class"]["Normal"]["recall"]
+    assert m["foreign"]["TB"]["n"] == 4 and sum(m["foreign"]["TB"]["predicted"].values()) == 4
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| External: tb | 8 | Normal, TB (abnormal) |" in report and "Called abnormal (95% CI)" in report

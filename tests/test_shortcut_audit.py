@@ -80,6 +80,9 @@ def test_a_marker_outside_the_lungs_is_flagged(tmp_path, calibrated_weights):
     assert occlusion["lungs"]["accuracy"] >= occlusion["none"]["accuracy"] - 0.1  # and kept without the lungs
     assert occlusion["lungs"]["ci"][0] > occlusion["chance"]
     assert occlusion["outside"]["drop"] > 0.2  # removing the marker costs accuracy
+    covid = occlusion["blanked"]["per_class"]["COVID"]  # still called COVID, unlike blanked Normal images
+    assert covid["flag"] is True and covid["difference_ci"][0] > occlusion["blanked"]["margin"]
+    assert occlusion["control"]["source"] == "this set's Normal images"
     assert audit["verdict"]["flagged"] is True and audit["verdict"]["occlusion_flag"] is True
     assert 0 < audit["attention"]["mean_area"] < 0.5 and 0 <= audit["attention"]["mean_share"] <= 1
 
@@ -89,4 +92,5 @@ def test_the_same_marker_inside_the_lungs_is_not_flagged(tmp_path, calibrated_we
     occlusion = audit["occlusion"]
     assert occlusion["none"]["accuracy"] >= 0.75
     assert occlusion["lungs"]["drop"] > 0.2  # without the lungs the evidence is gone
+    assert occlusion["blanked"]["per_class"]["COVID"]["flag"] is False  # called COVID no more than blanked Normals
     assert audit["verdict"]["flagged"] is False

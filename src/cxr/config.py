@@ -57,6 +57,8 @@ OCCLUDE_CHOICES = ("lungs", "outside")  # the masked-region test blanks the lung
 FILL_CHOICES = ("median", "zero")  # what blanked pixels become: the image's median pixel value, or black
 LUNGS_CHOICES = ("auto", "masks", "none")  # lung regions: given ones else the default segmenter's | given only | none
 CONFORMAL_METHODS = ("lac", "aps", "raps")  # prediction-set scores (cxr.metrics.conformal.METHODS)
+INTENSITY_METHODS = ("none", "equalize", "clahe")  # intensity standardisation (cxr.intensity)
+SCANNER_OPS = ("crop", "resample", "blur", "sharpen", "gamma", "contrast", "noise", "jpeg")  # cxr.scanner_augment, in order
 
 
 def setting(default: Any, check: Check | None = None, *, describe: Callable[[], str] | None = None) -> Any:
@@ -90,6 +92,7 @@ class DataConfig:
     # where lung regions come from: auto = the given masks/boxes, else the built-in segmenter's masks (cached);
     # masks = only the given ones; none = no lung regions at all (no shortcut audit, no lung crop)
     lungs: str = setting("auto", Choice(LUNGS_CHOICES))
+    intensity: str = setting("none", Choice(INTENSITY_METHODS))  # standardise each image (training and scoring): none | equalize | clahe; stored in the checkpoint
 
 
 @dataclass
@@ -102,6 +105,9 @@ class AugmentConfig:
     zoom: tuple[float, float] = setting((0.9, 1.1), Span())  # zoom range, independent per axis as in Keras (seed)
     horizontal_flip: bool = True  # flip left-right with p=0.5 (seed: horizontal_flip=True)
     fill_mode: str = setting("nearest", Choice(FILL_MODES))  # how pixels outside the image are filled
+    scanner: str = setting("none", Matches(rf"none|all|({'|'.join(SCANNER_OPS)})(,({'|'.join(SCANNER_OPS)}))*",
+                                           f"none, all, or a comma list of {', '.join(SCANNER_OPS)}"))  # scanner-imitating augmentations after the above (cxr.scanner_augment)
+    scanner_p: float = setting(0.5, Range(0.0, 1.0))  # probability of each scanner augmentation, drawn independently per image
 
 
 @dataclass

@@ -61,6 +61,10 @@ class ProbabilityModel(nn.Module):
         return (torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)), logits
 
 
+_INTENSITY_TEXT = {"equalize": "histogram equalisation (skimage.exposure.equalize_hist, 256 bins)",
+                   "clahe": "CLAHE (skimage.exposure.equalize_adapthist, clip limit 0.01, 1/8-side tiles)"}
+
+
 def describe_input(classes: list[str], pre: Preprocessing, temperature: float = 1.0,
                    thresholds: list[float] | None = None) -> dict[str, Any]:
     """How to build the model input from an X-ray, and what the outputs mean (stored in the export);
@@ -73,12 +77,14 @@ def describe_input(classes: list[str], pre: Preprocessing, temperature: float = 
         "classes": list(classes),
         "preprocessing_mode": pre.mode,
         "input_size": pre.size,
+        **({"intensity": pre.intensity} if pre.intensity != "none" else {}),
         "channel_order": order,
         "mean": list(mean),
         "std": list(std),
         "input": (
             f"float32 (N, {pre.channels}, {pre.size}, {pre.size}): the X-ray decoded to 8-bit grayscale, resized "
             f"to {pre.size}x{pre.size} ({pre.interpolation}), "
+            + (f"standardised by {_INTENSITY_TEXT[pre.intensity]}, " if pre.intensity != "none" else "")
             + (f"repeated to 3 channels ({order}), " if pre.channels == 3 else "as one channel, ")
             + "then (pixel - mean) / std per channel with pixel in 0..255"
         ),

@@ -23,6 +23,8 @@ from scipy import ndimage
 
 from cxr.config import AugmentConfig, check_section
 from cxr.errors import CxrError
+from cxr.intensity import INTENSITY_METHODS, standardize
+from cxr.scanner_augment import ScannerAugment, parse_ops, scanner_generator
 
 PREPROCESSING_MODES = ("caffe", "imagenet", "half", "meanstd")
 INTERPOLATIONS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
@@ -35,7 +37,8 @@ _FIXED = {  # per-mode (mean, std) on the [0, 255] scale, in network channel ord
     "imagenet": ((0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255)),
     "half": ((127.5, 127.5, 127.5), (127.5, 127.5, 127.5)),
 }
-_DEFAULTS = {"mean": None, "std": None, "channels": 3, "interpolation": "bilinear"}  # omitted from to_dict
+_DEFAULTS = {"mean": None, "std": None, "channels": 3, "interpolation": "bilinear",  # omitted from to_dict
+             "intensity": "none"}
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,9 @@ class Preprocessing:
               (timm's `pretrained_cfg`, torchvision's weights transforms, torchxrayvision's [-1024, 1024]).
 
     `channels` is 3 (the gray X-ray repeated as RGB) or 1 (fed as one channel, torchxrayvision);
-    `interpolation` is the resize filter. Records stored before these fields existed load unchanged.
+    `interpolation` is the resize filter; `intensity` standardises each resized image before
+    normalisation (`cxr.intensity`: none | equalize | clahe). Records stored before these fields
+    existed load unchanged.
     """
 
     mode: str = "imagenet"
@@ -58,8 +63,11 @@ class Preprocessing:
     std: tuple[float, ...] | None = None  # meanstd: per-channel std of x/255
     channels: int = 3  # network input channels: 3 (RGB) or 1 (grayscale)
     interpolation: str = "bilinear"  # resize filter: bilinear | bicubic | nearest | lanczos
+    intensity: str = "none"  # intensity standardisation of the resized image: none | equalize | clahe
 
     def __post_init__(self) -> None:
+        if self.intensity not in INTENSITY_METHODS:
+            raise CxrError(f"unknown preprocessing intensity {self.intensity!r}; allowed: {', '.join(INTENSITY_METHODS)}")
         if self.mode not in PREPROCESSING_MODES:
             raise CxrError(f"unknown preprocessing mode {self.mode!r}; allowed: {', '.join(PREPROCESSING_MODES)}")
         if self.channels not in CHANNEL_COUNTS:
@@ -126,6 +134,8 @@ class Preprocessing:
             text += f", {self.channels} channel"
         if self.interpolation != "bilinear":
             text += f", {self.interpolation}"
+        if self.intensity != "none":
+            text += f", {self.intensity}"
         return text
 
 
@@ -160,7 +170,9 @@ def resize_gray(img: np.ndarray, size: int, interpolation: str = "bilinear") -> 
 
 def to_input(img: np.ndarray, pre: Preprocessing) -> torch.Tensor:
     """Grayscale (H, W) pixels in [0, 255] (uint8 or float) -> normalised float32 tensor (C, H, W),
-    C = `pre.channels`."""
+    C = `pre.channels`; the record's intensity standardisation first (on the augmented image in training)."""
+    if pre.intensity != "none":
+        img = standardize(img, pre.intensity)
     pixels = torch.from_numpy(np.array(img, dtype=np.float32, order="C"))
     return normalize(pixels.unsqueeze(0), pre).contiguous()
 
@@ -183,6 +195,8 @@ class SeedAugment:
     def __init__(self, cfg: AugmentConfig) -> None:
         check_section(cfg, "augment")  # as at config load: configs are also made in code
         self.cfg = cfg
+        ops = parse_ops(cfg.scanner)  # then `augment.scanner`, from a generator of its own (cxr.scanner_augment)
+        self.scanner = ScannerAugment(ops, cfg.scanner_p) if ops else None
 
     def __repr__(self) -> str:
         return f"SeedAugment({self.cfg!r})"
@@ -212,7 +226,8 @@ class SeedAugment:
         """Augment one (H, W) uint8 image; with `cfg.enabled` false it is only converted to float32."""
         if not self.cfg.enabled:
             return img.astype(np.float32)
-        return self.apply(img, self.sample_params(rng, img.shape))
+        out = self.apply(img, self.sample_params(rng, img.shape))
+        return self.scanner(out, scanner_generator(rng)) if self.scanner is not None else out
 
 
 def affine_matrix(params: dict[str, Any], shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:

@@ -76,3 +76,14 @@ def test_an_external_set_may_hold_one_class_but_training_data_may_not(tmp_path):
     assert discover(root, min_classes=1).classes == ["Normal"]
     with pytest.raises(CxrError, match="only one class"):
         discover(root)
+
+
+def test_a_foreign_abnormal_class_keeps_its_name_after_the_model_classes(tmp_path):
+    found = discover(folders(tmp_path, ["TB", "NORMAL"]), min_classes=1)
+    mapped, mappings = apply_label_map(found, CLASSES, {"tb": "Abnormal"})
+    assert mapped.classes == ["Normal", "TB"]
+    assert sorted(s.label for s in mapped.samples) == ["Normal", "TB"]
+    tb = next(m for m in mappings if m.name == "TB")
+    assert tb.abnormal and tb.target == "TB" and "abnormal" in tb.how
+    with pytest.raises(CxrError, match="'abnormal' is for classes the model does not have"):
+        resolve_name("COVID", CLASSES, {"COVID": "abnormal"})

@@ -8,12 +8,12 @@ from sklearn.metrics import recall_score, roc_auc_score
 
 from cxr.metrics.attention import (
     ATTENTION_MARGIN,
-    OCCLUSION_TOLERANCE,
     attention_summary,
     chance_level,
     occlusion_summary,
     shortcut_verdict,
 )
+from cxr.metrics.blanked import BLANKED_MARGIN, newcombe_difference
 from cxr.metrics.partial import present_class_metrics, restrict, worse_than
 
 CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral_Pneumonia"]
@@ -80,19 +80,43 @@ def test_a_model_that_looks_outside_the_lungs_is_flagged_by_attention():
     assert attention_summary(np.array([np.nan]), np.array([0.3]), [0], [0], ["a"])["flag"] is None
 
 
-def test_the_masked_region_test_flags_accuracy_kept_without_the_lungs():
-    y = np.repeat([0, 1, 2, 3], 10)
-    kept = occlusion_summary(y, y, {"lungs": y, "outside": np.zeros(40, int)}, "median")
+def test_the_masked_region_test_compares_each_class_with_blanked_normals():
+    y = np.repeat([0, 1, 2, 3], 10)  # Normal is class 2
+    kept = occlusion_summary(y, y, {"lungs": y, "outside": np.zeros(40, int)}, "median", CLASSES)
     assert kept["flag"] is True and kept["informative"] and kept["chance"] == chance_level(y) == 0.25
     assert kept["outside"]["drop"] == pytest.approx(0.75)
-    lost = occlusion_summary(y, y, {"lungs": np.zeros(40, int)}, "median")
-    assert lost["flag"] is False and lost["lungs"]["drop"] == pytest.approx(0.75)
-    borderline = y.copy()
-    borderline[: int(40 * OCCLUSION_TOLERANCE) + 1] = 3  # accuracy drops by a little more than the tolerance
-    assert occlusion_summary(y, y, {"lungs": borderline}, "median")["flag"] is False
-    chance = occlusion_summary(y, np.zeros(40, int), {"lungs": np.zeros(40, int)}, "median")
-    assert chance["informative"] is False and chance["flag"] is False  # no better than chance: cannot tell
-    assert occlusion_summary(y, y, {"outside": y}, "zero")["flag"] is None
+    assert kept["control"]["source"] == "this set's Normal images" and kept["control"]["n"] == 10
+    assert set(kept["blanked"]["per_class"]) == {"COVID", "Lung_Opacity", "Viral_Pneumonia"}
+    covid = kept["blanked"]["per_class"]["COVID"]
+    assert covid["rate"] == 1.0 and covid["control_rate"] == 0.0 and covid["difference_ci"][0] > BLANKED_MARGIN
+    everything_covid = occlusion_summary(y, y, {"lungs": np.zeros(40, int)}, "median", CLASSES)
+    assert everything_covid["flag"] is False  # blanked Normals are called COVID just as often: no evidence
+    assert everything_covid["blanked"]["per_class"]["COVID"]["difference"] == 0.0
+    assert occlusion_summary(y, y, {"outside": y}, "zero", CLASSES)["flag"] is None
+    assert occlusion_summary(y, y, {"lungs": y}, "zero")["flag"] is None  # no classes: not computed
+
+
+def test_a_one_class_set_is_judged_against_the_internal_control():
+    """The issue's case: nearly all COVID, most still called COVID with the lungs blanked. Accuracy
+    against the majority share could not flag it; the control (internal Normals, blanked) can."""
+    y = np.array([0] * 172 + [2] * 10)
+    blanked = np.where(np.arange(182) < 103, 0, 2)  # 103 of 172 COVID (60%) still called COVID
+    control = {"n": 200, "called": {"COVID": 30, "Normal": 170}, "source": "internal test"}
+    out = occlusion_summary(y, y, {"lungs": blanked}, "median", CLASSES, control)
+    covid = out["blanked"]["per_class"]["COVID"]
+    assert out["flag"] is True and out["control"] is control and covid["control_rate"] == 0.15
+    low, high = covid["difference_ci"]
+    assert low > BLANKED_MARGIN and low < covid["difference"] < high
+    fair = {"n": 200, "called": {"COVID": 110, "Normal": 90}, "source": "internal test"}  # 55%: the blank alone
+    assert occlusion_summary(y, y, {"lungs": blanked}, "median", CLASSES, fair)["flag"] is False
+    no_normal = occlusion_summary(np.zeros(5, int), np.zeros(5, int), {"lungs": np.zeros(5, int)}, "median", CLASSES)
+    assert no_normal["control"] is None and no_normal["flag"] is None  # nothing to compare with
+
+
+def test_newcombe_interval_matches_the_published_example():
+    # Newcombe (1998), Table II example (56/70 - 48/80): method 10 gives 0.0524 to 0.3339
+    assert newcombe_difference(56, 70, 48, 80) == pytest.approx([0.0524, 0.3339], abs=5e-4)
+    assert newcombe_difference(0, 0, 1, 2) is None
 
 
 def test_either_signal_flags():

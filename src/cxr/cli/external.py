@@ -94,8 +94,13 @@ def summary_lines(added: dict[str, Any], names: list[str] | None = None) -> list
         m = entry["metrics"]
         worse = entry.get("worse_than_internal") or []
         recall = f"{m['macro_recall']:.3f}" if m.get("macro_recall") is not None else "n/a"
-        lines.append(f"external {name} n={m['n']} ({', '.join(m['classes_present'])}): accuracy {m['accuracy']:.3f}"
-                     f"{_ci(m['ci'].get('accuracy'))}, macro recall {recall}{_ci(m['ci'].get('macro_recall'))}"
+        accuracy = f"{m['accuracy']:.3f}" if m.get("accuracy") is not None else "n/a"
+        shown = m["classes_present"] + [f"{c} (abnormal)" for c in m.get("foreign_present", [])]
+        extra = "".join(f", {label} {m[key]:.3f}{_ci(m['ci'].get(key))}" for key, label in (
+            ("called_normal", "called Normal"), ("abnormal_auroc", "abnormal vs Normal AUROC"))
+            if m.get(key) is not None)
+        lines.append(f"external {name} n={m['n']} ({', '.join(shown)}): accuracy {accuracy}"
+                     f"{_ci(m['ci'].get('accuracy'))}, macro recall {recall}{_ci(m['ci'].get('macro_recall'))}{extra}"
                      + (f"; worse than the internal test: {', '.join(worse)}" if worse else "")
                      + (f"; {(entry.get('ood') or {}).get('flagged')} of {m['n']} flagged out of distribution"
                         if entry.get("ood") else ""))

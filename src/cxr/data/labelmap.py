@@ -2,8 +2,10 @@
 
 Another hospital's folders or manifest may say `COVID-19`, `NORMAL`, `No_Finding` or `PNEUMONIA`
 where the model says `COVID` and `Normal`. Each name found is resolved, in this order:
-1. the user's label map (`--label-map FILE`, YAML `their name: our class` or `their name: ignore`),
-   whose keys match whatever their spelling of case, blanks, '-' and '_';
+1. the user's label map (`--label-map FILE`, YAML `their name: our class`, `their name: ignore`, or
+   `their name: abnormal` for a class that is abnormal but none of the model's, e.g. `TB: abnormal`:
+   its images keep their own name and count against Normal, `cxr.metrics.abnormal`), whose keys
+   match whatever their spelling of case, blanks, '-' and '_';
 2. a class of the model (the same loose spelling);
 3. a built-in alias (`BUILTIN_ALIASES`, e.g. `No Finding` -> Normal); `APPROXIMATE_ALIASES` are
    applied with a warning, since the correspondence is only rough (`PNEUMONIA`, bacterial and viral,
@@ -29,6 +31,7 @@ from cxr.suggest import did_you_mean
 log = logging.getLogger(__name__)
 
 IGNORE = "ignore"  # a label map value: leave these images out
+ABNORMAL = "abnormal"  # a label map value: a foreign abnormal class (not the model's), scored against Normal
 BUILTIN_ALIASES = {  # squashed name -> class (only used when the model has that class)
     "covid": "COVID", "covid19": "COVID", "covidpositive": "COVID", "sarscov2": "COVID",
     "normal": "Normal", "nofinding": "Normal", "nofindings": "Normal", "healthy": "Normal", "negative": "Normal",
@@ -51,6 +54,7 @@ class Mapping:
     target: str | None  # a model class, or None for ignored images
     how: str  # "label map", "class", "alias", "approximate alias"
     raw: tuple[str, ...] = ()  # the folder or manifest names discovery read as `name`, where they differ
+    abnormal: bool = False  # a foreign abnormal class: `target` is the data's own name, not a model class
 
 
 def read_label_map(path: str | Path) -> dict[str, str]:
@@ -78,9 +82,15 @@ def resolve_name(name: str, classes: Sequence[str], user: dict[str, str] | None 
         if squash(key) == squash(name) or normalize_class_name(key) == name:  # discovery renamed 'COVID-19'
             if value.lower() == IGNORE:
                 return Mapping(name, None, "label map")
+            if value.lower() == ABNORMAL:
+                if squash(name) in by_squash:
+                    raise CxrError(f"label map: {key!r} -> abnormal, but {name!r} is a class of the model "
+                                   f"({', '.join(classes)}); 'abnormal' is for classes the model does not have")
+                return Mapping(name, name, "label map: abnormal, not a class of the model", abnormal=True)
             if value not in classes:
                 raise CxrError(f"label map: {key!r} -> {value!r}, which is not a class of the model "
-                               f"({', '.join(classes)}){did_you_mean(value, classes)}; or map it to 'ignore'")
+                               f"({', '.join(classes)}){did_you_mean(value, classes)}; or map it to 'ignore' "
+                               "(or 'abnormal': a foreign abnormal class)")
             return Mapping(name, value, "label map")
     if squash(name) in by_squash:
         return Mapping(name, by_squash[squash(name)], "class")
@@ -108,7 +118,9 @@ def apply_label_map(
 ) -> tuple[Discovery, list[Mapping]]:
     """`found` with every label mapped onto `classes` (ignored images left out), and the mapping used.
 
-    The mapping is logged; a discovery left with no image is a CxrError.
+    Images of a class mapped to `abnormal` keep the data's name; the returned discovery's classes are
+    the model classes present, then those foreign names (`foreign_classes`). The mapping is logged;
+    a discovery left with no image is a CxrError.
     """
     raw = {name: tuple(r for r, n in found.renamed.items() if n == name) for name in found.classes}
     mappings = [replace(resolve_name(name, classes, _user_for(user, raw[name])), raw=raw[name])
@@ -123,5 +135,12 @@ def apply_label_map(
     samples = [replace(s, label=target[s.label]) for s in found.samples if target[s.label] is not None]
     if not samples:
         raise CxrError(f"{where}: every image was ignored by the label map; nothing to evaluate")
-    present = sorted({s.label for s in samples}, key=list(classes).index)
+    foreign = foreign_classes(mappings)
+    labels = {s.label for s in samples}
+    present = [c for c in classes if c in labels] + [c for c in foreign if c in labels]
     return replace(found, samples=samples, classes=present), mappings
+
+
+def foreign_classes(mappings: Sequence[Mapping]) -> list[str]:
+    """The names of the data mapped to `abnormal` (foreign abnormal classes), in mapping order."""
+    return [m.name for m in mappings if m.abnormal]

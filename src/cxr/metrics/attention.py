@@ -4,7 +4,8 @@ Two kinds of evidence that a model does not classify by the lungs (DeGrave et al
 - attention: the share of each image's Grad-CAM energy that lies inside its lung mask, against the
   share an evenly spread map would put there (the mask's area fraction);
 - the masked-region test: accuracy on the same images with the lungs blanked, and with everything
-  outside the lungs blanked.
+  outside the lungs blanked; the flag compares each disease class's rate of being called itself with
+  the lungs blanked against a control, blanked Normal images (`cxr.metrics.blanked`).
 
 `FLAG_RULE` is the rule, stated once (the report and README quote it). Attention is correlational
 (Grad-CAM of a model can be unfaithful, e.g. on a frozen random backbone); the masked-region test is
@@ -18,17 +19,18 @@ from typing import Any
 
 import numpy as np
 
+from cxr.metrics.blanked import BLANKED_MARGIN, blanked_control, blanked_rates
 from cxr.metrics.intervals import stratified_bootstrap, wilson_interval
 
 ALPHA = 0.05
 ATTENTION_MARGIN = 0.05  # in-lung share this far below the even map's share (and its interval below 0) flags
-OCCLUSION_TOLERANCE = 0.10  # accuracy with the lungs blanked within this of the accuracy with them flags
 FLAG_RULE = (
     f"Flagged when (a) the mean share of Grad-CAM energy inside the lung masks is at least {ATTENTION_MARGIN:.2f} "
     "below the mean lung-area fraction (the share an evenly spread heatmap would give) and the 95% bootstrap "
-    f"interval of that difference lies below 0, or (b) with the lungs blanked, accuracy stays within "
-    f"{OCCLUSION_TOLERANCE:.2f} of the accuracy with the lungs visible and the lower end of its 95% Wilson "
-    "interval lies above chance (the share of the most common class). Either signal flags."
+    "interval of that difference lies below 0, or (b) with the lungs blanked, a disease class is still called "
+    "that class at a rate well above the control's, the share of Normal images (the internal test's) called that "
+    "class with their lungs blanked the same way: the 95% Newcombe interval of the difference of the two rates "
+    f"lies wholly above {BLANKED_MARGIN:.2f}. Either signal flags."
 )
 
 
@@ -82,12 +84,15 @@ def _accuracy(y: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
             "ci": wilson_interval(hits, int(y.size), ALPHA)}
 
 
-def occlusion_summary(y_true: Any, unmasked: Any, occluded: dict[str, Any], fill: str) -> dict[str, Any]:
+def occlusion_summary(y_true: Any, unmasked: Any, occluded: dict[str, Any], fill: str,
+                      classes: Sequence[str] | None = None, control: dict[str, Any] | None = None) -> dict[str, Any]:
     """Accuracy with nothing, the lungs ("lungs") or everything outside them ("outside") blanked, on the
-    same images (predicted classes per mode), with Wilson intervals and the chance level.
+    same images (predicted classes per mode), with Wilson intervals and the chance level; with
+    `classes` and a "lungs" result, the per-class rates against the control (`cxr.metrics.blanked`):
+    `control` (the internal test's blanked Normal images), else this set's own Normal images.
 
-    `flag` is criterion (b) of FLAG_RULE (None without a "lungs" result); `informative` is False when
-    the model is no better than chance with the lungs visible (then the test cannot tell anything).
+    `flag` is criterion (b) of FLAG_RULE (None without a "lungs" result or a control); `informative` is
+    False when the model is no better than chance with the lungs visible (accuracy says little then).
     """
     y = np.asarray(y_true)
     base = _accuracy(y, np.asarray(unmasked))
@@ -97,12 +102,13 @@ def occlusion_summary(y_true: Any, unmasked: Any, occluded: dict[str, Any], fill
         entry["drop"] = base["accuracy"] - entry["accuracy"]
         out[mode] = entry
     out["informative"] = bool(base["ci"] is not None and base["ci"][0] > out["chance"])
-    lungs = out.get("lungs")
-    if lungs is None:
-        out["flag"] = None
-    else:
-        out["flag"] = bool(out["informative"] and lungs["drop"] <= OCCLUSION_TOLERANCE
-                           and lungs["ci"][0] > out["chance"])
+    out["flag"] = None
+    if classes is not None and "lungs" in occluded:
+        own = blanked_control(y, occluded["lungs"], classes, "this set's Normal images")
+        out["own_control"] = own
+        out["control"] = control or own
+        out["blanked"] = blanked_rates(y, occluded["lungs"], classes, out["control"])
+        out["flag"] = out["blanked"]["flag"]
     return out
 
 

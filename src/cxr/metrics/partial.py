@@ -5,7 +5,7 @@ An external set may hold only COVID and Normal of a four-class model. Everything
 classes present: per-class recall and precision (Wilson intervals), accuracy (Wilson), macro recall
 and macro-F1 over the present classes, one-vs-rest ROC-AUC for each present class that has positives
 and negatives, "abnormal vs Normal" ROC-AUC (score 1 - p(Normal)) when Normal and another class are
-present, and ECE; every aggregate gets a stratified BCa bootstrap interval (`cxr.metrics.intervals`).
+present, the "called Normal" rate (Normal recall, Wilson; `cxr.metrics.abnormal`), and ECE; every aggregate gets a stratified BCa bootstrap interval (`cxr.metrics.intervals`).
 What cannot be computed is None, never a number. Torch-free.
 """
 
@@ -24,7 +24,7 @@ from cxr.metrics.weighted import WeightedScores
 
 ALPHA = 0.05
 NORMAL = "Normal"  # the class whose absence is "abnormal"
-SHIFT_METRICS = ("accuracy", "macro_recall", "macro_f1", "roc_auc_macro", "abnormal_auroc", "ece")
+SHIFT_METRICS = ("accuracy", "macro_recall", "macro_f1", "roc_auc_macro", "abnormal_auroc", "called_normal", "ece")
 LOWER_IS_BETTER = frozenset({"ece"})
 
 
@@ -117,6 +117,9 @@ def present_class_metrics(
     if len(present) < 2:
         for entry in out["per_class"].values():
             entry["roc_auc"] = None  # one class: no negatives to rank against
+    normal_entry = out["per_class"].get(NORMAL)
+    out["called_normal"] = normal_entry["recall"] if normal_entry else None  # the share of Normal called Normal
+    ci["called_normal"] = normal_entry["recall_ci"] if normal_entry else None
     if len(present) == 1:  # macro recall is one class's recall: a proportion, with its Wilson interval
         ci["macro_recall"] = out["per_class"][classes[present[0]]]["recall_ci"]
     out["predicted_absent"] = {classes[c]: int(np.sum(pred == c)) for c in range(len(classes)) if c not in present}

@@ -31,7 +31,7 @@ from cxr.study.checkpoint_eval import evaluation_rows
 from cxr.study.external import external_section, external_sets
 from cxr.study.phases import TrainingRun
 from cxr.study.scoring import rows_with_regions
-from cxr.study.shortcut import AuditSettings, shortcut_audit
+from cxr.study.shortcut import AuditSettings, internal_control, shortcut_audit
 from cxr.temperature import synthetic_of
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,8 @@ def study_extras(
     if sets:
         out["external"] = external_section(trained.model, classes, cfg, sets, trained.compute,
                                            internal=(y_true, probs), fig_dir=run.figures, tolerant=True,
-                                           best=load_checkpoint(trained.result.best_path))
+                                           best=load_checkpoint(trained.result.best_path),
+                                           control=internal_control(out.get("shortcut")))
     write_lungs_report(run, out)  # lungs.json: the automatic masks the audits used
     return out
 
@@ -143,8 +144,10 @@ def add_evaluations(
         sets = external_sets(external, cfg.eval.label_map)
         source = run if run is not None and run.predictions.is_file() else RunDir.of_checkpoint(ckpt)
         internal = _internal_predictions(source, classes)  # the internal test this checkpoint was scored on
+        control = internal_control(added.get("shortcut") or existing.get("shortcut"))
         section = external_section(model, classes, cfg, sets, compute, internal=internal,
-                                   fig_dir=run.figures if run is not None else None, best=state)
+                                   fig_dir=run.figures if run is not None else None, best=state,
+                                   control=control)
         if internal is not None and source != run:  # read from the checkpoint's own run: say so in the report
             section["internal_from"] = str(source.predictions)
         previous = (existing.get("external") or {}).get("sets") or {}

@@ -23,7 +23,7 @@ from torch import nn
 
 from cxr.config import RunConfig
 from cxr.data.discover import discover
-from cxr.data.labelmap import apply_label_map, read_label_map
+from cxr.data.labelmap import apply_label_map, foreign_classes, read_label_map
 from cxr.data.masks import region_options, with_regions
 from cxr.errors import CxrError
 from cxr.logs import RESULT
@@ -33,6 +33,7 @@ from cxr.runtime import Compute
 from cxr.study.auto_lungs import crop_rows
 from cxr.study.checkpoint_eval import all_rows
 from cxr.study.conformal import external_sets_entry
+from cxr.study.foreign import foreign_set_metrics, placeholder_rows
 from cxr.study.scoring import require_regions, score_rows
 from cxr.study.shortcut import AuditSettings, shortcut_audit
 
@@ -91,16 +92,19 @@ def evaluate_external(
     internal: tuple[np.ndarray, np.ndarray] | None = None,
     fig_dir: Path | None = None,
     best: dict[str, Any] | None = None,
+    control: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score `model` on one external set; the entry of metrics.json["external"]["sets"][name]. `best`: the
     checkpoint dict whose prediction sets are judged on it, and whose out-of-distribution detector gives the
-    entry's `ood` (share flagged)."""
+    entry's `ood` (share flagged). `control`: the internal test's blanked Normal images, for the
+    masked-region test (`study.shortcut.internal_control`)."""
     if not ext.data.exists():
         raise CxrError(f"external set {ext.name}: data not found: {ext.data}")
     found = with_regions(discover(ext.data, min_classes=1), ext.masks, ext.boxes)
     user = read_label_map(ext.label_map) if ext.label_map else None
     found, mappings = apply_label_map(found, classes, user, where=f"external set {ext.name}")
-    rows = crop_rows(all_rows(found), found.root, cfg, f"external {ext.name}")  # a lung-crop model's regions
+    rows, truth = placeholder_rows(all_rows(found), classes)  # foreign abnormal classes: scored, kept aside
+    rows = crop_rows(rows, found.root, cfg, f"external {ext.name}")  # a lung-crop model's regions
     if cfg.data.lung_crop:
         require_regions(rows, f"external set {ext.name} (the model was trained on lung crops)")
     scored = score_rows(model, found.root, rows, classes, compute, regions=region_options(cfg),
@@ -108,8 +112,7 @@ def evaluate_external(
                         tta=cfg.eval.tta, desc=f"external {ext.name}")
     if not scored.rows:
         raise CxrError(f"external set {ext.name}: none of its {len(rows)} images could be read")
-    metrics = present_class_metrics(scored.y_true, scored.probs, classes, n_boot=cfg.eval.bootstrap,
-                                    ece_bins=cfg.eval.ece_bins, seed=cfg.train.seed)
+    metrics = foreign_set_metrics(scored.rows, scored.probs, truth, classes, foreign_classes(mappings), cfg)
     same = None
     if internal is not None:
         keep = [classes.index(c) for c in metrics["classes_present"]]
@@ -117,12 +120,15 @@ def evaluate_external(
         if len(y_int):
             same = present_class_metrics(y_int, p_int, classes, n_boot=cfg.eval.bootstrap,
                                          ece_bins=cfg.eval.ece_bins, seed=cfg.train.seed)
-    audit = (shortcut_audit(model, found.root, scored.rows, classes, compute, AuditSettings.of(cfg),
+    own = np.array([r.path not in truth for r in scored.rows], dtype=bool)  # the model's classes, not foreign ones
+    own_rows = [r for r, keep in zip(scored.rows, own, strict=True) if keep]
+    audit = (shortcut_audit(model, found.root, own_rows, classes, compute, AuditSettings.of(cfg, control=control),
                             name=f"external-{ext.name}", fig_dir=fig_dir) if cfg.eval.shortcut_audit else None)
     worse = worse_than(same, metrics) if same is not None else []
-    log.info("external %s (%d images, %s): accuracy %.4f, macro recall %.4f%s", ext.name, metrics["n"],
-             ", ".join(metrics["classes_present"]), metrics["accuracy"], metrics["macro_recall"] or float("nan"),
-             f"; below the internal test: {', '.join(worse)}" if worse else "", extra=RESULT)
+    log.info("external %s (%d images, %s): accuracy %.4f, macro recall %.4f%s%s", ext.name, metrics["n"],
+             ", ".join(metrics["classes_present"] + metrics.get("foreign_present", [])),
+             metrics.get("accuracy") or float("nan"), metrics.get("macro_recall") or float("nan"),
+             _abnormal_text(metrics), f"; below the internal test: {', '.join(worse)}" if worse else "", extra=RESULT)
     return {
         "data": str(ext.data.resolve()), "layout": found.layout, "n": metrics["n"],
         "classes_present": metrics["classes_present"],
@@ -130,9 +136,16 @@ def evaluate_external(
         "ignored": sum(1 for m in mappings if m.target is None), "skipped": scored.skipped,
         "masks": {"with_region": sum(1 for r in rows if r.mask), "without_region": sum(1 for r in rows if not r.mask)},
         "metrics": metrics, "internal_same_classes": same, "worse_than_internal": worse, "shortcut": audit,
-        "conformal": external_sets_entry(best, scored.y_true, scored.probs, f"external {ext.name}"),
+        "conformal": external_sets_entry(best, scored.y_true[own], scored.probs[own], f"external {ext.name}"),
         "ood": flag_share(model, found.root, scored.rows, classes, cfg, compute, (best or {}).get("extra"), desc=f"external {ext.name}"),
     }
+
+
+def _abnormal_text(metrics: dict[str, Any]) -> str:
+    parts = [f"{label} {metrics[key]:.3f}" for key, label in (("called_normal", "called Normal"),
+                                                               ("abnormal_auroc", "abnormal vs Normal AUROC"))
+             if metrics.get(key) is not None]
+    return "; " + ", ".join(parts) if parts else ""
 
 
 def external_section(
@@ -146,6 +159,7 @@ def external_section(
     fig_dir: Path | None,
     tolerant: bool = False,
     best: dict[str, Any] | None = None,
+    control: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """metrics.json["external"]: the internal test reference and every external set's entry.
 
@@ -157,7 +171,8 @@ def external_section(
     for ext in sets:
         try:
             entries[ext.name] = evaluate_external(model, classes, cfg, ext, compute, internal=internal, fig_dir=fig_dir,
-                                                  best=best)
+                                                  best=best,
+                                                  control=control)
         except CxrError as exc:
             if not tolerant:
                 raise

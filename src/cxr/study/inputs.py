@@ -27,8 +27,11 @@ log = logging.getLogger(__name__)
 
 
 def build_classifier(cfg: RunConfig, num_classes: int, *, load_weights: bool = True) -> nn.Module:
-    """The classifier of `cfg`, its preprocessing sized to `data.image_size` (the record fixes the mode)."""
+    """The classifier of `cfg`, its preprocessing sized to `data.image_size` (the record fixes the mode)
+    and standardised by `data.intensity`."""
     model = build_model(cfg.model, num_classes, load_weights=load_weights)
+    if cfg.data.intensity != "none":  # stored in the checkpoint's preprocessing record with the rest
+        model.preprocessing = dataclasses.replace(model.preprocessing, intensity=cfg.data.intensity)
     if model.preprocessing.size != cfg.data.image_size and cfg.model.weights != "random":
         log.info("weights %s were trained at %d px; data.image_size is %d", cfg.model.weights,
                  model.preprocessing.size, cfg.data.image_size)
@@ -45,6 +48,9 @@ def with_device_augment(cfg: RunConfig, pre: Preprocessing, compute: Compute) ->
         return compute
     if cfg.data.lung_crop:  # the cache holds whole images; crops are made per image
         log.info("data.lung_crop crops each image on the CPU: decoded cache off")
+        return compute
+    if pre.intensity != "none" or cfg.augment.scanner not in ("none", ""):  # per-image CPU work (robust recipe)
+        log.info("intensity standardisation / scanner augmentations run on the CPU: decoded cache off")
         return compute
     if cfg.augment.fill_mode not in DEVICE_FILL_MODES:
         if mode == "on":

@@ -1,6 +1,7 @@
 """The shortcut audit of one set of images with lung masks or boxes: where Grad-CAM puts its energy
 relative to the lungs, a gallery of the images that look most outside them, and the masked-region
-test (the same images with the lungs, then everything else, blanked).
+test (the same images with the lungs, then everything else, blanked), judged per class against a control:
+Normal images with their lungs blanked (`cxr.metrics.blanked`; the internal test's for an external set).
 
 Grad-CAM runs batched (`cxr.explain_masks.grad_cam_batch`: one forward and one backward through the
 head per batch) on at most `eval.shortcut_max_images` images, chosen evenly per class. The numbers
@@ -49,6 +50,7 @@ class AuditSettings:
     num_workers: int = 0
     cfg: RunConfig | None = None  # the run's config: its lung crop, occlusion fill and data.lungs
     progress: bool = True  # progress of the automatic lung masks
+    control: dict[str, Any] | None = None  # the internal test's blanked Normal images (`metrics.blanked`); None: the set's own
 
     @classmethod
     def of(cls, cfg: RunConfig, **changes: Any) -> AuditSettings:
@@ -175,7 +177,15 @@ def _occlusion(model: nn.Module, root: str | Path, rows: list[SplitRow], classes
         out = score_rows(model, root, rows, classes, compute, regions=region_options(cfg, occlude=mode),
                          desc=f"occlusion: {mode}", **kwargs)
         occluded[mode] = out.probs.argmax(axis=1)
-    return occlusion_summary(base.y_true, base.probs.argmax(axis=1), occluded, cfg.eval.occlude_fill)
+    return occlusion_summary(base.y_true, base.probs.argmax(axis=1), occluded, cfg.eval.occlude_fill, classes,
+                             settings.control)
+
+
+def internal_control(audit: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The control of the masked-region test that an audit of the internal test split provides (its
+    Normal images with the lungs blanked), for the audits of external sets; None without one."""
+    own = ((audit or {}).get("occlusion") or {}).get("own_control")
+    return {**own, "source": "the internal test's Normal images"} if own else None
 
 
 def _occlusion_text(occlusion: dict[str, Any] | None) -> str:

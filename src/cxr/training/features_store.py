@@ -83,7 +83,8 @@ def cache_key(
         "weights": cfg.model.weights,
         "backbone_state": state_digest(model),
         "preprocessing": pre.to_dict() if pre is not None else None,
-        "augment": to_dict(cfg.augment),
+        "augment": {k: v for k, v in to_dict(cfg.augment).items()  # scanner fields only when used: old keys hold
+                    if not (k.startswith("scanner") and cfg.augment.scanner in ("none", ""))},
         "image_size": cfg.data.image_size,
         "views": views,
         "seed": cfg.train.seed,

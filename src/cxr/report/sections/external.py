@@ -17,13 +17,15 @@ SHIFT_COLUMNS = (  # metrics.json key, table header
     ("macro_f1", "Macro-F1"),
     ("roc_auc_macro", "ROC-AUC"),
     ("abnormal_auroc", "Abnormal vs Normal AUROC"),
+    ("called_normal", "Called Normal"),
     ("ece", "ECE"),
 )
 LABELS = dict(SHIFT_COLUMNS)
 
 
 def _row(label: str, metrics: dict[str, Any]) -> tuple[str, ...]:
-    classes = ", ".join(metrics.get("classes_present") or []) or NOT_AVAILABLE
+    shown = (metrics.get("classes_present") or []) + [f"{c} (abnormal)" for c in metrics.get("foreign_present") or []]
+    classes = ", ".join(shown) or NOT_AVAILABLE
     return (label, plain(metrics.get("n")), classes, *(with_ci(metrics, key) for key, _ in SHIFT_COLUMNS))
 
 
@@ -75,6 +77,14 @@ def _per_class(entry: dict[str, Any]) -> list[Block]:
     )
     blocks: list[Block] = [Table(("Class", "Images", "Predicted", "Recall (95% CI)", "Precision (95% CI)", "ROC-AUC"),
                                  rows)]
+    foreign = metrics.get("foreign") or {}
+    if foreign:
+        blocks.append(para("Classes of this set that are abnormal but none of the model's (label map 'abnormal'): "
+                           "they count against Normal in the abnormal vs Normal AUROC."))
+        blocks.append(Table(("Class", "Images", "Called abnormal (95% CI)", "Predicted as"), tuple(
+            (name, plain(v.get("n")), with_ci(v, "rate", "ci"),
+             ", ".join(f"{k} {n}" for k, n in (v.get("predicted") or {}).items() if n))
+            for name, v in foreign.items())))
     absent = {k: v for k, v in (metrics.get("predicted_absent") or {}).items() if v}
     if absent:
         blocks.append(para("Predicted as a class this set does not hold: ",
@@ -104,8 +114,9 @@ def external(files: RunFiles) -> list[Block]:
         "The internal test split beside each external set, on the classes each holds: accuracy and per-class "
         "proportions with 95% Wilson intervals, the other figures with 95% stratified bootstrap intervals. Macro "
         "recall and macro-F1 average the classes present; ROC-AUC is one-vs-rest over the classes present that "
-        "have positives and negatives; abnormal vs Normal AUROC scores 1 - p(Normal). n/a: cannot be computed "
-        "on that set."))
+        "have positives and negatives; abnormal vs Normal AUROC scores 1 - p(Normal) (a label map's foreign "
+        "'abnormal' classes count as abnormal); called Normal is the share of true Normal images predicted Normal. "
+        "n/a: cannot be computed on that set."))
     blocks.append(_shift_table(section))
     blocks += [_worse_sentences(name, entry) for name, entry in section["sets"].items()]
     rule = section.get("rule")

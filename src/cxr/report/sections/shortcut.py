@@ -65,13 +65,18 @@ def occlusion_sentence(occlusion: dict[str, Any]) -> Para:
     if outside:
         parts.append(f"; {_acc(outside)} with everything outside the lungs blanked")
     parts.append(f" (blanked pixels: {fill}). ")
-    if not occlusion.get("informative"):
-        parts.append("The model is no better than chance with the lungs visible, so the test cannot tell what it uses.")
-    elif lungs and occlusion.get("flag"):
-        parts.append(Bold("The model still classifies with the lungs removed: it uses something outside the lungs "
-                          "(a shortcut)."))
+    blanked = occlusion.get("blanked") or {}
+    control = occlusion.get("control") or {}
+    flagged = [name for name, e in (blanked.get("per_class") or {}).items() if e.get("flag")]
+    if lungs and blanked.get("flag") is None:
+        parts.append("No Normal image with the lungs blanked to compare with: the per-class test was not decided.")
+    elif lungs and flagged:
+        parts.append(Bold(f"With the lungs blanked, {', '.join(flagged)} images are still called so far more often "
+                          f"than blanked Normal images ({plain(control.get('source'))}): the model uses something "
+                          "outside the lungs (a shortcut)."))
     elif lungs:
-        parts.append("Blanking the lungs costs accuracy: the model depends on the lungs.")
+        parts.append(f"With the lungs blanked, no disease class is called itself well above the rate of blanked "
+                     f"Normal images ({plain(control.get('source'))}): no sign that it uses what lies outside them.")
     if outside and occlusion.get("informative"):
         kept = outside.get("drop") is not None and outside["drop"] <= 0.10
         parts.append(" With only the lungs left it " + ("keeps its accuracy: the lungs alone suffice." if kept
@@ -85,6 +90,20 @@ def _auto_text(lungs: Any) -> str:
         return ""
     text = f"; {plain(lungs.get('auto'))} lung masks were made automatically"
     return text + (f", {plain(lungs.get('suspect'))} flagged suspect and left out" if lungs.get("suspect") else "")
+
+
+def blanked_table(occlusion: dict[str, Any]) -> Table | None:
+    """Per disease class: the share called itself with the lungs blanked against the control's share."""
+    per_class = (occlusion.get("blanked") or {}).get("per_class") or {}
+    if not per_class:
+        return None
+    rows = tuple((name, plain(e.get("n")), f"{fmt(e.get('rate'))} ({fmt_ci(e.get('ci'))})",
+                  f"{fmt(e.get('control_rate'))} ({fmt_ci(e.get('control_ci'))})",
+                  f"{fmt(e.get('difference'))} ({fmt_ci(e.get('difference_ci'))})",
+                  "yes" if e.get("flag") else "no" if e.get("flag") is not None else "n/a")
+                 for name, e in per_class.items())
+    return Table(("Class (lungs blanked)", "n", "Called itself (95% CI)", "Blanked Normals called it (95% CI)",
+                  "Difference (95% Newcombe CI)", "Flagged"), rows)
 
 
 def _group_table(attention: dict[str, Any]) -> Table:
@@ -140,6 +159,9 @@ def shortcut(files: RunFiles) -> list[Block]:
             blocks.append(attention_sentence(attention))
         if isinstance(audit.get("occlusion"), dict):
             blocks.append(occlusion_sentence(audit["occlusion"]))
+            table = blanked_table(audit["occlusion"])
+            if table is not None:
+                blocks.append(table)
         blocks.append(para(f"{plain(audit.get('images'))} images audited (at most {plain(audit.get('max_images'))}, "
                            f"{plain(audit.get('selection'))}); {plain(audit.get('without_region'))} without a lung "
                            "mask or box were left out" + _auto_text(audit.get("lungs")) + "."))
