@@ -85,6 +85,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, engine=args.engine,
                                           batch_size=1, hint="latency", lungs=args.lungs)  # measured for single requests
+    if predictor.lung_crop is not None and predictor.auto_lungs is not None:
+        predictor.auto_lungs.prepare()  # uploads without a box: the lung segmenter, ready before the first one
     log.info("serving %s on http://%s:%d/ (Ctrl-C to stop)", predictor.name, args.host, args.port)
     serve(predictor, host=args.host, port=args.port, limits=limits, api_key=api_key, docs_ui=not args.no_docs,
           reject_ood=args.reject_ood)

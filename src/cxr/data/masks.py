@@ -191,7 +191,8 @@ def crop_to_lungs(gray: np.ndarray, margin: float | None, region: Region | None)
         return gray
     if region is None:
         raise CxrError("this model was trained on lung crops (data.lung_crop): give the lung region of each image, "
-                       "e.g. predict(..., box=(x0, y0, x1, y1)) or `cxr predict --box x0,y0,x1,y1` / `--mask FILE`")
+                       "e.g. predict(..., box=(x0, y0, x1, y1)) or `cxr predict --box x0,y0,x1,y1` / `--mask FILE`, "
+                       "or let the built-in lung segmenter find them (data.lungs / --lungs auto)")
     cropped, _ = apply_region(gray, region_mask(region, gray.shape), RegionOptions(crop_margin=margin))
     return cropped
 

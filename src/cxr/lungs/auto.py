@@ -75,6 +75,13 @@ class AutoLungs:
                 log.info("automatic lungs: the default lung segmenter (weights %s)", self._segmenter.digest[:12])
             return self._segmenter
 
+    def prepare(self) -> AutoLungs:
+        """Load the segmenter and build its engine now (a server does it before the first request)."""
+        prepare = getattr(self.segmenter, "prepare", None)
+        if callable(prepare):
+            prepare()
+        return self
+
     @property
     def digest(self) -> str:
         """The segmenter's weights digest (the cache key's model part)."""
