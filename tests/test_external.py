@@ -71,6 +71,9 @@ def test_the_study_scores_each_external_set_on_the_classes_it_holds(finished):
     assert "| Tuberculosis | ignored | label map |" in report
     assert "'Healthyish'" in section["sets"]["broken"]["error"]  # a set that fails does not lose the study
     assert "External set broken" in report and "could not be scored" in report
+    sets = entry["conformal"]  # the prediction sets of best.pt judged on the external set too
+    assert sets["n"] == 8 and set(sets["per_class"]) == {"COVID", "Normal"} and sum(sets["size_counts"].values()) == 8
+    assert "| hospB (external) | 8 |" in report.split("## Prediction sets (conformal)")[1]
 
 
 def test_a_missing_external_set_is_refused_before_training(tmp_path):

@@ -130,6 +130,14 @@ def test_prediction_sets_are_calibrated_on_val_stored_in_best_pt_and_reported(ti
     assert entry["n"] == test["n"] and entry["method"] == "lac" and entry["calibration_images"] == len(val)
     assert sum(entry["size_counts"].values()) == test["n"] and len(entry["variants"]) == 6
     assert "## Prediction sets (conformal)" in (tiny_run / "report.md").read_text()
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_conformal", Path(__file__).parents[1] / "bench" / "conformal.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    recomputed = bench.main([str(Path(tiny_run)), "--coverage", "0.9"])["results"]["0.9"]["lac"]
+    assert recomputed["coverage"] == pytest.approx(entry["coverage"]) and recomputed["mean_size"] == pytest.approx(
+        entry["mean_size"])  # from the stored scores and predictions.csv alone
 
 
 @pytest.mark.slow
