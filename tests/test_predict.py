@@ -141,7 +141,7 @@ def test_cli_skips_unreadable_files_and_exits_1(checkpoint: Path, tmp_path: Path
     with out.open() as fh:
         rows = list(csv.DictReader(fh))
     assert [r["path"] for r in rows] == sorted(str(p) for p in good)
-    assert list(rows[0]) == ["path", "label", *(f"prob_{c}" for c in CLASSES)]
+    assert list(rows[0]) == ["path", "label", *(f"prob_{c}" for c in CLASSES), "in_distribution", "reason"]
     for row in rows:
         assert row["label"] in CLASSES
         assert sum(float(row[f"prob_{c}"]) for c in CLASSES) == pytest.approx(1.0, abs=1e-4)
@@ -159,7 +159,7 @@ def test_cli_all_readable_exits_0_json_and_table(checkpoint: Path, tmp_path: Pat
     capsys.readouterr()
     assert main(["predict", str(checkpoint), str(good[0])]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].split() == ["path", "label", *CLASSES]
+    assert lines[0].split() == ["path", "label", *CLASSES, "in_distribution", "reason"]
     assert lines[1].startswith(str(good[0]))
 
 
