@@ -119,11 +119,11 @@ def overhead(predictor: Predictor, paths: list[Path], repeats: int, batch: int =
 
     stored = predictor.ood
 
-    def loop(checked: bool) -> float:
+    def loop(checked: bool, images: list[Path] = paths) -> float:
         predictor.ood = stored if checked else OodGuard(None)
         start = time.perf_counter()
-        for i in range(0, len(paths), batch):
-            chunk = paths[i : i + batch]
+        for i in range(0, len(images), batch):
+            chunk = images[i : i + batch]
             grays = [read_image(p) for p in chunk]
             x = torch.stack([predictor.preprocess(g) for g in grays])
             probs = predictor.predict_tensor(x)
@@ -133,7 +133,7 @@ def overhead(predictor: Predictor, paths: list[Path], repeats: int, batch: int =
                 predictor.ood.judge(preds, reasons)
         return time.perf_counter() - start
 
-    loop(True)  # warm-up
+    loop(True, paths[: 2 * batch])  # warm-up
     with_checks, without = [], []
     for _ in range(repeats):
         without.append(loop(False))
