@@ -119,11 +119,11 @@ def overhead(predictor: Predictor, paths: list[Path], repeats: int, batch: int =
 
     stored = predictor.ood
 
-    def loop(checked: bool) -> float:
+    def loop(checked: bool, images: list[Path] = paths) -> float:
         predictor.ood = stored if checked else OodGuard(None)
         start = time.perf_counter()
-        for i in range(0, len(paths), batch):
-            chunk = paths[i : i + batch]
+        for i in range(0, len(images), batch):
+            chunk = images[i : i + batch]
             grays = [read_image(p) for p in chunk]
             x = torch.stack([predictor.preprocess(g) for g in grays])
             probs = predictor.predict_tensor(x)
@@ -133,7 +133,7 @@ def overhead(predictor: Predictor, paths: list[Path], repeats: int, batch: int =
                 predictor.ood.judge(preds, reasons)
         return time.perf_counter() - start
 
-    loop(True)  # warm-up
+    loop(True, paths[: 2 * batch])  # warm-up
     with_checks, without = [], []
     for _ in range(repeats):
         without.append(loop(False))
@@ -154,11 +154,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--battery", type=Path, help="write the battery here (default: a temporary folder)")
+    p.add_argument("--overhead-only", action="store_true", help="only the --overhead timing (no battery)")
     args = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "0")) or torch.get_num_threads())
     predictor = Predictor.from_checkpoint(args.checkpoint, engine="torch")
     root = Path(discover(args.data).root)
     rows = read_split_csv(RunDir.of_checkpoint(args.checkpoint).split)
+    if args.overhead_only:
+        every = [root / r.path for r in rows]
+        timing = overhead(predictor, [every[i % len(every)] for i in range(args.overhead or 1000)], args.repeats)
+        print(json.dumps({"checkpoint": str(args.checkpoint), "overhead": timing, "load_average": os.getloadavg()},
+                         indent=2))
+        return 0
     test_paths = [root / r.path for r in rows if r.split == "test"]
     rng = np.random.default_rng(args.seed)
     picked = [test_paths[i] for i in np.sort(rng.permutation(len(test_paths))[: args.transformed])]

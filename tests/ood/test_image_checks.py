@@ -72,3 +72,8 @@ def test_pixel_noise_is_flagged_and_smooth_images_are_not(xray):
     noise = np.random.default_rng(2).integers(0, 256, (128, 128), dtype=np.uint8)
     assert any("noise-like" in r for r in gray_reasons(noise))
     assert not any("noise-like" in r for r in gray_reasons(xray))
+
+
+def test_an_inverted_xray_is_flagged_and_the_xray_is_not(xray):
+    assert not any("inverted" in r for r in gray_reasons(xray))
+    assert any("inverted" in r for r in gray_reasons(255 - xray))

@@ -44,7 +44,7 @@ def test_predict_real_png(client: TestClient, predictor: Predictor, png_bytes: b
     r = _post(client, png_bytes)
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"label", "probabilities", "model", "latency_ms"}
+    assert set(body) == {"label", "probabilities", "model", "latency_ms", "in_distribution", "reason", "ood_score"}
     assert list(body["probabilities"]) == list(CLASSES)
     assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
     assert body["label"] == max(body["probabilities"], key=body["probabilities"].get)

@@ -32,6 +32,7 @@ class ImageCheckConfig:
     min_levels: int = 24  # distinct grey levels (drawings and graphics have few)
     max_aspect: float = 2.0  # longer side / shorter side
     min_neighbour_corr: float = 0.3  # correlation of horizontally adjacent pixels (noise: about 0)
+    min_polarity: float = -0.2  # (mediastinum - lung fields) / std: below it the grey levels look inverted
 
 
 DEFAULT_CHECKS = ImageCheckConfig()
@@ -63,31 +64,48 @@ def gray_reasons(gray: np.ndarray, cfg: ImageCheckConfig = DEFAULT_CHECKS) -> li
     aspect = max(height, width) / max(1, min(height, width))
     if aspect > cfg.max_aspect:
         reasons.append(f"aspect ratio {aspect:.1f} (over {cfg.max_aspect:g}): not a chest X-ray's shape")
-    sample = gray[:: max(1, height // 256), :: max(1, width // 256)]  # enough pixels for the statistics
-    lo, hi = np.percentile(sample, [1, 99])
-    std = float(sample.std())
+    sample = gray[:: max(1, height // 128), :: max(1, width // 128)]  # enough pixels for the statistics
+    hist = np.bincount(sample.ravel(), minlength=256)
+    cum = np.cumsum(hist) / sample.size
+    lo, hi = int(np.searchsorted(cum, 0.01)), int(np.searchsorted(cum, 0.99))
+    values = np.arange(256, dtype=np.float64)
+    mean = float(hist @ values) / sample.size
+    std = float(np.sqrt(max(float(hist @ (values - mean) ** 2) / sample.size, 0.0)))
     if hi - lo < cfg.min_spread or std < cfg.min_std:
-        reasons.append(f"near-constant image (grey levels {lo:.0f}..{hi:.0f}, std {std:.1f})")
+        reasons.append(f"near-constant image (grey levels {lo}..{hi}, std {std:.1f})")
     else:
-        levels = int(np.count_nonzero(np.bincount(sample.ravel(), minlength=256)))
+        levels = int(np.count_nonzero(hist))
         if levels < cfg.min_levels:
             reasons.append(f"only {levels} grey levels: a drawing or graphic, not a radiograph")
         corr = neighbour_correlation(gray)
         if corr < cfg.min_neighbour_corr:
             reasons.append(f"noise-like image (adjacent pixels correlate {corr:.2f})")
+        elif (polarity := mediastinum_contrast(gray)) < cfg.min_polarity:
+            reasons.append(f"grey levels look inverted (the middle is darker than the lung fields: {polarity:.2f})")
     return reasons
 
 
-def neighbour_correlation(gray: np.ndarray, window: int = 256) -> float:
+def mediastinum_contrast(gray: np.ndarray) -> float:
+    """(mean of the central vertical band - mean of the two lung bands) / std, on a 64 x 64 copy.
+
+    In a frontal chest X-ray the mediastinum and spine are brighter than the lung fields (positive;
+    under -0.2 in 0.6% of 1,610 cxr4-dev and none of 808 Montgomery/Shenzhen/NIH X-rays), and darker
+    when the grey levels are inverted (under -0.2 for 95-99.6% of them)."""
+    small = np.asarray(Image.fromarray(gray).resize((64, 64), Image.Resampling.BOX), dtype=np.float32)
+    band = small[13:51]
+    lungs = (band[:, 13:22].mean() + band[:, 42:51].mean()) / 2
+    return float((band[:, 27:37].mean() - lungs) / (small.std() + 1e-6))
+
+
+def neighbour_correlation(gray: np.ndarray, window: int = 128) -> float:
     """Pearson correlation of horizontally adjacent pixels in a central window at full resolution
     (a radiograph is smooth: well over 0.5; pixel noise: about 0)."""
     h, w = gray.shape[:2]
     top, left = max(0, (h - window) // 2), max(0, (w - window) // 2)
     crop = gray[top : top + window, left : left + window].astype(np.float32)
-    a, b = crop[:, :-1].ravel(), crop[:, 1:].ravel()
-    if a.size < 2 or a.std() == 0 or b.std() == 0:
-        return 1.0
-    return float(np.corrcoef(a, b)[0, 1])
+    a, b = crop[:, :-1] - crop[:, :-1].mean(), crop[:, 1:] - crop[:, 1:].mean()
+    norm = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / norm) if norm > 0 else 1.0
 
 
 def _rgb_thumbnail(image: Any) -> np.ndarray | None:
