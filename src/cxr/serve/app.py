@@ -34,6 +34,7 @@ from cxr import __version__
 from cxr.errors import CxrError
 from cxr.predict import Predictor
 from cxr.serve import docs, lungs
+from cxr.serve.favicon import add_favicon
 from cxr.serve.guard import API_PREFIX, ApiKeyMiddleware, BodyGuardMiddleware
 from cxr.serve.limits import ServeLimits
 from cxr.serve.modelcard import NOT_A_MEDICAL_DEVICE, SYNTHETIC_WARNING, build_model_card
@@ -91,6 +92,7 @@ def create_app(
     if docs_ui:
         docs.add_docs(app, "cxr")
     _add_routes(app, predictor, worker, limits)
+    add_favicon(app)
     return app
 
 
