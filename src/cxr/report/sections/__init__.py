@@ -19,6 +19,7 @@ from cxr.report.sections.closing import limitations, other_figures
 from cxr.report.sections.errors import errors
 from cxr.report.sections.evaluation import evaluated, is_evaluation, synthetic_model_banner
 from cxr.report.sections.external import external
+from cxr.report.sections.headline import headline
 from cxr.report.sections.operating import operating_points
 from cxr.report.sections.overview import dataset, summary
 from cxr.report.sections.provenance import provenance
@@ -29,8 +30,8 @@ from cxr.report.sections.training import augmented, training
 Section = Callable[[RunFiles], list[Block]]
 
 SECTIONS: tuple[Section, ...] = (
-    first_screen, shortcut_banner, summary, dataset, results, calibration, operating_points, errors, external,
-    shortcut, training, augmented, provenance, other_figures, limitations,
+    first_screen, shortcut_banner, headline, summary, dataset, results, calibration, operating_points, errors,
+    external, shortcut, training, augmented, provenance, other_figures, limitations,
 )
 SCORED_SECTIONS: tuple[Section, ...] = (results, calibration, operating_points)  # an evaluation with --data
 
