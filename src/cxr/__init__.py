@@ -27,6 +27,7 @@ _API = {
     "train": ("cxr.study", "train"),
     "evaluate": ("cxr.study", "evaluate_checkpoint"),
     "run_demo": ("cxr.study", "run_demo"),
+    "demo_config": ("cxr.study", "demo_config"),
     "StudyResult": ("cxr.study", "StudyResult"),
     "Predictor": ("cxr.predict", "Predictor"),
     "Prediction": ("cxr.predict", "Prediction"),

@@ -137,8 +137,16 @@ def test_explain_returns_png(client: TestClient, png_bytes: bytes, xray: np.ndar
 def test_index_page(client: TestClient) -> None:
     r = client.get("/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
-    for element in ('id="file"', 'id="label"', 'id="bars"', 'id="heatmap-toggle"', "/v1/predict", "/v1/explain"):
+    for element in ('id="file"', 'id="label"', 'id="bars"', 'id="heatmap-toggle"', "/v1/predict", "/v1/explain",
+                    'href="/docs"', 'rel="icon" href="/favicon.svg"'):
         assert element in r.text
+
+
+def test_the_favicon_is_served(client: TestClient) -> None:
+    for path in ("/favicon.ico", "/favicon.svg"):
+        r = client.get(path)
+        assert r.status_code == 200 and r.headers["content-type"] == "image/svg+xml" and r.content.startswith(b"<svg")
+    assert "/favicon.ico" not in client.get("/openapi.json").json()["paths"]
 
 
 def test_concurrent_requests_over_http(live_server: ServerThread, png_bytes: bytes, xray: np.ndarray,

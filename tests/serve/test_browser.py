@@ -76,6 +76,13 @@ def test_upload_shows_label_bars_and_heatmap(page, live_server: ServerThread, xr
     page.uncheck("#heatmap-toggle")
     assert page.get_attribute("#preview", "src") == preview_src
     assert page.inner_text("#error") == ""
+    assert page.is_visible("#docs-link") and page.get_attribute("#docs-link", "href") == "/docs"
+
+    text = tmp_path / "notes.txt"  # a failed upload takes back the previous image's heatmap offer
+    text.write_text("not an x-ray")
+    page.set_input_files("#file", str(text))
+    page.wait_for_function("document.getElementById('error').textContent.length > 0")
+    assert page.is_disabled("#heatmap-toggle") and page.inner_text("#heatmap-class") == "the top class"
     assert errors == []
 
 

@@ -88,7 +88,8 @@ def _register_use(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", type=existing_path, help="a cxr checkpoint (.pt)")
     p.add_argument("--format", dest="fmt", choices=EXPORT_FORMATS, required=True, metavar="FORMAT",
                    help=f"export format: {' | '.join(EXPORT_FORMATS)}")
-    p.add_argument("--out", type=Path, required=True, metavar="FILE", help="output file: .onnx for onnx; .pt, .pth, .pts or .torchscript for torchscript")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE",
+                   help="output file: .onnx for onnx; .pt, .pth, .pts or .torchscript for torchscript")
     p.add_argument("--check", action="store_true", help="verify parity with PyTorch after exporting")
     p.add_argument("--opset", type=positive_int, default=17, metavar="N", help="ONNX opset version")
     p.add_argument("--int8", type=existing_path, metavar="CALIB_DIR",

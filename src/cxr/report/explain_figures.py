@@ -19,8 +19,8 @@ from cxr.errors import CxrError
 COLORMAP = "jet"
 ALPHA = 0.45  # weight of the heatmap over the X-ray, as `cxr.explain.overlay`
 FULL_SIZE = (8.4, 4.2)  # inches: `cxr explain`
-THUMBNAIL_SIZE = (4.4, 2.4)  # inches: one image of the error gallery
-FULL_DPI, THUMBNAIL_DPI = 120, 80
+THUMBNAIL_SIZE = (6.0, 3.2)  # inches: one image of the error gallery (720 x 384 px: its text readable)
+FULL_DPI, THUMBNAIL_DPI = 120, 120
 
 
 def explanation_figure(
@@ -48,16 +48,16 @@ def explanation_figure(
     extent = (-0.5, w - 0.5, h - 0.5, -0.5)  # the heatmap's grid stretched over the image's pixels
     for ax, label in ((left, "X-ray"), (right, "Grad-CAM")):
         ax.imshow(gray, cmap="gray", vmin=0, vmax=255, extent=extent)
-        ax.set_title(label, fontsize=8 if thumbnail else 11)
+        ax.set_title(label, fontsize=10 if thumbnail else 11)
         ax.set_axis_off()
     shown = right.imshow(heat, cmap=COLORMAP, vmin=0.0, vmax=1.0, alpha=ALPHA, extent=extent,
                          interpolation="bilinear")
     bar = fig.colorbar(shown, ax=right, shrink=0.85, fraction=0.08)
-    bar.set_label("relative importance", fontsize=7 if thumbnail else 9)
-    bar.ax.tick_params(labelsize=6 if thumbnail else 8)
-    fig.suptitle(title, fontsize=8 if thumbnail else 12)
+    bar.set_label("relative importance", fontsize=9)
+    bar.ax.tick_params(labelsize=8)
+    fig.suptitle(title, fontsize=10 if thumbnail else 12)
     if note:  # e.g. a synthetic-data model's warning, in red under the images
-        fig.supxlabel(note, color="#b00020", fontsize=7 if thumbnail else 11, fontweight="bold")
+        fig.supxlabel(note, color="#b00020", fontsize=9 if thumbnail else 11, fontweight="bold")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     written = []

@@ -179,6 +179,25 @@ def _binary_problems(y_true: Any, probs: Any, classes: Sequence[str]) -> tuple[i
     return len(y), [(y[r, c] == 1, p[r, c]) for c, r in enumerate(rows)]
 
 
+CURVE_STYLES = ("-", "--", "-.", ":")  # one per class in turn, so a curve equal to another still shows
+CURVE_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def curve_style(index: int) -> dict[str, Any]:
+    """Line style, marker and width of the `index`-th class's curve: later curves are thinner, dashed and
+    marked differently, so one drawn over an equal one leaves it visible around and between its marks."""
+    return {"linestyle": CURVE_STYLES[index % len(CURVE_STYLES)], "marker": CURVE_MARKERS[index % len(CURVE_MARKERS)],
+            "markevery": 0.1, "markersize": 6, "linewidth": max(1.2, 3.0 - 0.5 * index)}
+
+
+def _same_as(drawn: list[tuple[str, np.ndarray, np.ndarray]], x: np.ndarray, y: np.ndarray) -> str:
+    """' = NAME's curve' when an earlier class drew exactly this curve (a legend note), else ''."""
+    for name, px, py in drawn:
+        if px.shape == x.shape and np.allclose(px, x) and np.allclose(py, y):
+            return f", same curve as {name}"
+    return ""
+
+
 def roc_curves(
     y_true: Sequence[int], probs: Any, classes: Sequence[str], path: str | Path, *,
     formats: Sequence[str] = FIGURE_FORMATS,
@@ -189,13 +208,15 @@ def roc_curves(
     fig = _new_figure(6.4, 5.6)
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="Chance (AUC 0.500)")
-    for name, (positives, score) in zip(classes, problems, strict=True):
+    drawn: list[tuple[str, np.ndarray, np.ndarray]] = []
+    for i, (name, (positives, score)) in enumerate(zip(classes, problems, strict=True)):
         if positives.all() or not positives.any():
             ax.plot([], [], linestyle="none", label=f"{name}: no ROC (class absent or the only class)")
             continue
         fpr, tpr, _ = roc_curve(positives, score)
         auc = float(area_under_curve(fpr, tpr))
-        ax.plot(fpr, tpr, linewidth=2, label=f"{name} (AUC {auc:.3f})")
+        ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f}{_same_as(drawn, fpr, tpr)})", **curve_style(i))
+        drawn.append((name, fpr, tpr))
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.set_aspect("equal")
@@ -216,13 +237,16 @@ def pr_curves_figure(
     n, problems = _binary_problems(y_true, probs, classes)
     fig = _new_figure(6.4, 5.6)
     ax = fig.add_subplot()
-    for name, (positives, score) in zip(classes, problems, strict=True):
+    drawn: list[tuple[str, np.ndarray, np.ndarray]] = []
+    for i, (name, (positives, score)) in enumerate(zip(classes, problems, strict=True)):
         if positives.all() or not positives.any():
             ax.plot([], [], linestyle="none", label=f"{name}: no PR curve (class absent or the only class)")
             continue
         precision, recall, _ = precision_recall_curve(positives, score)
         ap = float(average_precision_score(positives, score))
-        (line,) = ax.step(recall, precision, where="post", linewidth=2, label=f"{name} (AP {ap:.3f})")
+        (line,) = ax.step(recall, precision, where="post", label=f"{name} (AP {ap:.3f}{_same_as(drawn, recall, precision)})",
+                          **curve_style(i))
+        drawn.append((name, recall, precision))
         ax.axhline(float(positives.mean()), color=line.get_color(), linestyle=":", linewidth=1)
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
@@ -287,16 +311,21 @@ def reliability_comparison(
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     top.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="Perfect calibration")
     after_label = "After calibration" + (f" (T = {temperature:.3g})" if temperature is not None else "")
-    for probs, label, color in ((probs_before, "Before calibration", "#d62728"), (probs_after, after_label, TRAIN_COLOR)):
+    if np.allclose(np.asarray(probs_before, dtype=np.float64), np.asarray(probs_after, dtype=np.float64)):
+        after_label += ": the same as before"  # T = 1: drawn dashed over "before", which stays visible
+    styles = ({"marker": "s", "markersize": 7, "linewidth": 3.0, "linestyle": "-"},
+              {"marker": "o", "markersize": 4, "linewidth": 1.5, "linestyle": "--"})
+    for (probs, label, color), style in zip(((probs_before, "Before calibration", "#d62728"),
+                                             (probs_after, after_label, TRAIN_COLOR)), styles, strict=True):
         table = calibration_bins(y_true, probs, bins)
         ece = expected_calibration_error(y_true, probs, bins)
         filled = [i for i, n in enumerate(table["count"]) if n]
         conf = [table["confidence"][i] for i in filled]
         acc = [table["accuracy"][i] for i in filled]
-        top.plot(conf, acc, marker="o", markersize=4, color=color, linewidth=1.8, label=f"{label}, ECE {ece:.3f}")
+        top.plot(conf, acc, color=color, label=f"{label}, ECE {ece:.3f}", **style)
         edges = np.asarray(table["edges"])
         count = np.asarray(table["count"], dtype=np.float64)
-        bottom.stairs(count / count.sum(), edges, color=color, linewidth=1.5)
+        bottom.stairs(count / count.sum(), edges, color=color, linewidth=style["linewidth"], linestyle=style["linestyle"])
     top.set_xlim(0, 1)
     top.set_ylim(0, 1.02)
     top.set_ylabel("Accuracy")

@@ -35,6 +35,7 @@ from cxr.errors import CxrError
 from cxr.ood.guard import with_reasons
 from cxr.predict import Predictor
 from cxr.serve import docs, lungs, sets
+from cxr.serve.favicon import add_favicon
 from cxr.serve.guard import API_PREFIX, ApiKeyMiddleware, BodyGuardMiddleware
 from cxr.serve.limits import ServeLimits
 from cxr.serve.modelcard import NOT_A_MEDICAL_DEVICE, SYNTHETIC_WARNING, build_model_card
@@ -96,6 +97,7 @@ def create_app(
     if docs_ui:
         docs.add_docs(app, "cxr")
     _add_routes(app, predictor, worker, limits, reject_ood)
+    add_favicon(app)
     return app
 
 

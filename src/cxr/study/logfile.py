@@ -1,9 +1,11 @@
-"""The run's log.txt: every `cxr` log record of INFO and above, copied into the run folder."""
+"""The run's log.txt: every `cxr` log record of INFO and above, copied into the run folder; and, where
+nobody set up logging (a notebook, a script), the same records on stderr, so a study is not silent."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,14 +20,17 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def run_log(out_dir: str | Path | RunDir, append: bool = False) -> Iterator[Path]:
     """Copy every `cxr` record of INFO and above to the run's log.txt for the duration of the block.
 
-    The console keeps its own level (-q still means quiet): only the file handler sees INFO. Only
-    the main process of a torchrun job writes the file.
+    The console keeps its own level (-q still means quiet): only the file handler sees INFO. Where no
+    handler is set up at all (`cxr` and the root logger have none: the Python API in a notebook or a
+    script), progress, results and warnings would reach only the file; they go to stderr too, for the
+    block. Only the main process of a torchrun job writes the file.
     """
     path = (out_dir if isinstance(out_dir, RunDir) else RunDir(out_dir)).log
     if not is_main_process():
         yield path
         return
     logger = logging.getLogger(RUN_LOGGER)
+    console = None if logger.hasHandlers() else logging.StreamHandler(sys.stderr)
     old_level = logger.level
     raised: list[tuple[logging.Handler, int]] = []
     effective = logger.getEffectiveLevel()
@@ -39,10 +44,16 @@ def run_log(out_dir: str | Path | RunDir, append: bool = False) -> Iterator[Path
     file_handler.setLevel(logging.INFO)
     file_handler.setFormatter(logging.Formatter(LOG_FORMAT))
     logger.addHandler(file_handler)
+    if console is not None:
+        console.setLevel(logging.INFO)
+        console.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(console)
     try:
         yield path
     finally:
         logger.removeHandler(file_handler)
+        if console is not None:
+            logger.removeHandler(console)
         file_handler.close()
         logger.setLevel(old_level)
         for handler, level in raised:

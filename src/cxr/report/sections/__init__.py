@@ -20,6 +20,7 @@ from cxr.report.sections.conformal import conformal
 from cxr.report.sections.errors import errors
 from cxr.report.sections.evaluation import evaluated, is_evaluation, synthetic_model_banner
 from cxr.report.sections.external import external
+from cxr.report.sections.headline import headline
 from cxr.report.sections.lungs import lungs
 from cxr.report.sections.ood import ood
 from cxr.report.sections.operating import operating_points
@@ -32,8 +33,8 @@ from cxr.report.sections.training import augmented, training
 Section = Callable[[RunFiles], list[Block]]
 
 SECTIONS: tuple[Section, ...] = (
-    first_screen, shortcut_banner, summary, dataset, results, calibration, conformal, operating_points, errors, external, ood,
-    shortcut, lungs, training, augmented, provenance, other_figures, limitations,
+    first_screen, shortcut_banner, headline, summary, dataset, results, calibration, conformal, operating_points,
+    errors, external, ood, shortcut, lungs, training, augmented, provenance, other_figures, limitations,
 )
 SCORED_SECTIONS: tuple[Section, ...] = (results, calibration, operating_points)  # an evaluation with --data
 
