@@ -102,6 +102,7 @@ print(json.dumps({"policy": os.environ.get("OMP_WAIT_POLICY"), "argv": sys.argv[
 """
 
 
+@pytest.mark.slow  # two processes that import torch
 @pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
 def test_the_reexecuted_process_runs_with_passive_waits(tmp_path):
     script = tmp_path / "child.py"
