@@ -169,6 +169,7 @@ def test_one_backbone_pass_gives_the_logits_and_the_features(predictor, monkeypa
     np.testing.assert_allclose(probs, expected, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_an_exported_engine_gives_the_features_and_the_head_runs_in_torch(run, predictor):
     pytest.importorskip("onnxruntime")
     from cxr.data.synthetic import make_image
