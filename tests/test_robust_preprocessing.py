@@ -109,3 +109,28 @@ def test_scanner_specs_are_checked():
 def test_the_robust_recipe_loads():
     cfg = load_config(CONFIGS / "robust.yaml")
     assert cfg.data.intensity == "equalize" and cfg.train.finetune_epochs > 0
+
+
+def test_the_levers_keep_old_feature_cache_keys_and_run_on_the_cpu(tmp_path):
+    from PIL import Image
+
+    from cxr.rundir import SplitRow
+    from cxr.runtime import Compute
+    from cxr.study.inputs import with_device_augment
+    from cxr.training.features_store import cache_key
+
+    Image.fromarray(_xray(5, 16)).save(tmp_path / "a.png")
+    model = torch.nn.Linear(1, 1)
+    model.preprocessing = Preprocessing("half", 64)
+    rows = [SplitRow("a.png", "COVID", "train", "")]
+    cfg = RunConfig()
+    base = cache_key(model, tmp_path, rows, list(CLASSES), cfg, 1, "fp32")
+    cfg.augment.scanner_p = 0.9  # no scanner op: the key (and so every old cache entry) stays
+    assert cache_key(model, tmp_path, rows, list(CLASSES), cfg, 1, "fp32") == base
+    cfg.augment.scanner = "jpeg"
+    assert cache_key(model, tmp_path, rows, list(CLASSES), cfg, 1, "fp32") != base
+    cfg.data.decoded_cache = "on"  # the device pipeline has no per-image CPU work: refused for the levers
+    compute = Compute.resolve("cpu", "fp32")
+    assert with_device_augment(cfg, Preprocessing("half", 64), compute) is compute
+    cfg.augment.scanner = "none"
+    assert with_device_augment(cfg, Preprocessing("half", 64, intensity="equalize"), compute) is compute
