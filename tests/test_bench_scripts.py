@@ -49,7 +49,7 @@ def test_throughput_rows_on_a_tiny_backbone():
 
 def test_accuracy_compares_two_recipes_on_one_split_and_tta_scores_the_test_rows(data, tmp_path):
     result = run_script("accuracy.py", str(data), "--weights", "random", "--epochs-head", "1",
-                        "--epochs-finetune", "1", "--tta", "--set", "data.image_size=64", "--out", str(tmp_path))
+                        "--epochs-finetune", "1", "--tta", "--set", "data.image_size=32", "--out", str(tmp_path))
     frozen, finetune = result["recipes"]["frozen"], result["recipes"]["finetune"]
     assert frozen["recipe"]["freeze"] == "base" and finetune["recipe"]["finetune_epochs"] == 1
     assert frozen["split_counts"] == finetune["split_counts"] and result["comparison"]["same_split"]

@@ -21,7 +21,7 @@ from PIL import Image
 from cxr.cli import main
 from cxr.data.synthetic import generate_dataset
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
+pytestmark = pytest.mark.usefixtures("one_thread")  # in-process commands: fast, but for the one run that trains
 TINY_RUN = ["--backbone", "efficientnet_lite0", "--weights", "random", "--epochs", "1", "--batch-size", "8",
             "--set", "data.image_size=32", "--set", "data.num_workers=0", "--set", "model.head=[8]",
             "--set", "eval.bootstrap=5", "--set", "eval.aug_samples=1", "--set", "eval.grid_per_class=1"]
@@ -146,6 +146,7 @@ def test_missing_data_and_bad_options(corpus, tmp_path):
             "/nowhere.pt")
 
 
+@pytest.mark.slow
 def test_unreadable_images_are_named_and_the_run_still_completes(corpus, tmp_path):
     inspected = cxr("data", "inspect", corpus["mixed"], "--strict")
     refused(inspected, "zero.png", "text.png", "bomb.png", "trunc.jpg")

@@ -169,6 +169,7 @@ print("alive")
 """
 
 
+@pytest.mark.slow  # a process that compiles an OpenVINO model
 @pytest.mark.skipif(not installed("openvino"), reason="openvino not installed")
 def test_openvino_engines_leave_the_signal_stack_usable(model, tmp_path):
     """OpenVINO's CPU plugin swaps the alternate signal stack per compiled model; out-of-order

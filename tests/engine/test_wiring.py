@@ -52,6 +52,7 @@ def data(tmp_path):
     return generate_dataset(tmp_path / "data", n_per_class=3, size=32, seed=3, classes=CLASSES[:3])
 
 
+@pytest.mark.slow  # an export, checked against PyTorch
 @needs_export
 def test_predictor_on_an_engine_predicts_what_pytorch_does(checkpoint, data):
     images = [np.array(Image.open(p)) for p in sorted(data.rglob("*.png"))]
@@ -94,6 +95,7 @@ def test_synthetic_generator_and_audit_log_progress_lines(tmp_path, caplog, monk
     assert "synthetic images" in found and "reading images" in found
 
 
+@pytest.mark.slow  # an export, checked against PyTorch
 @needs_export
 def test_evaluate_on_an_engine_scores_like_pytorch(checkpoint, data, tmp_path):
     from cxr.study import evaluate_checkpoint
