@@ -33,7 +33,6 @@ from PIL import Image
 from torch import nn
 
 from cxr.checkpoint import (
-    DEFAULT_THRESHOLD,
     config_of,
     is_multilabel,
     load_checkpoint,
@@ -52,7 +51,7 @@ from cxr.lungs.auto import AUTO, AutoLungs
 from cxr.malloc import tune_malloc
 from cxr.notices import synthetic_model_line
 from cxr.ood.guard import OodGuard
-from cxr.pixels import RGB_LUMA
+from cxr.predict_inputs import as_gray_uint8, check_thresholds, is_single, per_image, source_of
 from cxr.prediction_sets import SetMaker, set_maker
 from cxr.runtime import autocast, resolve_device, scoring_precision
 from cxr.suggest import did_you_mean
@@ -143,7 +142,7 @@ class Predictor:
         self.engine = engine  # None: PyTorch eager on self.model
         self.temperature = check_temperature(temperature, name)  # the logits are divided by it
         # multi-label: the threshold each finding is called present at; None: one class per image
-        self.thresholds = _check_thresholds(thresholds, self._classes) if multilabel else None
+        self.thresholds = check_thresholds(thresholds, self._classes) if multilabel else None
         self.sets: SetMaker | None = None  # prediction sets at a coverage (`set_coverage`); None: none
         self.ood = OodGuard.from_extra(self.info.extra)  # image checks, and the feature detector best.pt stores
 
@@ -311,9 +310,9 @@ class Predictor:
         """
         if batch_size < 1:
             raise CxrError(f"batch_size must be >= 1, got {batch_size}")
-        single = _is_single(images)
+        single = is_single(images)
         items = [images] if single else list(images)
-        regions = _per_image(box, boxes, len(items))
+        regions = per_image(box, boxes, len(items))
         results: list[Prediction] = []
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
@@ -323,7 +322,7 @@ class Predictor:
             grays = [self.load(item) for item in chunk]
             batch = torch.stack([self.preprocess(gray, given[i]) for i, gray in enumerate(grays)])
             probs = self.predict_tensor(batch, tta=tta)
-            results.extend(self.ood.judge([self.to_prediction(p, _source_of(item)) for p, item in zip(probs, chunk, strict=True)],
+            results.extend(self.ood.judge([self.to_prediction(p, source_of(item)) for p, item in zip(probs, chunk, strict=True)],
                                           [self.ood.input_reasons(item, gray) for item, gray in zip(chunk, grays, strict=True)]))
             if progress is not None:
                 progress(len(chunk))
@@ -365,45 +364,4 @@ class Predictor:
         present = tuple(c for c, p, t in zip(self._classes, probs, self.thresholds, strict=True) if p >= t)
         return Prediction(label=SEPARATOR.join(present) or NO_FINDING, probabilities=table, source=source,
                           findings=present)
-
-
-def as_gray_uint8(image: np.ndarray) -> np.ndarray:
-    """A uint8 (H, W) gray or (H, W, 3|4) colour array as uint8 (H, W) gray."""
-    if image.dtype != np.uint8:
-        raise CxrError(f"image arrays must be uint8 (0..255), got dtype {image.dtype}")
-    if image.ndim == 2:
-        return image
-    if image.ndim == 3 and image.shape[2] in (3, 4):
-        return np.clip(np.rint(image[..., :3] @ RGB_LUMA), 0, 255).astype(np.uint8)
-    raise CxrError(f"image arrays must have shape (H, W) or (H, W, 3|4), got {image.shape}")
-
-
-def _check_thresholds(thresholds: Sequence[float] | None, findings: list[str]) -> list[float]:
-    """One threshold in [0, 1] per finding (0.5 each when none are given)."""
-    if thresholds is None:
-        return [DEFAULT_THRESHOLD] * len(findings)
-    values = [float(t) for t in thresholds]
-    if len(values) != len(findings) or not all(0.0 <= t <= 1.0 for t in values):
-        raise CxrError(f"multi-label thresholds must be one value in [0, 1] per finding ({len(findings)}); "
-                       f"got {list(thresholds)}")
-    return values
-
-
-def _per_image(box: Any, boxes: Sequence[Any] | None, count: int) -> list[Any]:
-    """One region per image: `box` for every image, or `boxes` (one per image)."""
-    if boxes is None:
-        return [box] * count
-    if box is not None:
-        raise CxrError("give box (one lung region for every image) or boxes (one per image), not both")
-    if len(boxes) != count:
-        raise CxrError(f"boxes holds {len(boxes)} lung regions for {count} images; give one per image")
-    return list(boxes)
-
-
-def _is_single(images: Any) -> bool:
-    return isinstance(images, str | Path | bytes | bytearray | memoryview | np.ndarray | Image.Image)
-
-
-def _source_of(item: ImageInput) -> str | None:
-    return str(item) if isinstance(item, str | Path) else None
 
