@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overhead-only", action="store_true", help="only the --overhead timing (no battery)")
     args = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "0")) or torch.get_num_threads())
+    load_at_start = os.getloadavg()
     predictor = Predictor.from_checkpoint(args.checkpoint, engine="torch")
     root = Path(discover(args.data).root)
     rows = read_split_csv(RunDir.of_checkpoint(args.checkpoint).split)
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         "test_images": len(test_paths), "test_flagged": round(float(test["flag"].mean()), 4),
         "test_flagged_image_checks": round(float(test["image_flag"].mean()), 4),
         "groups": evaluate_groups(test, groups, lambda res: np.array([q.ood_score for q in res["preds"]], dtype=float)),
-        "load_average": os.getloadavg(),
+        "load_average": load_at_start,
     }
     if args.compare:
         result["compare"] = compare(predictor, root, rows, test, groups, args.train_images, args.seed)
