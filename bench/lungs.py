@@ -34,6 +34,7 @@ from cxr.lungs.pairs import find_pairs, split_pairs
 from cxr.lungs.segmenter import LungSegmenter, resize_gray
 from cxr.lungs.store import default_model_path, save_model
 from cxr.lungs.train import fit
+from cxr.malloc import reexec_with_malloc_tunables
 
 RUNS = {"random": {}, "shenzhen": {"holdout_site": "MCUCXR"}, "montgomery": {"holdout_site": "CHNCXR"}}
 
@@ -47,7 +48,9 @@ def non_xray_pictures() -> dict[str, np.ndarray]:
     for name in d.__all__:
         try:
             data = getattr(d, name)()
-        except Exception:  # noqa: BLE001 - pictures that need a download or a package: skipped
+        except KeyboardInterrupt:
+            raise
+        except BaseException:  # noqa: BLE001 - needs a download or a package (under pytest: its Skipped)
             continue
         if isinstance(data, tuple):
             data = data[0]
@@ -113,7 +116,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch", type=int, default=32, help="images per engine call")
     p.add_argument("--speed-images", type=int, default=512, help="256 px images timed")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: cross_site,random,speed,qc")
+    p.add_argument("--no-malloc-tune", action="store_true", help="do not re-execute with cxr's malloc tunables")
     args = p.parse_args(argv)
+    if not args.no_malloc_tune and argv is None:
+        reexec_with_malloc_tunables([sys.executable, os.path.abspath(__file__), *sys.argv[1:]])
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     skip = set(filter(None, args.skip.split(",")))
     result: dict = {"load_start": os.getloadavg(), "cpus": os.cpu_count()}

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cxr.data.synthetic import generate_dataset
@@ -117,3 +118,27 @@ def test_predict_times_the_command_and_the_engines_agree(data, tmp_path):
         assert run["images_per_s_with_startup"] > 0 and run["label_agreement_with_torch_fp32"] >= 0.75
     assert result["evaluate"]["onnxruntime"]["engine"].startswith("onnxruntime")
     assert result["evaluate"]["pred_agreement"] >= 0.75
+
+
+def test_lungs_bench_trains_scores_times_and_checks_qc(tmp_path):
+    from PIL import Image
+
+    from cxr.data.synthetic import make_image_and_mask
+
+    rng = np.random.default_rng(0)
+    for folder in ("images", "masks"):
+        (tmp_path / "lungseg" / folder).mkdir(parents=True)
+    for i in range(12):
+        name = f"{'MCUCXR' if i < 4 else 'CHNCXR'}_{i:04d}_0.png"
+        image, mask = make_image_and_mask("Normal", rng, 64)
+        Image.fromarray(image).save(tmp_path / "lungseg" / "images" / name)
+        Image.fromarray(mask).save(tmp_path / "lungseg" / "masks" / name)
+    result = run_script("lungs.py", str(tmp_path / "lungseg"), "--models", str(tmp_path / "models"), "--epochs", "1",
+                        "--site-epochs", "1", "--size", "64", "--engine", "torch", "--threads", "1",
+                        "--speed-images", "8", "--batch", "4")
+    assert result["cross_site"]["shenzhen_to_montgomery"]["n"] == 4
+    assert result["cross_site"]["montgomery_to_shenzhen"]["n"] == 8
+    assert result["random_holdout"]["n"] == 2 and 0 <= result["random_holdout"]["dice"]["mean"] <= 1
+    assert result["speed"]["images"] == 8 and result["speed"]["images_per_s"] > 0 and result["speed"]["startup_s"] >= 0
+    assert result["qc"]["heldout_xray"]["n"] == 2 and result["qc"]["non_xray"]["n"] >= 20
+    assert (tmp_path / "models" / "shenzhen" / "model.safetensors").is_file()

@@ -65,6 +65,16 @@ def test_eval_scores_a_model_on_pairs(trained, synthetic_pairs, tmp_path, capsys
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["heldout"]["n"] == 8
 
 
+def test_train_can_fine_tune_a_model_file_and_hold_out_a_site(trained, synthetic_pairs, tmp_path, capsys):
+    out = tmp_path / "ft"
+    assert main(["lungs", "train", "--data", str(synthetic_pairs), "--masks", str(synthetic_pairs), "--out", str(out),
+                 "--init", str(trained / "model.safetensors"), "--epochs", "1", "--holdout-site", "covid",
+                 "--engine", "torch", "--threads", "1"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["init"].endswith("model.safetensors") and metrics["sites"] == ["normal"]
+    assert metrics["heldout"]["n"] == 4 and "site covid held out" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv, message", [
     (["lungs", "eval", "nope.safetensors", "."], "lung model file not found"),
     (["lungs", "train", "--data", ".", "--out", "x", "--holdout-site", "ZZZ"], "give the mask folder"),

@@ -57,7 +57,7 @@ def test_bad_inputs_are_one_line_errors(seg, tmp_path):
         LungSegmenter.from_file(tmp_path / "junk.safetensors", engine="tensorrt")
 
 
-@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("engine", ["onnxruntime", pytest.param("openvino", marks=pytest.mark.slow)])
 def test_exported_engines_match_pytorch(tiny_model, engine):
     from cxr.engine.base import installed
     from cxr.lungs.engine import check_parity

@@ -61,6 +61,8 @@ def _register_train(lsub: argparse._SubParsersAction) -> None:
     p.add_argument("--encoder", default=spec.encoder, help="smp encoder ('tu-' + a timm model); "
                    "tu-tf_efficientnet_lite0 starts from ImageNet, others from scratch")
     p.add_argument("--no-pretrained", action="store_true", help="start the Lite0 encoder from scratch")
+    p.add_argument("--init", type=existing_path, metavar="MODEL",
+                   help="fine-tune this lung model file (its settings win over --arch, --encoder, --size) instead of starting anew")
     p.add_argument("--no-augment", action="store_true", help="train on the images as they are")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation and augmentation")
     _add_engine(p)
@@ -111,7 +113,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     split = f"site {args.holdout_site} held out" if args.holdout_site else f"random {args.holdout:.0%} held out (seed {args.seed})"
     print(f"lungs: {len(train)} training pairs, {len(test)} held out ({split})")
     path, evaluation = train_and_report(train, test, args.out, spec, settings, engine=args.engine, split=split,
-                                        threads=args.threads or 1)
+                                        threads=args.threads or 1, init=args.init)
     print(f"model: {path}")
     if evaluation is not None:
         print(f"held out (n = {evaluation.summary['n']}): " + "; ".join(summary_lines(evaluation.summary)))

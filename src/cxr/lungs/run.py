@@ -24,7 +24,7 @@ from cxr.lungs.model import LungModelSpec, TrainSettings
 from cxr.lungs.pairs import Pair
 from cxr.lungs.report import write_report
 from cxr.lungs.segmenter import LungSegmenter
-from cxr.lungs.store import save_model
+from cxr.lungs.store import load_model, save_model
 from cxr.lungs.train import fit
 
 log = logging.getLogger(__name__)
@@ -45,15 +45,20 @@ def write_split(out: Path, train: Sequence[Pair], test: Sequence[Pair]) -> Path:
 
 def train_and_report(train: Sequence[Pair], test: Sequence[Pair], out: Path, spec: LungModelSpec,
                      settings: TrainSettings, *, engine: str = "auto", split: str = "",
-                     threads: int = 1) -> tuple[Path, Evaluation | None]:
-    """Train on `train`, save `out/model.safetensors`, score `test` and write the report there."""
+                     threads: int = 1, init: Path | None = None) -> tuple[Path, Evaluation | None]:
+    """Train on `train` (from the lung model file `init` when given, whose spec then wins), save
+    `out/model.safetensors`, score `test` and write the report there."""
     if len(train) < 2:
         raise CxrError(f"lung training needs at least 2 image/mask pairs, got {len(train)}")
     torch.set_num_threads(max(1, threads))
     start = time.perf_counter()
-    model, history = fit(train, spec, settings)
+    start_model = None
+    if init is not None:
+        start_model, spec, _ = load_model(init)
+    model, history = fit(train, spec, settings, init=start_model)
     info: dict[str, Any] = {"model": MODEL_FILE, "trained_on": len(train), "heldout": len(test), "split": split,
                             "sites": sorted({p.site for p in train}), "settings": asdict(settings),
+                            "init": str(init) if init else "ImageNet encoder" if settings.pretrained else "scratch",
                             "train_seconds": round(time.perf_counter() - start, 1), "machine": platform.machine(),
                             "history": history}
     path = save_model(model, spec, out / MODEL_FILE, info=info)

@@ -58,6 +58,13 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-np.clip(x, -60.0, 60.0)))).astype(np.float32)
 
 
+def probe_batch(size: int) -> np.ndarray:
+    """Two fixed normalised inputs (a smooth pattern and its negative) for the engine parity check."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    pattern = np.sin(6 * xx) * np.cos(4 * yy) * 0.8
+    return np.stack([pattern, -pattern])[:, None].astype(np.float32)
+
+
 class LungSegmenter:
     """A lung model on an engine. `LungSegmenter.default()` is the packaged model (offline)."""
 
@@ -93,12 +100,15 @@ class LungSegmenter:
     def prepare(self) -> LungSegmenter:
         """Build the engine now (export, compile): the start-up cost, paid once."""
         if self._engine is None:
-            from cxr.lungs.engine import build_lung_engine
+            from cxr.lungs.engine import build_lung_engine, check_parity
             from cxr.threads import plan_threads
 
             threads = plan_threads(self.threads or 0, measure=False).threads
-            self._engine = build_lung_engine(self.engine_name, self.model, self.size, self.digest, threads)
-            log.debug("lungs: engine %s", self._engine.describe())
+            engine = build_lung_engine(self.engine_name, self.model, self.size, self.digest, threads)
+            if engine.name != "torch":  # every export is checked against PyTorch before it draws a mask
+                diff = check_parity(engine, self.model, probe_batch(self.size))
+                log.debug("lungs: %s within %.1e of PyTorch", engine.describe(), diff)
+            self._engine = engine
         return self
 
     def describe(self) -> str:

@@ -74,12 +74,16 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def fit(pairs: Sequence[Pair], spec: LungModelSpec, settings: TrainSettings,
-        on_epoch: Callable[[int, float], None] | None = None) -> tuple[nn.Module, list[dict[str, float]]]:
-    """A model of `spec` trained on `pairs`; returns it (eval mode) and one history row per epoch."""
+        on_epoch: Callable[[int, float], None] | None = None,
+        init: nn.Module | None = None) -> tuple[nn.Module, list[dict[str, float]]]:
+    """A model of `spec` trained on `pairs` (from `init`'s weights when given: fine-tuning); returns
+    it (eval mode) and one history row per epoch."""
     gen = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)  # the initialisation of the decoder (smp draws from the global RNG)
     model = build_model(spec)
-    if settings.pretrained:
+    if init is not None:
+        model.load_state_dict(init.state_dict())
+    elif settings.pretrained:
         load_imagenet_encoder(model, spec)
     model = model.to(memory_format=torch.channels_last)  # 1.3-1.5x faster depthwise convolutions on CPUs
     images, masks = load_tensors(pairs, spec.size)
