@@ -49,7 +49,9 @@ def default_segmenter(engine: str = "auto") -> Any:
     """The package's default lung segmenter, loaded once per process and engine."""
     from cxr.lungs.segmenter import LungSegmenter
 
-    return LungSegmenter.default(engine=engine)
+    segmenter = LungSegmenter.default(engine=engine)
+    log.info("automatic lungs: the default lung segmenter (weights %s)", segmenter.digest[:12])
+    return segmenter
 
 
 class AutoLungs:
@@ -72,7 +74,6 @@ class AutoLungs:
         with self._lock:
             if self._segmenter is None:
                 self._segmenter = default_segmenter(self.engine)
-                log.info("automatic lungs: the default lung segmenter (weights %s)", self._segmenter.digest[:12])
             return self._segmenter
 
     def prepare(self) -> AutoLungs:

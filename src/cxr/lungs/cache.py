@@ -3,10 +3,11 @@ quality control and the image's size) per image, keyed like the feature cache by
 depends on: the SHA-256 of the image file's bytes and the digest of the segmenter's weights.
 
 Layout: `<root>/<model digest[:16]>/<sha[:2]>/<sha>.png` and `.json`, with `<root>` =
-`$CXR_CACHE_DIR/lungs` (else `~/.cache/cxr/lungs`). Both files are written atomically, the JSON
-last: an entry without its JSON is not there. A lung crop of an image whose mask is `suspect` uses
-`whole/<W>x<H>.png`, an all-lung mask of the image's size (the crop keeps the whole image), so that
-every region made here is recognised by its folder (`MaskCache.owns`). Torch-free.
+`$CXR_CACHE_DIR/lungs` (else `~/.cache/cxr/lungs`, beside the engine exports). Both files are
+written atomically (temp + rename), the JSON last: an entry without its JSON is not there. A lung
+crop of an image whose mask is `suspect` uses `whole/<W>x<H>.png`, an all-lung mask of the image's
+size (the crop keeps the whole image), so every region made here is recognised by its folder
+(`is_auto_region`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,6 @@ import numpy as np
 from PIL import Image
 
 from cxr.engine.exports import cache_root
-from cxr.rundir import atomic_write, write_json
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +60,24 @@ class AutoMask:
 
 def _png_bytes(mask: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(np.asarray(mask, dtype=bool).astype(np.uint8) * 255).save(buffer, format="PNG", optimize=True)
+    Image.fromarray(np.asarray(mask, dtype=bool).astype(np.uint8) * 255).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
+
+
+def _publish(path: Path, data: bytes) -> Path:
+    """Write `data` to a temporary file beside `path` and rename it over `path` (atomic; no fsync: a
+    cache entry lost in a crash is made again)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 class MaskCache:
@@ -90,19 +108,18 @@ class MaskCache:
     def put(self, image_sha: str, mask: np.ndarray, qc: dict[str, Any]) -> AutoMask:
         """Store one image's mask and QC values (atomically, the JSON last); returns the entry."""
         png, meta = self.files(image_sha)
-        data = _png_bytes(mask)
-        atomic_write(png, lambda fh: fh.write(data))
+        _publish(png, _png_bytes(mask))
         height, width = mask.shape
-        write_json(meta, {"format": FORMAT, "model": self.digest, "image_sha256": image_sha, "width": width,
-                          "height": height, "qc": qc})
+        doc = {"format": FORMAT, "model": self.digest, "image_sha256": image_sha, "width": width, "height": height,
+               "qc": qc}
+        _publish(meta, (json.dumps(doc, indent=1) + "\n").encode())
         return AutoMask(png, dict(qc), int(width), int(height))
 
     def whole(self, width: int, height: int) -> Path:
         """An all-lung mask of (width, height): the lung crop of a suspect image is the whole image."""
         path = self.folder / WHOLE / f"{width}x{height}.png"
         if not path.is_file():
-            data = _png_bytes(np.ones((height, width), dtype=bool))
-            atomic_write(path, lambda fh: fh.write(data))
+            _publish(path, _png_bytes(np.ones((height, width), dtype=bool)))
         return path
 
 
