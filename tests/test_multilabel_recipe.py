@@ -149,3 +149,15 @@ def test_epoch_metrics_and_history_csv_carry_the_mean_auroc(tmp_path):
     assert read_history_csv(tmp_path / "history.csv")[0]["val_mean_auroc"] == 0.75
     write_history_csv([{"epoch": 1, "val_loss": 0.2}], tmp_path / "single.csv")  # single-label: no such column
     assert "val_mean_auroc" not in (tmp_path / "single.csv").read_text()
+
+
+def test_a_multilabel_run_resumes_with_the_settings_it_was_started_with(trained, tmp_path):
+    """config.yaml holds the recipe's values; the same command (seed defaults, task auto) still resumes."""
+    import shutil
+
+    run = shutil.copytree(trained["recipe"], tmp_path / "run")
+    cfg = study_config(trained["folder"], **{"train.epochs": 5})
+    assert cfg.data.task == "auto" and cfg.model.head == RunConfig().model.head
+    result = study.train(cfg, trained["manifest"], run, resume=True, cache_dir=trained["folder"] / "cache",
+                         progress=False)
+    assert [int(row["epoch"]) for row in result.history] == [1, 2, 3, 4, 5]
