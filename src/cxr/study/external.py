@@ -127,7 +127,7 @@ def evaluate_external(
     worse = worse_than(same, metrics) if same is not None else []
     log.info("external %s (%d images, %s): accuracy %.4f, macro recall %.4f%s%s", ext.name, metrics["n"],
              ", ".join(metrics["classes_present"] + metrics.get("foreign_present", [])),
-             metrics.get("accuracy") or float("nan"), metrics.get("macro_recall") or float("nan"),
+             *(float("nan") if metrics.get(k) is None else metrics[k] for k in ("accuracy", "macro_recall")),
              _abnormal_text(metrics), f"; below the internal test: {', '.join(worse)}" if worse else "", extra=RESULT)
     return {
         "data": str(ext.data.resolve()), "layout": found.layout, "n": metrics["n"],
