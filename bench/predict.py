@@ -114,7 +114,7 @@ def predict_runs(ckpt: Path, images: Path, n: int, args: argparse.Namespace, wor
         seconds = cxr(["predict", str(ckpt), str(images), *options, "--batch-size", str(args.batch), "--out", str(out)],
                       engine_cache if name.startswith(args.engine) else work / "torch-cache")
         runs[name] = {"seconds": round(seconds, 2), "images_per_s_with_startup": round(n / seconds, 1)}
-    labels = {name: labels_of(work / f"predict-{name}.csv", "label") for name in runs}
+    labels = {name: labels_of(work / f"predict-{name}.csv", "predicted_label") for name in runs}
     for name in runs:
         runs[name]["label_agreement_with_torch_fp32"] = agreement(labels[name], labels["torch_fp32"])
         runs[name]["label_agreement_with_torch_default"] = agreement(labels[name], labels["torch"])

@@ -100,10 +100,10 @@ def test_automatic_masks_fill_rows_and_are_cached_by_image_bytes_and_model(plain
 def test_a_lung_crop_model_predicts_plain_images_without_a_box(crop_checkpoint, plain_data, fake_lungs, tmp_path):
     image = plain_data / "COVID" / "covid_0.png"
     predictor = Predictor.from_checkpoint(crop_checkpoint, device="cpu", precision="fp32")
-    auto = predictor.predict(image)[0].probabilities
-    given = predictor.predict(image, box=fake_lungs.ellipses((64, 64)))[0].probabilities
+    auto = predictor.predict(image).probabilities
+    given = predictor.predict(image, box=fake_lungs.ellipses((64, 64))).probabilities
     assert auto == pytest.approx(given, abs=1e-6)
-    array = predictor.predict(np.asarray(Image.open(image)))[0].probabilities  # in memory: segmented, not cached
+    array = predictor.predict(np.asarray(Image.open(image))).probabilities  # in memory: segmented, not cached
     assert array == pytest.approx(given, abs=1e-6)
     out = tmp_path / "p.json"
     assert main(["predict", str(crop_checkpoint), str(plain_data), "--out", str(out), "--device", "cpu"]) == 0
@@ -120,9 +120,9 @@ def test_a_suspect_mask_crops_to_the_whole_image_and_says_so(crop_checkpoint, fa
     Image.fromarray(np.full((48, 40), 200, np.uint8)).save(flat)
     predictor = Predictor.from_checkpoint(crop_checkpoint, device="cpu", precision="fp32")
     with caplog.at_level(logging.WARNING, logger="cxr"):
-        auto = predictor.predict(flat)[0].probabilities
+        auto = predictor.predict(flat).probabilities
     assert "page.png" in caplog.text and "suspect" in caplog.text and "whole image" in caplog.text
-    whole = predictor.predict(flat, box=(0, 0, 40, 48))[0].probabilities
+    whole = predictor.predict(flat, box=(0, 0, 40, 48)).probabilities
     assert auto == pytest.approx(whole, abs=1e-6)
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient

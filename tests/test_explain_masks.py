@@ -55,7 +55,7 @@ class Brightness(nn.Module):
 def _set(root: Path, patch_at: tuple[int, int], n: int = 6) -> list[SplitRow]:
     rows = []
     for i in range(n):
-        for label in ("A", "B"):
+        for label in ("Normal", "B"):  # Normal: the masked-region test's control
             img = np.full((SIZE, SIZE), 30 + i, np.uint8)
             if label == "B":
                 top, left = patch_at
@@ -70,14 +70,14 @@ def _set(root: Path, patch_at: tuple[int, int], n: int = 6) -> list[SplitRow]:
 def _audit(tmp_path: Path, patch_at: tuple[int, int]) -> dict:
     rows = _set(tmp_path / "data", patch_at)
     settings = AuditSettings(max_images=100, gallery=2, n_boot=200, batch_size=5)
-    return shortcut_audit(Brightness().eval(), tmp_path / "data", rows, ["A", "B"], Compute(torch.device("cpu")),
+    return shortcut_audit(Brightness().eval(), tmp_path / "data", rows, ["Normal", "B"], Compute(torch.device("cpu")),
                           settings, name="test", fig_dir=tmp_path / "figures")
 
 
 def test_a_corner_marker_is_flagged_by_both_signals(tmp_path):
     audit = _audit(tmp_path, (0, 0))  # the patch in a corner, outside the lungs
     attention, occlusion = audit["attention"], audit["occlusion"]
-    assert audit["images"] == 12 and attention["n"] == 6 and attention["undefined"] == 6  # A images: no energy
+    assert audit["images"] == 12 and attention["n"] == 6 and attention["undefined"] == 6  # Normal images: no energy
     assert attention["mean_share"] < 0.05 and attention["mean_area"] == pytest.approx(0.25)
     assert attention["flag"] is True
     assert occlusion["none"]["accuracy"] == 1.0 and occlusion["lungs"]["accuracy"] == 1.0

@@ -173,13 +173,13 @@ def test_cxr_predict_prints_per_finding_probabilities(ml_run: Path, ml_predictor
     checkpoint = str(ml_run / "checkpoints" / "best.pt")
     assert main(["predict", checkpoint, *map(str, images), "--precision", "fp32", "--engine", "torch"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert shlex.split(lines[0]) == ["path", "findings", *DISEASES]
-    assert shlex.split(lines[1]) == ["(threshold)", "-", *(f"{t:.4f}" for t in ml_predictor.thresholds)]
+    assert shlex.split(lines[0]) == ["path", "findings", *DISEASES, "in_distribution", "reason"]
+    assert shlex.split(lines[1]) == ["(threshold)", "-", *(f"{t:.4f}" for t in ml_predictor.thresholds), "-", "-"]
     expected = ml_predictor.predict(images)
     for line, image, want in zip(lines[2:], images, expected, strict=True):
         cells = shlex.split(line)  # "No Finding" is quoted: one cell
         assert cells[0] == str(image) and cells[1] == want.label
-        assert [float(c) for c in cells[2:]] == pytest.approx([want.probabilities[c] for c in DISEASES], abs=2e-4)
+        assert [float(c) for c in cells[2 : 2 + len(DISEASES)]] == pytest.approx([want.probabilities[c] for c in DISEASES], abs=2e-4)
     out = tmp_path / "p.json"
     assert main(["predict", checkpoint, str(images[0]), "--out", str(out), "--precision", "fp32",
                  "--engine", "torch"]) == 0

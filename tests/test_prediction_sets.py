@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shlex
 import shutil
 import warnings
 from collections.abc import Iterator
@@ -105,7 +106,7 @@ def test_predictor_sets_follow_the_stored_thresholds(predictor: Predictor, calib
 def test_a_checkpoint_without_calibration_refuses_sets_and_predicts_as_before(plain: Path) -> None:
     with pytest.raises(CxrError, match="holds no conformal calibration, so it cannot give prediction sets"):
         Predictor.from_checkpoint(plain, device="cpu", coverage=0.9)
-    assert Predictor.from_checkpoint(plain, device="cpu").predict(_xrays(1, 2)[0])[0].prediction_set is None
+    assert Predictor.from_checkpoint(plain, device="cpu").predict(_xrays(1, 2)[0][0]).prediction_set is None
 
 
 def test_cli_predict_coverage_prints_and_writes_the_sets(calibrated: Path, plain: Path, tmp_path: Path,
@@ -117,10 +118,12 @@ def test_cli_predict_coverage_prints_and_writes_the_sets(calibrated: Path, plain
     args = ["predict", str(calibrated), str(folder), "--coverage", "0.9", "--engine", "torch"]
     assert main(args) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].split()[-1] == "set" and all(line.rstrip().endswith("}") and "{" in line for line in lines[1:])
+    header = shlex.split(lines[0])
+    cells = [shlex.split(line)[header.index("set")] for line in lines[1:]]
+    assert len(cells) == 3 and all(c.startswith("{") and c.endswith("}") for c in cells)
     assert main([*args, "--out", str(tmp_path / "p.csv")]) == 0
     rows = list(csv.DictReader((tmp_path / "p.csv").open()))
-    assert len(rows) == 3 and all(r["prediction_set"].startswith("{") and r["label"] in r["prediction_set"]
+    assert len(rows) == 3 and all(r["prediction_set"].startswith("{") and r["predicted_label"] in r["prediction_set"]
                                   or r["prediction_set"] == "{}" for r in rows)
     assert main([*args, "--out", str(tmp_path / "p.json")]) == 0
     doc = json.loads((tmp_path / "p.json").read_text())

@@ -54,7 +54,7 @@ def test_run_help_shows_the_seed_defaults_and_allowed_values():
     assert "resnet50 | resnet50-keras | efficientnet_lite0 | timm:NAME | tv:NAME (default: resnet50, the seed's)" in text
     assert "lite0-imagenet (efficientnet_lite0)" in text and "auto | fp32 | bf16 | fp16" in text
     assert "(default: the --out folder's name, else the config's name)" in text
-    for new_setting in ("tensorboard | mlflow (default: none)", "auto | torch | onnxruntime | openvino (default: auto)",
+    for new_setting in ("tensorboard | mlflow (default: none)", "auto | torch | onnxruntime | openvino | openvino-int8 (default: auto)",
                         "(a busy machine is not oversubscribed): >= 0 (default: 0)"):
         assert new_setting in text  # settings the seed never had: no "the seed's" default
     assert text.count("the seed's") == 7  # backbone, weights, freeze, epochs, batch size, lr, seed (dropout: model)

@@ -98,7 +98,7 @@ def test_predictions_carry_the_verdict_and_its_reason(run, predictor):
         assert p.to_dict()["in_distribution"] is False
     data = Path(load_checkpoint(run / "checkpoints" / "best.pt")["config"]["data"]["root"])
     xray = next(data.rglob("*.png"))
-    ok = predictor.predict(xray)[0]
+    ok = predictor.predict(xray)
     assert ok.ood_score is not None and ok.reason is not None
     assert ok.in_distribution == (ok.ood_score <= 1.0)
 
