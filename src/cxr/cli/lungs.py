@@ -6,9 +6,9 @@ import argparse
 from pathlib import Path
 
 from cxr.cli._common import add_command, existing_path, positive_int, writable_output
+from cxr.config import ENGINES
 from cxr.errors import CxrError
 
-ENGINES = ("auto", "torch", "onnxruntime", "openvino")
 ENGINE_HELP = "what runs the lung model: auto (OpenVINO, else ONNX Runtime, else PyTorch) | torch | onnxruntime | openvino"
 
 

@@ -17,12 +17,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from cxr.config import ENGINES
 from cxr.engine.base import Engine, installed
 from cxr.errors import CxrError
 
 log = logging.getLogger(__name__)
 
-LUNG_ENGINES = ("auto", "torch", "onnxruntime", "openvino")
+LUNG_ENGINES = ENGINES  # the classifier's names; `auto` here is a fixed order: OpenVINO, else ONNX Runtime, else PyTorch
 PARITY_TOLERANCE = 1e-3  # largest |probability difference| allowed between an export and PyTorch fp32
 
 
