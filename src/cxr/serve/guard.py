@@ -25,6 +25,7 @@ MB = 1024 * 1024
 API_PREFIX = "/v1/"
 KEY_HEADER = b"x-api-key"
 _BEARER = b"bearer "
+LINGER_S = 2.0  # a refused body is still read (and dropped) for up to this long before the answer: see `_drain`
 
 
 def client_of(scope: Scope) -> str:
@@ -41,7 +42,7 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
 
 
 async def send_json(send: Send, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-    """A JSON answer sent straight from middleware; the connection closes after it (body left unread)."""
+    """A JSON answer sent straight from middleware; the connection closes after it."""
     response = JSONResponse(body, status_code=status, headers={"Connection": "close", **(headers or {})})
     await send({"type": "http.response.start", "status": status, "headers": response.raw_headers})
     await send({"type": "http.response.body", "body": response.body})
@@ -100,6 +101,8 @@ class BodyGuardMiddleware:
             await send_json(send, 400, {"detail": "invalid Content-Length header"})
             return
         if declared is not None and declared > self.max_bytes:
+            if _header(scope, b"expect") != b"100-continue":  # a client that waits for 100 sends nothing
+                await _drain(receive, min(LINGER_S, self.idle_timeout_s))
             await send_json(send, 413, {"detail": self._too_large(declared)})
             return
         body = _BodyReader(self, scope, receive)
@@ -152,6 +155,21 @@ class _BodyReader:
         log.warning("dropped slow upload from %s (%s %s): %s (%s received)", client_of(self.scope),
                     self.scope["method"], self.scope["path"], reason, _amount(self.received))
         return HTTPException(408, f"request timeout: {reason}", {"Connection": "close"})
+
+
+async def _drain(receive: Receive, seconds: float) -> None:
+    """Read and drop what the client still sends of a refused body, for at most `seconds`. A connection
+    closed with unread data is reset, and a reset can destroy the answer before the client reads it
+    (what nginx's lingering close avoids); past `seconds` the answer goes out anyway."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while (left := end - loop.time()) > 0:
+        try:
+            message = await asyncio.wait_for(receive(), left)
+        except TimeoutError:
+            return
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
 
 
 def _content_length(scope: Scope) -> int | None:
