@@ -148,3 +148,30 @@ def real_lungs(monkeypatch):
     segmenter = LungSegmenter.default(engine="torch")
     monkeypatch.setattr(cxr.lungs.auto, "default_segmenter", lambda engine="auto": segmenter)
     return segmenter
+
+
+@pytest.fixture(scope="session")
+def calibrated_backbone():
+    """Factory: `(path, size, batches)` -> `path`, a random Lite0 backbone whose BatchNorm statistics are
+    calibrated on `batches` noise batches, saved as a state dict: frozen, it gives informative features
+    (an uncalibrated random one gives nearly constant ones). Leaves torch's RNG untouched."""
+    import torch
+
+    from cxr.config import ModelConfig
+    from cxr.models.build import build_model
+
+    def make(path: Path, size: int, batches: int) -> Path:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model = build_model(ModelConfig(backbone="efficientnet_lite0", weights="random", freeze="none"), 2)
+            for module in model.modules():
+                if isinstance(module, torch.nn.BatchNorm2d):
+                    module.momentum = None  # cumulative average over the calibration batches
+            model.train()
+            with torch.no_grad():
+                for _ in range(batches):
+                    model.backbone.forward_features(torch.randn(16, 3, size, size))
+        torch.save(model.backbone.state_dict(), path)
+        return path
+
+    return make

@@ -10,37 +10,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from cxr import study
 from cxr.checkpoint import load_checkpoint
-from cxr.config import ModelConfig, RunConfig, load_config
+from cxr.config import RunConfig, load_config
 from cxr.data.synthetic import DISEASES
 from cxr.data.synthetic_findings import generate_multilabel_dataset
 from cxr.metrics.multilabel import multilabel_epoch_metrics
-from cxr.models.build import build_model
 from cxr.rundir import read_history_csv, write_history_csv
 from cxr.study.multilabel_recipe import MULTILABEL_RECIPE, with_task_defaults
 from cxr.training.state import TrainingState
 
 SIZE = 48
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def calibrated_backbone(path: Path) -> Path:
-    """A random Lite0 backbone with BatchNorm statistics calibrated on noise (informative frozen features)."""
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = build_model(ModelConfig(backbone="efficientnet_lite0", weights="random", freeze="none"), 2)
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.momentum = None
-        model.train()
-        with torch.no_grad():
-            for _ in range(3):
-                model.backbone.forward_features(torch.randn(16, 3, SIZE, SIZE))
-    torch.save(model.backbone.state_dict(), path)
-    return path
 
 
 def study_config(folder: Path, **overrides) -> RunConfig:
@@ -60,10 +42,10 @@ def _flat(cfg: RunConfig) -> dict:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict:
+def trained(tmp_path_factory, calibrated_backbone) -> dict:
     """One multi-label run with the defaults (the recipe) and one with the seed's settings, on rare findings."""
     folder = tmp_path_factory.mktemp("recipe")
-    calibrated_backbone(folder / "backbone.pt")
+    calibrated_backbone(folder / "backbone.pt", SIZE, batches=3)
     manifest = generate_multilabel_dataset(folder / "data", n_images=120, size=SIZE, seed=3, prevalence=0.12)
     runs = {}
     for name, overrides in (("recipe", {}), ("seed", {"train.multilabel_recipe": False})):

@@ -39,36 +39,14 @@ def blob_manifest(folder: Path, n: int = 96, size: int = 48, seed: int = 0) -> P
     return manifest
 
 
-def calibrated_backbone(path: Path, size: int) -> Path:
-    """A random Lite0 backbone whose BatchNorm statistics are calibrated on noise, saved as a state dict:
-    frozen, it gives informative features (an uncalibrated random one gives nearly constant ones)."""
-    import torch
-
-    from cxr.config import ModelConfig
-    from cxr.models.build import build_model
-
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = build_model(ModelConfig(backbone="efficientnet_lite0", weights="random", freeze="none"), 2)
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.momentum = None
-        model.train()
-        with torch.no_grad():
-            for _ in range(4):
-                model.backbone.forward_features(torch.randn(16, 3, size, size))
-    torch.save(model.backbone.state_dict(), path)
-    return path
-
-
 @pytest.mark.slow
-def test_a_multilabel_study_end_to_end(tmp_path):
+def test_a_multilabel_study_end_to_end(tmp_path, calibrated_backbone):
     manifest = blob_manifest(tmp_path / "images", n=240)
     cfg = RunConfig(name="ml")
     cfg.data.image_size = 48
     cfg.data.num_workers = 0
     cfg.model.backbone = "efficientnet_lite0"
-    cfg.model.weights = f"file:{calibrated_backbone(tmp_path / 'backbone.pt', 48)}"
+    cfg.model.weights = f"file:{calibrated_backbone(tmp_path / 'backbone.pt', 48, batches=4)}"
     cfg.model.head = (32,)
     cfg.train.epochs = 40
     cfg.train.lr = 1e-2
